@@ -1,0 +1,137 @@
+"""One settings object for every foveal command and service.
+
+Values come, highest first, from: keyword arguments, `FOVEAL_*` environment variables, a TOML
+file (`FOVEAL_CONFIG`, else `./foveal.toml` when it exists), the defaults below. Build it in
+`main()` with `load_settings()` and pass it down; nothing builds it at import time.
+
+The three endpoint variables switch a part of the stack from embedded to external:
+`FOVEAL_KAFKA_BOOTSTRAP`, `FOVEAL_DATABASE_URL`, `FOVEAL_TRITON_URL`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from foveal.errors import ConfigError
+
+CONFIG_ENV = "FOVEAL_CONFIG"
+DEFAULT_CONFIG_FILE = Path("foveal.toml")
+
+
+class Settings(BaseSettings):
+    """Everything configurable, flat, with the `FOVEAL_` prefix in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FOVEAL_", extra="forbid", validate_default=True)
+
+    home: Path = Field(Path(".foveal"), description="Where embedded parts keep data, logs and pids.")
+    bind_host: str = Field("127.0.0.1", description="Loopback address the embedded parts listen on.")
+
+    # Endpoint variables: set one to use an external part; foveal then starts nothing for it.
+    kafka_bootstrap: str | None = Field(None, description="host:port[,host:port] of a Kafka cluster.")
+    database_url: str | None = Field(None, description="PostgreSQL URL, e.g. postgresql://u:p@h:5432/db.")
+    triton_url: str | None = Field(None, description="host:port of Triton's gRPC endpoint.")
+
+    # Embedded parts: non-standard ports so they never clash with a real installation.
+    kafka_port: int = Field(19092, ge=1, le=65535)
+    postgres_port: int = Field(15432, ge=1, le=65535)
+    postgres_db: str = "foveal"
+    triton_http_port: int = Field(18000, ge=1, le=65535)
+    triton_grpc_port: int = Field(18001, ge=1, le=65535)
+    triton_metrics_port: int = Field(18002, ge=1, le=65535)
+    model_repository: Path = Field(Path("models"), description="Triton model repository served.")
+
+    # Topics.
+    frames_partitions: int = Field(4, ge=1)
+    verdicts_partitions: int = Field(4, ge=1)
+    dlq_partitions: int = Field(1, ge=1)
+
+    # How long `stack up` waits for each part to become healthy.
+    start_timeout_s: float = Field(120.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("kafka_bootstrap", "database_url", "triton_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _sqlalchemy_driver(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for prefix in ("postgres://", "postgresql://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix):]
+        if not value.startswith("postgresql+psycopg://"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def model_repository_dir(self) -> Path:
+        return self.model_repository.expanduser().resolve()
+
+    @property
+    def kafka_address(self) -> str:
+        return self.kafka_bootstrap or f"{self.bind_host}:{self.kafka_port}"
+
+    @property
+    def postgres_url(self) -> str:
+        """SQLAlchemy URL of the database in use (external or embedded)."""
+        return self.database_url or (
+            f"postgresql+psycopg://postgres@{self.bind_host}:{self.postgres_port}/{self.postgres_db}"
+        )
+
+    @property
+    def triton_address(self) -> str:
+        return self.triton_url or f"{self.bind_host}:{self.triton_grpc_port}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _config_file()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def _config_file() -> Path | None:
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_ENV}={named}: no such file")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings, turning validation errors into one clear ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            problems.append(f"FOVEAL_{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
