@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     frames_partitions: int = Field(4, ge=1)
     verdicts_partitions: int = Field(4, ge=1)
     dlq_partitions: int = Field(1, ge=1)
+    topic_replication: int = Field(1, ge=1, description="Replication factor of created topics.")
 
     # How long `stack up` waits for each part to become healthy.
     start_timeout_s: float = Field(120.0, gt=0)

@@ -52,7 +52,8 @@ def main() -> None:
     except StackError as exc:
         err.print(f"[bold red]error[/] {exc}")
         if exc.log_tail:
-            err.print(f"[dim]last log lines:[/]\n{exc.log_tail}", markup=False, highlight=False)
+            err.print("[dim]last log lines:[/]")
+            err.print(exc.log_tail, markup=False, highlight=False)
         sys.exit(2)
     except FovealError as exc:
         err.print(f"[bold red]error[/] {exc}")

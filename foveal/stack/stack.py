@@ -68,7 +68,8 @@ class Stack:
                 try:
                     self._await_healthy(self.parts[name], record)
                     note = self.parts[name].after_start()
-                    log.info("%s: %s", name, note)
+                    if note:
+                        log.info("%s: %s", name, note)
                 except StackError as exc:
                     errors.append(exc)
         if errors:

@@ -1,0 +1,75 @@
+"""Shared fixtures: one embedded stack per test session, started by the same code as
+`foveal stack up`, on free ports and a temporary home so it never touches a developer's stack.
+
+`fresh_database_url` hands each test its own empty database on that stack's PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from foveal.settings import Settings, load_settings
+from foveal.stack import Stack
+
+TEST_MODEL_REPOSITORY = Path(__file__).parent / "integration" / "model_repository"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel says are free now (held open together so they differ)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def embedded_settings(home: Path, **overrides: object) -> Settings:
+    """Settings for an embedded stack under `home` on free ports, ignoring endpoint variables."""
+    kafka, pg, http, grpc, metrics = free_ports(5)
+    values: dict[str, object] = dict(
+        home=home, kafka_port=kafka, postgres_port=pg, triton_http_port=http,
+        triton_grpc_port=grpc, triton_metrics_port=metrics,
+        model_repository=TEST_MODEL_REPOSITORY,
+        kafka_bootstrap="", database_url="", triton_url="",
+    )
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return embedded_settings(tmp_path_factory.mktemp("stack"))
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(stack_settings: Settings) -> Iterator[Stack]:
+    stack = Stack(stack_settings)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+
+
+@pytest.fixture
+def fresh_database_url(embedded_stack: Stack) -> Iterator[str]:
+    """SQLAlchemy URL (psycopg driver) of a brand-new empty database, dropped afterwards."""
+    server = make_url(embedded_stack.settings.postgres_url)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = server.set(drivername="postgresql", database="postgres").render_as_string(False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield server.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
