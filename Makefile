@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/foveal/v1/*.proto)
 STUBS := foveal/v1/__init__.py
 
-.PHONY: all venv proto test test-fast demo stack-up stack-down stack-status clean
+.PHONY: all venv proto lint test test-fast demo stack-up stack-down stack-status clean
 
 all: venv proto
 
@@ -26,7 +26,11 @@ $(STUBS): $(PROTOS) $(STAMP)
 	$(PY) -m grpc_tools.protoc -I proto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 	touch $@
 
-test: venv proto
+lint: venv proto
+	$(VENV)/bin/ruff check foveal tests
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest
 
 test-fast: venv proto

@@ -15,9 +15,10 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from foveal import domain
 from foveal.errors import CodecError
@@ -164,8 +165,9 @@ def _frame_id(text: str) -> uuid.UUID:
 def _timestamp(message: frame_pb2.FrameEnvelope | verdict_pb2.Verdict, field: str) -> datetime:
     if not message.HasField(field):
         raise CodecError(f"{field} is missing")
+    stamp: Timestamp = getattr(message, field)
     try:
-        return getattr(message, field).ToDatetime(tzinfo=timezone.utc)
+        return stamp.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError) as exc:
         raise CodecError(f"{field} is out of range: {exc}") from exc
 

@@ -9,7 +9,7 @@ import dataclasses
 import doctest
 import math
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -27,7 +27,7 @@ def _meta(**changes: object) -> FrameMeta:
         "camera": "cam-a",
         "part_serial": "SN-0001",
         "product": "bracket-7",
-        "captured_at": datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc),
+        "captured_at": datetime(2026, 5, 1, 12, 0, tzinfo=UTC),
         "attributes": {"lot": "L42"},
     }
     fields.update(changes)
@@ -157,7 +157,7 @@ def test_frame_meta_accepts_any_utc_offset() -> None:
 
 
 def test_frame_meta_requires_a_uuid_frame_id() -> None:
-    with pytest.raises(ValueError, match="uuid.UUID"):
+    with pytest.raises(ValueError, match=r"uuid\.UUID"):
         _meta(frame_id="0b9f6a3e-5c1d-4e2f-9a7b-3c4d5e6f7a8b")
 
 

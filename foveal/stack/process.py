@@ -83,7 +83,7 @@ def spawn(
     with open(log_path, "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(  # noqa: S603 - the command is built by foveal, never from input
+        proc = subprocess.Popen(
             list(cmd),
             cwd=cwd,
             env=dict(env) if env is not None else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -50,7 +50,8 @@ def test_broker_carries_a_record_through_a_consumer_group_with_commit(embedded_s
 
     consumer = _group_consumer(bootstrap, group, topic)
     records = _poll_until(consumer, count=1)
-    assert [(r.key, r.value, r.headers) for r in records] == [(b"station-1", b"frame-bytes", [("stage", b"t")])]
+    got = [(r.key, r.value, r.headers) for r in records]
+    assert got == [(b"station-1", b"frame-bytes", [("stage", b"t")])]
     consumer.commit()
     tp = TopicPartition(topic, records[0].partition)
     assert consumer.committed(tp) == records[0].offset + 1
@@ -69,7 +70,7 @@ def test_postgres_stores_and_reads_a_row_through_sqlalchemy(embedded_stack: Stac
     frame_id = uuid.uuid4()
     with Session(engine) as session, session.begin():
         session.add(Frame(frame_id=frame_id, line="L1", station="S1", camera="C1",
-                          part_serial="P1", product="bracket", captured_at=datetime.now(timezone.utc),
+                          part_serial="P1", product="bracket", captured_at=datetime.now(UTC),
                           mime_type="image/png",
                           width=1024, height=1024))
     with Session(engine) as session:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from foveal import domain, messaging
 from foveal.errors import CodecError
@@ -221,7 +221,7 @@ def test_frame_meta_carries_the_envelope_metadata() -> None:
         camera="cam-a",
         part_serial="SN-0001",
         product="bracket-7",
-        captured_at=datetime(2025, 10, 9, 8, 53, 20, 500_000, tzinfo=timezone.utc),
+        captured_at=datetime(2025, 10, 9, 8, 53, 20, 500_000, tzinfo=UTC),
         attributes={"lot": "L42"},
     )
 
@@ -395,7 +395,7 @@ def test_parse_dlq_headers_rejects_missing_headers() -> None:
 def test_parse_dlq_headers_rejects_malformed_attempts(attempts: bytes) -> None:
     headers = [("error", b"boom"), ("stage", b"decode"), ("attempts", attempts)]
 
-    with pytest.raises(CodecError, match="attempts|malformed"):
+    with pytest.raises(CodecError, match=r"attempts|malformed"):
         messaging.parse_dlq_headers(headers)
 
 

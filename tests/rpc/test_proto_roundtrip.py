@@ -212,7 +212,7 @@ def test_reasoner_service_declares_inspect() -> None:
 class _EchoReasoner(reasoner_pb2_grpc.ReasonerServicer):
     """Answers every request with the sample result carrying the request's frame id."""
 
-    def Inspect(  # noqa: N802 (the name is the RPC's)
+    def Inspect(
         self, request: inspection_pb2.InspectRequest, context: grpc.ServicerContext
     ) -> inspection_pb2.InspectResult:
         result = _result()
