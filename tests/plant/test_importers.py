@@ -8,6 +8,9 @@ Run: `.venv/bin/python -m pytest tests/plant/test_importers.py -q`
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -379,3 +382,26 @@ def test_rle_decoders_invert_the_pycocotools_encoding() -> None:
     assert rle_from_string(rle_to_string([0, 1_000_000, 3, 5, 999_990])) == [0, 1_000_000, 3, 5, 999_990]
     with pytest.raises(DatasetError, match="expected 48x64"):
         rle_decode(counts[:-1], H, W)
+
+
+def _foveal(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "foveal", *args], capture_output=True, text=True,
+                          timeout=120, check=False, env={**os.environ, "COLUMNS": "200"})
+
+
+def test_cli_imports_mvtec_with_a_mapping_and_prints_counts(
+        mvtec_root: Path, mapping_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    result = _foveal("data", "import", str(mvtec_root), "--format", "mvtec", "--out", str(out),
+                     "--mapping", str(mapping_file))
+    assert result.returncode == 0, result.stderr
+    assert "imported 6 items" in result.stdout and "crack" in result.stdout
+    assert {label.defect_type for label in by_id(out).values()} == {"none", "scratch", "crack"}
+
+
+def test_cli_import_of_unknown_type_is_one_clear_error(mvtec_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    result = _foveal("data", "import", str(mvtec_root), "--format", "mvtec", "--out", str(out))
+    assert result.returncode == 2
+    assert "broken_large" in result.stderr and "Traceback" not in result.stderr
+    assert_nothing_written(out)
