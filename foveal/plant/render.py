@@ -63,14 +63,19 @@ class FrameSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.product not in PRODUCTS:
-            raise ValueError(f"unknown product {self.product!r}; known: {', '.join(PRODUCTS)}")
-        if self.defect_type not in DEFECT_TYPES:
-            raise ValueError(f"unknown defect type {self.defect_type!r}; known: {', '.join(DEFECT_TYPES)}")
-        if self.difficulty not in DIFFICULTIES:
-            raise ValueError(f"difficulty must be one of {DIFFICULTIES}, not {self.difficulty!r}")
-        if self.size is not None and not 256 <= self.size <= 4096:
-            raise ValueError(f"size {self.size} must be 256–4096 px")
+        check_spec(self.product, self.defect_type, self.difficulty, self.size)
+
+
+def check_spec(product: str, defect_type: str, difficulty: str, size: int | None) -> None:
+    """The checks a frame or sequence spec shares; a ValueError names what is wrong."""
+    if product not in PRODUCTS:
+        raise ValueError(f"unknown product {product!r}; known: {', '.join(PRODUCTS)}")
+    if defect_type not in DEFECT_TYPES:
+        raise ValueError(f"unknown defect type {defect_type!r}; known: {', '.join(DEFECT_TYPES)}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, not {difficulty!r}")
+    if size is not None and not 256 <= size <= 4096:
+        raise ValueError(f"size {size} must be 256–4096 px")
 
 
 @dataclass(frozen=True)

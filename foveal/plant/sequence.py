@@ -21,17 +21,17 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from foveal.domain import DEFECT_TYPES, DENT, NO_DEFECT, PIT, SCRATCH
+from foveal.domain import DENT, NO_DEFECT, PIT, SCRATCH
 from foveal.plant.dataset import BoxN, BoxPx, Difficulty, box_from_mask
 from foveal.plant.defects import defect_size
 from foveal.plant.imaging import CameraOptions, Exposure, U8Image, expose, prepare, sensor_noise
 from foveal.plant.render import (
-    DIFFICULTIES,
     REDRAWS,
     CleanViews,
     DrawnDefect,
     NoDefectDrawn,
     Stage,
+    check_spec,
     draw_calibrated,
     fit_reach,
     redraw_seed,
@@ -75,18 +75,11 @@ class SequenceSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.product not in PRODUCTS:
-            raise ValueError(f"unknown product {self.product!r}; known: {', '.join(PRODUCTS)}")
-        if self.defect_type not in DEFECT_TYPES:
-            raise ValueError(f"unknown defect type {self.defect_type!r}")
-        if self.difficulty not in DIFFICULTIES:
-            raise ValueError(f"difficulty must be one of {DIFFICULTIES}")
+        check_spec(self.product, self.defect_type, self.difficulty, self.size)
         if self.frames is not None and not 8 <= self.frames <= 16:
             raise ValueError(f"a sequence has 8–16 frames, not {self.frames}")
         if self.kind is not None and self.kind not in kinds_for(self.product, self.defect_type):
             raise ValueError(f"{self.kind} does not suit {self.product} with {self.defect_type}")
-        if not 256 <= self.size <= 4096:
-            raise ValueError(f"size {self.size} must be 256–4096 px")
 
 
 @dataclass(frozen=True)
