@@ -73,3 +73,32 @@ def fresh_database_url(embedded_stack: Stack) -> Iterator[str]:
     yield server.set(database=name).render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+MICRO_CORPUS = [
+    "You are an industrial visual inspector.", "Inspect this part. Which defect does it show?",
+    "A faint mark near the upper left. Now I will zoom in to look clearer at it. ",
+    '<tool_call>{"name": "crop_image_normalized", "arguments": {"bbox_2d": [0.12, 0.34, 0.56, 0.78], '
+    '"target_image": 1}}</tool_call>',
+    '<tool_call>{"name": "select_frames", "arguments": {"target_frames": [1, 3]}}</tool_call>',
+    "Here is the cropped image (Image Size: 448x336):", "Here are the selected frames (frames 1, 3):",
+    "Execution error: answer with \\boxed{...} now.", "A thin straight line: a scratch. \\boxed{scratch}",
+    "The surface looks uniform. \\boxed{none}",
+    "\\boxed{crack} \\boxed{pit} \\boxed{stain} \\boxed{burn} \\boxed{dent}",
+]
+
+
+@pytest.fixture(scope="session")
+def micro_tokenizer():  # type: ignore[no-untyped-def]
+    """A small byte-level BPE tokenizer with the Qwen chat and vision tokens."""
+    from foveal.model.tokenizer import train_tokenizer
+
+    return train_tokenizer(MICRO_CORPUS * 8, vocab_size=400)
+
+
+@pytest.fixture
+def micro_vlm(micro_tokenizer):  # type: ignore[no-untyped-def]
+    """A freshly initialised compact model of the `micro` preset (seconds to train on a CPU)."""
+    from foveal.model.loader import create
+
+    return create(micro_tokenizer, "micro", seed=0)

@@ -1,0 +1,82 @@
+"""Speed of one inspection with the reasoning loop: latency at batch 1, batched throughput, and
+the KV-cache-reusing loop against re-encoding the conversation every turn.
+
+Frames come from a FovealBench folder (the first N items: single images and sequences as they
+come); each inspection is the full loop (whole view, operations on the full-resolution frame,
+answer) with greedy decoding, frames already decoded in memory. Prints a table and, as its last
+line, one JSON object with the figures, the git commit and the machine.
+
+Run: `.venv/bin/python bench/model_speed.py --bench /path/to/fovealbench/test [--model DIR] [--n 60]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from render_throughput import git_commit  # type: ignore[import-not-found]
+
+from foveal.evaluation.bench import inspection_of
+from foveal.model import loader
+from foveal.plant.dataset import read_labels
+from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
+
+
+def timed(loop: Loop, items: list[Inspection], batch: int) -> tuple[float, list[Trace]]:
+    started = time.perf_counter()
+    traces: list[Trace] = []
+    for i in range(0, len(items), batch):
+        traces += loop.run(items[i:i + batch])
+    return time.perf_counter() - started, traces
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", type=Path, required=True)
+    parser.add_argument("--model", type=Path, default=Path("models/foveal_vl/1/weights"))
+    parser.add_argument("--n", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    vlm = loader.load(args.model)
+    labels = read_labels(args.bench)[: args.n]
+    items = [inspection_of(label, args.bench, True) for label in labels]
+    Loop(vlm).run(items[:2])  # warm-up
+    rows = []
+    latencies: list[float] = []
+    results: dict[str, object] = {}
+    for name, options, batch in (("kv-reuse, batch 1", LoopOptions(), 1),
+                                 ("re-encode, batch 1", LoopOptions(reuse_cache=False), 1),
+                                 (f"kv-reuse, batch {args.batch}", LoopOptions(), args.batch)):
+        seconds, traces = timed(Loop(vlm, options), items, batch)
+        lat = [t.latency_ms for t in traces]
+        if name == "kv-reuse, batch 1":
+            latencies = lat
+        ops = statistics.mean(t.operations for t in traces)
+        p50, p95 = float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+        rows.append((name, len(items) / seconds, p50, p95, ops))
+    print(f"{'mode':<22} {'insp/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'ops/insp':>8}")
+    for name, rate, p50, p95, ops in rows:
+        print(f"{name:<22} {rate:>8.2f} {p50:>8.1f} {p95:>8.1f} {ops:>8.2f}")
+    results = {
+        "n": len(items), "threads": torch.get_num_threads(),
+        "p50_ms_batch1": round(float(np.percentile(latencies, 50)), 1),
+        "p95_ms_batch1": round(float(np.percentile(latencies, 95)), 1),
+        "throughput_batch1": round(rows[0][1], 3), "throughput_reencode_batch1": round(rows[1][1], 3),
+        f"throughput_batch{args.batch}": round(rows[2][1], 3),
+        "kv_reuse_speedup": round(rows[0][1] / rows[1][1], 3),
+        "ops_per_inspection": round(rows[0][4], 3),
+    }
+    machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version())
+    print(json.dumps(dict(benchmark="model_speed", model=str(args.model), results=results,
+                          commit=git_commit(), machine=machine)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""`foveal train sft`, `foveal eval`, `foveal predict`: train, measure and use the reasoning model.
+
+`train sft` builds the model from labelled plant data (stage-0 vision pre-training, then
+warm-start SFT); `eval` runs it over a FovealBench folder and writes metrics, a markdown report
+and figures; `predict` is the stable interface other tools evaluate through: image files or
+directories in, one JSON line per image out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from foveal.cli.context import settings_of
+
+train_app = typer.Typer(help="Train the reasoning model.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console)
+
+
+class _Phases:
+    """Maps the trainer's (phase, done, total) callbacks onto rich tasks; when stderr is not a
+    terminal (CI, nohup), it logs a line every tenth of each phase instead."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[str, TaskID] = {}
+        self.started = time.perf_counter()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bar.add_task(phase, total=total)
+        self.bar.update(self.tasks[phase], completed=done)
+        if not console.is_terminal and (done == total or done % max(1, total // 10) == 0):
+            console.print(f"{phase}: {done}/{total} ({time.perf_counter() - self.started:.0f} s)")
+
+
+@train_app.command("sft")
+def train_sft(
+    data: Path = typer.Option(..., "--data", help="Training dataset folder (foveal format)."),
+    out: Path = typer.Option(..., "--out", help="Where the trained model goes (resumes if work/ is there)."),
+    dev: Path | None = typer.Option(None, "--dev", help="FovealBench dev folder for the dev loss."),
+    preset: str = typer.Option("default", "--preset", help="Model size: default or micro."),
+    steps: int = typer.Option(1500, "--steps", min=1, help="SFT optimizer steps."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    lr: float = typer.Option(1.5e-3, "--lr", min=0.0),
+    pretrain_steps: int = typer.Option(600, "--pretrain-steps", min=0,
+                                       help="Stage-0 vision steps (0: no stage 0)."),
+    max_items: int | None = typer.Option(None, "--max-items", min=1, help="Use the first N items only."),
+    per_item: int = typer.Option(2, "--trajectories-per-item", min=1),
+    vocab_size: int = typer.Option(2048, "--vocab-size", min=300),
+    seed: int = typer.Option(0, "--seed"),
+    version: str = typer.Option("1", "--version", help="Version recorded with the model."),
+) -> None:
+    """Stage 0 + warm-start SFT on synthetic expert trajectories; saves a loadable model."""
+    from foveal.training.sft import SFTConfig, run
+
+    config = SFTConfig(data=data, out=out, dev=dev, preset=preset, steps=steps, batch_size=batch_size, lr=lr,
+                       pretrain_steps=pretrain_steps, max_items=max_items, trajectories_per_item=per_item,
+                       vocab_size=vocab_size, seed=seed, version=version)
+    with _bar() as bar:
+        report = run(config, _Phases(bar))
+    last = report.dev_loss[-1][1] if report.dev_loss else float("nan")
+    console.print(f"trained {report.steps} steps on {report.examples} examples; dev loss {last:.4f}; "
+                  f"time {report.seconds.get('total', 0):.0f} s; model in {out}")
+
+
+def eval_command(
+    ctx: typer.Context,
+    bench: Path = typer.Option(..., "--bench", help="FovealBench split folder (or any labelled dataset)."),
+    out: Path = typer.Option(Path("eval"), "--out", help="Report folder."),
+    model: Path | None = typer.Option(None, "--model", help="Model directory (default: FOVEAL_MODEL_DIR)."),
+    no_ops: bool = typer.Option(False, "--no-ops", help="Operations disabled: answer from the whole view."),
+    compare_no_ops: bool = typer.Option(False, "--compare-no-ops", help="Also run --no-ops and compare."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="First N items only."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    named_prompt: bool = typer.Option(True, "--named-prompt/--generic-prompt",
+                                      help="Name the product and the defect types in the prompt."),
+) -> None:
+    """Evaluate on FovealBench: F1, false reject at 1 % escape, type accuracy, box hits, RaPR, latency."""
+    from foveal.evaluation.bench import evaluate_model
+    from foveal.evaluation.report import write_report
+    from foveal.model import loader
+
+    vlm = loader.load(model or settings_of(ctx).model_dir)
+    runs = [no_ops] + ([True] if compare_no_ops and not no_ops else [])
+    results = {}
+    for ops_off in runs:
+        with _bar() as bar:
+            task = bar.add_task("eval --no-ops" if ops_off else "eval", total=None)
+
+            def advance(done: int, total: int, bar: Progress = bar, task: TaskID = task) -> None:
+                bar.update(task, completed=done, total=total)
+
+            metrics, _ = evaluate_model(vlm, bench, no_ops=ops_off, limit=limit, batch_size=batch_size,
+                                        named_prompt=named_prompt, on_item=advance)
+        results["no-ops" if ops_off else "ops"] = metrics
+    main = results.get("ops") or results["no-ops"]
+    compare = {"no-ops": results["no-ops"]} if "ops" in results and "no-ops" in results else None
+    where = model or settings_of(ctx).model_dir
+    meta = {"model": f"{vlm.name} v{vlm.version} ({where})", "bench": str(bench),
+            "prompt": "named" if named_prompt else "generic", "batch_size": str(batch_size),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+    path = write_report(out, main, title=f"FovealBench eval: {bench.name}", meta=meta, compare=compare)
+    console.print(f"report: {path}")
+
+
+def predict_command(
+    ctx: typer.Context,
+    paths: list[str] = typer.Argument(
+        ..., help="Image files or directories (a folder of numeric-named frames is a sequence)."),
+    out: Path = typer.Option(..., "--out", help="JSON lines, one object per image."),
+    model: Path | None = typer.Option(None, "--model", help="Model directory (default: FOVEAL_MODEL_DIR)."),
+    no_ops: bool = typer.Option(False, "--no-ops", help="Operations disabled."),
+    product: str | None = typer.Option(None, "--product", help="Name the product in the prompt."),
+    defect_types: list[str] = typer.Option([], "--type", help="The line's defect types (repeatable)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+) -> None:
+    """Inspect images; write verdict, defect type, confidence, evidence box and steps per image."""
+    from foveal.evaluation import inference
+    from foveal.model import loader
+    from foveal.reasoning.loop import Loop, LoopOptions, Trace
+
+    items = inference.discover(paths)
+    vlm = loader.load(model or settings_of(ctx).model_dir)
+    loop = Loop(vlm, LoopOptions(allow_operations=not no_ops))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    with tmp.open("w") as sink, _bar() as bar:
+        task = bar.add_task("predict", total=len(items))
+
+        def write(trace: Trace) -> None:
+            sink.write(json.dumps(inference.record(trace)) + "\n")
+            bar.advance(task)
+
+        inference.run(loop, inference.inspections(items, product, defect_types or None), len(items),
+                      batch_size, write)
+    tmp.replace(out)
+    console.print(f"{len(items)} results in {out}")

@@ -1,0 +1,1 @@
+"""Score model predictions against dataset labels and write the evaluation report."""

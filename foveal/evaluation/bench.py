@@ -1,0 +1,57 @@
+"""Run a model over a labelled dataset (FovealBench) and score it: the body of `foveal eval`.
+
+The loop runs in batches of `batch_size`; with `named_prompt` the prompt names the item's
+product and the taxonomy (the default on a line), else it is the generic prompt. Returns the
+metrics and the per-item records (the `foveal predict` objects plus the label's id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from foveal.domain import DEFECT_TYPES
+from foveal.evaluation.inference import prediction, read_rgb, record
+from foveal.evaluation.metrics import Metrics, Prediction, evaluate
+from foveal.model.loader import VLM
+from foveal.plant.dataset import Label, read_labels
+from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
+from foveal.reasoning.prompts import inspection_prompt
+
+
+def inspection_of(label: Label, folder: Path, named_prompt: bool) -> Inspection:
+    rels = [label.image] if label.image else list(label.frames or [])
+    frames = [read_rgb(folder / rel) for rel in rels]
+    prompt = inspection_prompt(label.product if named_prompt else None,
+                               DEFECT_TYPES if named_prompt else None, len(frames))
+    return Inspection(frames, prompt, item_id=label.id)
+
+
+def traces_for(vlm: VLM, labels: Sequence[Label], folder: Path, options: LoopOptions, batch_size: int,
+               named_prompt: bool = True, on_item: Callable[[int, int], None] | None = None
+               ) -> Iterator[Trace]:
+    loop = Loop(vlm, options)
+    done = 0
+    for start in range(0, len(labels), batch_size):
+        batch = [inspection_of(label, folder, named_prompt) for label in labels[start:start + batch_size]]
+        for trace in loop.run(batch):
+            done += 1
+            if on_item is not None:
+                on_item(done, len(labels))
+            yield trace
+
+
+def evaluate_model(vlm: VLM, folder: Path, *, no_ops: bool = False, limit: int | None = None,
+                   batch_size: int = 8, named_prompt: bool = True,
+                   on_item: Callable[[int, int], None] | None = None,
+                   options: LoopOptions | None = None) -> tuple[Metrics, list[dict[str, Any]]]:
+    labels = read_labels(folder)[:limit]
+    base = options or LoopOptions()
+    loop_options = LoopOptions(**{**base.__dict__, "allow_operations": not no_ops})
+    predictions: list[Prediction] = []
+    records: list[dict[str, Any]] = []
+    for trace in traces_for(vlm, labels, folder, loop_options, batch_size, named_prompt, on_item):
+        predictions.append(prediction(trace, trace.item_id))
+        records.append(record(trace))
+    return evaluate(labels, predictions), records

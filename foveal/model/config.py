@@ -1,0 +1,92 @@
+"""Configurations of foveal's compact vision-language model, in the Qwen2.5-VL family.
+
+`FovealVLConfig` is a `Qwen2_5_VLConfig` whose vision tower is convolutional
+(`FovealVisionConfig`): it reads the same flattened 14 px patches and grid sizes the Qwen2.5-VL
+processor produces and emits one token per 28 px cell, the grid the decoder expects, so one
+code path (prompting, positions, the reasoning loop) serves this model and a real Qwen2.5-VL /
+PixelReasoner checkpoint. `PRESETS` name the sizes used: `default` (the committed model) and
+`micro` (tests, seconds on a CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLTextConfig
+from transformers.configuration_utils import SubConfigSpec
+from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+
+MODEL_TYPE = "foveal_vl"
+VISION_MODEL_TYPE = "foveal_conv_vision"
+
+
+class FovealVisionConfig(Qwen2_5_VLVisionConfig):  # type: ignore[no-untyped-call]
+    """The convolutional tower: `conv_channels` per stage (stride 2, 2, then 7: one token per
+    28 px), `blocks` residual 3x3 blocks at the token grid, `fourier_bands` sine/cosine bands of
+    each token's normalized position added before the merger (the decoder must read *where*)."""
+
+    model_type = VISION_MODEL_TYPE
+    conv_channels: list[int] | tuple[int, ...] = (24, 48, 128)
+    blocks: int = 2
+    fourier_bands: int = 4
+    norm_groups: int = 8
+    depth: int = 0
+    hidden_size: int = 128
+    out_hidden_size: int = 256
+    tokens_per_second: int = 2
+
+
+class FovealVLConfig(Qwen2_5_VLConfig):  # type: ignore[no-untyped-call]
+    model_type = MODEL_TYPE
+    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
+        "vision_config": SubConfigSpec(FovealVisionConfig),
+        "text_config": SubConfigSpec(Qwen2_5_VLTextConfig),
+    }
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one compact model. `mrope_section` halves the head size into (t, h, w) parts."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    conv_channels: tuple[int, int, int]
+    blocks: int
+    mrope_section: tuple[int, int, int]
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=768,
+                      conv_channels=(24, 48, 128), blocks=2, mrope_section=(8, 12, 12)),
+    "micro": Preset(hidden=64, layers=2, heads=2, kv_heads=1, intermediate=128,
+                    conv_channels=(8, 16, 32), blocks=1, mrope_section=(4, 6, 6)),
+}
+
+
+def compact_config(preset: str | Preset, special_ids: dict[str, int], vocab_size: int,
+                   max_positions: int = 4096) -> FovealVLConfig:
+    """A `FovealVLConfig` of `preset` for a tokenizer with `vocab_size` tokens and these
+    special token ids (keys: image, video, vision_start, vision_end, eos, pad)."""
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    if sum(p.mrope_section) * 2 != p.hidden // p.heads:
+        raise ValueError(f"mrope_section {p.mrope_section} must sum to half the head size "
+                         f"{p.hidden // p.heads}")
+    text: dict[str, Any] = dict(
+        vocab_size=vocab_size, hidden_size=p.hidden, intermediate_size=p.intermediate,
+        num_hidden_layers=p.layers, num_attention_heads=p.heads, num_key_value_heads=p.kv_heads,
+        max_position_embeddings=max_positions, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                         "mrope_section": list(p.mrope_section)},
+        bos_token_id=special_ids["eos"], eos_token_id=special_ids["eos"], pad_token_id=special_ids["pad"],
+    )
+    vision: dict[str, Any] = dict(conv_channels=list(p.conv_channels), blocks=p.blocks,
+                                  hidden_size=p.conv_channels[-1], out_hidden_size=p.hidden)
+    return FovealVLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=True,
+        image_token_id=special_ids["image"], video_token_id=special_ids["video"],
+        vision_start_token_id=special_ids["vision_start"], vision_end_token_id=special_ids["vision_end"],
+    )

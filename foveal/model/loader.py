@@ -1,0 +1,99 @@
+"""Load a model directory: foveal's compact model or a real Qwen2.5-VL checkpoint (for example
+PixelReasoner-RL-v1), both through transformers' Auto classes, with the tokenizer, the chat
+format and the pixel settings the reasoning loop needs. `save` writes a compact model the same
+way, plus `foveal.json` (name, version, lineage) next to the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from foveal.errors import FovealError
+from foveal.model.chat import ChatFormat
+from foveal.model.modeling import register
+from foveal.model.pixels import CLIP_MEAN, CLIP_STD, PixelSpec
+
+META_FILE = "foveal.json"
+
+
+class ModelError(FovealError):
+    """A model directory is missing, incomplete or of an unknown kind."""
+
+
+@dataclass
+class VLM:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    chat: ChatFormat
+    name: str
+    version: str
+    path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def pixel_spec(path: Path) -> PixelSpec:
+    """The processor's patch geometry and normalization (defaults: Qwen2.5-VL's)."""
+    config_file = path / "preprocessor_config.json"
+    if not config_file.is_file():
+        return PixelSpec()
+    raw = json.loads(config_file.read_text())
+    return PixelSpec(patch=int(raw.get("patch_size", 14)), merge=int(raw.get("merge_size", 2)),
+                     temporal=int(raw.get("temporal_patch_size", 2)),
+                     mean=tuple(raw.get("image_mean", CLIP_MEAN)),
+                     std=tuple(raw.get("image_std", CLIP_STD)))
+
+
+def load(path: Path, *, dtype: torch.dtype = torch.float32) -> VLM:
+    """The model in `path` ready for inference (eval mode)."""
+    register()
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} is not a model directory: no config.json")
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load the model in {path}: {exc}") from exc
+    model.train(False)  # eval mode (`eval` itself is untyped in transformers)
+    meta_file = path / META_FILE
+    meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return VLM(model, tokenizer, ChatFormat(tokenizer, pixel_spec(path)),
+               name=str(meta.get("name", path.name)), version=str(meta.get("version", "1")), path=path,
+               meta=meta)
+
+
+def save(vlm: VLM, path: Path, meta: dict[str, Any] | None = None) -> None:
+    """Weights, config, tokenizer, processor settings and `foveal.json` into `path`."""
+    path.mkdir(parents=True, exist_ok=True)
+    vlm.model.save_pretrained(path)
+    vlm.tokenizer.save_pretrained(path)
+    spec = vlm.chat.spec
+    (path / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Qwen2VLImageProcessor", "patch_size": spec.patch,
+        "merge_size": spec.merge, "temporal_patch_size": spec.temporal,
+        "image_mean": list(spec.mean), "image_std": list(spec.std),
+        "min_pixels": 4 * 28 * 28, "max_pixels": 448 * 448}, indent=2) + "\n")
+    record = dict(vlm.meta, **(meta or {}), name=vlm.name, version=vlm.version)
+    (path / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def create(tokenizer: PreTrainedTokenizerBase, preset: str = "default", *, name: str = "foveal-vl",
+           version: str = "0", seed: int = 0) -> VLM:
+    """A freshly initialised compact model for `tokenizer` (training starts here)."""
+    from foveal.model import tokenizer as tk
+    from foveal.model.config import compact_config
+    from foveal.model.modeling import FovealVLForConditionalGeneration
+
+    register()
+    ids = {key: tk.token_id(tokenizer, tok) for key, tok in (
+        ("image", tk.IMAGE_PAD), ("video", tk.VIDEO_PAD), ("vision_start", tk.VISION_START),
+        ("vision_end", tk.VISION_END), ("eos", tk.IM_END), ("pad", tk.PAD))}
+    torch.manual_seed(seed)
+    model = FovealVLForConditionalGeneration(compact_config(preset, ids, len(tokenizer)))
+    return VLM(model.train(False), tokenizer, ChatFormat(tokenizer), name=name, version=version,
+               meta={"preset": preset})

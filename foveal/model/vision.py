@@ -1,0 +1,122 @@
+"""The compact model's convolutional vision tower, a drop-in for Qwen2.5-VL's vision transformer.
+
+It takes what Qwen2.5-VL's vision tower takes (flattened 14 px patches in the processor's
+order, `(num_patches, 3 * 2 * 14 * 14)`, and `grid_thw` per image), rebuilds each image, runs a
+small CNN at stride 28 (one feature per merged 2x2 patch cell, in the order the decoder places
+image tokens), appends Fourier features of each cell's normalized position, and projects to the
+decoder's width with a two-layer merger. Why a CNN: a ViT trained from scratch on two cores
+learned nothing in 17 minutes; a CNN of a million parameters localised small defects (DESIGN.md).
+`features()` (the backbone, before the merger) is what stage-0 pre-training supervises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from foveal.model.config import FovealVisionConfig
+
+
+def unpatchify(patches: torch.Tensor, grid: tuple[int, int, int], patch: int, merge: int,
+               temporal: int) -> torch.Tensor:
+    """One image's rows of `patches` (gt*gh*gw, C*T*P*P) back to pixels (C, gh*P, gw*P); the
+    row order is the Qwen2-VL processor's: (t, h/merge, w/merge, merge, merge), each row (C, T, P, P)."""
+    gt, gh, gw = grid
+    x = patches.view(gt, gh // merge, gw // merge, merge, merge, -1, temporal, patch, patch)
+    x = x[0, :, :, :, :, :, 0]  # (bh, bw, mh, mw, C, P, P): still images repeat the temporal patch
+    x = x.permute(4, 0, 2, 5, 1, 3, 6)  # (C, bh, mh, P, bw, mw, P)
+    return x.reshape(x.shape[0], gh * patch, gw * patch)
+
+
+def position_features(rows: int, cols: int, bands: int, device: torch.device) -> torch.Tensor:
+    """(rows*cols, 2 + 4*bands): each cell centre's normalized (x, y) and sin/cos of 2^k*pi*x, y."""
+    ys = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) / rows
+    xs = (torch.arange(cols, device=device, dtype=torch.float32) + 0.5) / cols
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    coords = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)  # (N, 2)
+    freqs = math.pi * (2.0 ** torch.arange(bands, device=device, dtype=torch.float32))
+    angles = coords[:, :, None] * freqs  # (N, 2, bands)
+    return torch.cat([coords, angles.sin().flatten(1), angles.cos().flatten(1)], dim=-1)
+
+
+class _Block(nn.Module):
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(groups, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.gelu(self.norm1(self.conv1(x)))
+        return nn.functional.gelu(x + self.norm2(self.conv2(y)))
+
+
+def _stage(c_in: int, c_out: int, kernel: int, stride: int, groups: int) -> nn.Sequential:
+    padding = kernel // 2 if kernel > stride else 0  # keeps H/stride exact for multiples of 28
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+                         nn.GroupNorm(min(groups, c_out), c_out), nn.GELU())
+
+
+class ConvVisionTower(nn.Module):
+    """Backbone (3 strided stages: x2, x2, x7 = one feature per 28 px) + residual blocks + merger."""
+
+    def __init__(self, config: FovealVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.spatial_merge_size = config.spatial_merge_size
+        self.patch_size = int(config.patch_size)  # type: ignore[arg-type]
+        self.temporal_patch_size = int(config.temporal_patch_size)  # type: ignore[arg-type]
+        c1, c2, c3 = config.conv_channels
+        groups = config.norm_groups
+        self.stem = nn.Sequential(_stage(config.in_channels, c1, 3, 2, groups), _stage(c1, c2, 3, 2, groups),
+                                  _stage(c2, c3, 7, 7, groups))
+        self.blocks = nn.Sequential(*[_Block(c3, min(groups, c3)) for _ in range(config.blocks)])
+        position_dim = 2 + 4 * config.fourier_bands
+        self.merger = nn.Sequential(nn.Linear(c3 + position_dim, config.out_hidden_size), nn.GELU(),
+                                    nn.Linear(config.out_hidden_size, config.out_hidden_size))
+        self.feature_dim = c3
+
+    @property
+    def dtype(self) -> torch.dtype:
+        first = self.merger[0]
+        assert isinstance(first, nn.Linear)
+        return first.weight.dtype
+
+    def images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        """The (C, H, W) images of a batch of flattened patches."""
+        sizes = (grid_thw.prod(-1)).tolist()
+        grids = [tuple(int(v) for v in g) for g in grid_thw.tolist()]
+        return [unpatchify(rows, g, self.patch_size, self.spatial_merge_size, self.temporal_patch_size)  # type: ignore[arg-type]
+                for rows, g in zip(torch.split(pixel_values, sizes), grids, strict=True)]
+
+    def feature_maps(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Backbone maps (C3, H/28, W/28) per image; images of one size run as one batch."""
+        out: list[torch.Tensor | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault((image.shape[1], image.shape[2]), []).append(i)
+        for indices in by_size.values():
+            batch = torch.stack([images[i] for i in indices]).to(self.dtype)  # (B, 3, H, W)
+            maps = self.blocks(self.stem(batch))  # (B, C3, H/28, W/28)
+            for i, fmap in zip(indices, maps, strict=True):
+                out[i] = fmap
+        return [m for m in out if m is not None]
+
+    def tokens(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Merged tokens (sum of rows*cols, out_hidden_size) from backbone maps, in decoder order."""
+        rows_out = []
+        for fmap in maps:
+            channels, rows, cols = fmap.shape
+            flat = fmap.reshape(channels, rows * cols).T  # (N, C3)
+            pos = position_features(rows, cols, self.config.fourier_bands, fmap.device).to(flat.dtype)
+            rows_out.append(self.merger(torch.cat([flat, pos], dim=-1)))
+        return torch.cat(rows_out)
+
+    def forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor,
+                **_: object) -> BaseModelOutputWithPooling:
+        maps = self.feature_maps(self.images(hidden_states, grid_thw))
+        return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=self.tokens(maps))

@@ -1,0 +1,266 @@
+"""Warm-start SFT (`foveal train sft`): from labelled plant data to a model that zooms.
+
+Reads top to bottom: config -> trajectories -> tokenizer -> model -> stage 0 (vision) ->
+examples (operations executed on the real frames, backbone maps cached) -> SFT steps with
+periodic dev loss -> save, curves (PNG) and `train.json`. Loss is on assistant tokens only; tool
+outputs never carry it; turns with a deliberately wrong or over-large operation are masked too
+(the paper's choice: the model should learn to recover, never to make the mistake). The
+backbone is frozen during SFT (stage 0 taught it to see); the merger and the decoder train.
+Resumable: `<out>/work/state.pt` holds everything after the expensive preparation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from foveal.model import loader
+from foveal.model.loader import VLM
+from foveal.model.tokenizer import train_tokenizer
+from foveal.model.vision import ConvVisionTower
+from foveal.plant.dataset import Label, read_labels
+from foveal.training.examples import Example, corpus_lines, frames_of, materialize, with_maps
+from foveal.training.forward import collate, sft_loss, token_logits
+from foveal.training.pretrain import PretrainReport, pretrain, samples_for
+from foveal.training.trajectories import Mix, Trajectory, synthesize
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass
+class SFTConfig:
+    data: Path
+    out: Path
+    dev: Path | None = None
+    preset: str = "default"
+    max_items: int | None = None
+    dev_items: int = 120
+    trajectories_per_item: int = 2
+    vocab_size: int = 2048
+    pretrain_steps: int = 600
+    pretrain_batch: int = 16
+    pretrain_lr: float = 2e-3
+    steps: int = 1500
+    batch_size: int = 8
+    lr: float = 1.5e-3
+    warmup: int = 100
+    eval_every: int = 100
+    checkpoint_every: int = 200
+    seed: int = 0
+    mix: Mix = field(default_factory=Mix)
+    name: str = "foveal-vl"
+    version: str = "1"
+
+
+@dataclass
+class SFTReport:
+    steps: int = 0
+    train_loss: list[tuple[int, float]] = field(default_factory=list)
+    dev_loss: list[tuple[int, float]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    examples: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    pretrain: dict[str, Any] | None = None
+
+
+def _noop(phase: str, done: int, total: int) -> None:
+    del phase, done, total
+
+
+def trajectories_for(labels: Sequence[Label], per_item: int, mix: Mix, seed: int) -> list[Trajectory]:
+    out = []
+    for i, label in enumerate(labels):
+        for k in range(per_item):
+            out.append(synthesize(label, random.Random(seed * 1_000_003 + i * 101 + k), mix))
+    return out
+
+
+def build_examples(vlm: VLM, labels: Sequence[Label], trajectories: Sequence[Trajectory], folder: Path,
+                   progress: Progress, phase: str) -> list[Example]:
+    """Materialize every trajectory on its frames (each frame file read once) and cache maps."""
+    tower = vlm.model.model.visual
+    assert isinstance(tower, ConvVisionTower)
+    by_item: dict[str, list[Trajectory]] = {}
+    for t in trajectories:
+        by_item.setdefault(t.item_id, []).append(t)
+    examples: list[Example] = []
+    for n, label in enumerate(labels):
+        frames = frames_of(label, folder)
+        for t in by_item.get(label.id, []):
+            examples.append(with_maps(materialize(t, frames, vlm.chat), tower, t.item_id, t.kind))
+        progress(phase, n + 1, len(labels))
+    return examples
+
+
+def run_pretrain(vlm: VLM, labels: Sequence[Label], folder: Path, config: SFTConfig,
+                 progress: Progress) -> PretrainReport:
+    rng = random.Random(config.seed)
+    samples = []
+    for n, label in enumerate(labels):
+        samples += samples_for(label, folder, rng)
+        progress("stage-0 views", n + 1, len(labels))
+    rng.shuffle(samples)
+    cut = max(1, len(samples) // 20)
+    return pretrain(vlm, samples[cut:], samples[:cut], steps=config.pretrain_steps,
+                    batch_size=config.pretrain_batch, lr=config.pretrain_lr, seed=config.seed,
+                    on_step=lambda s, _loss: progress("stage-0 training", s + 1, config.pretrain_steps))
+
+
+def _lr(step: int, config: SFTConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    frac = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def example_loss(vlm: VLM, batch: Sequence[Example]) -> torch.Tensor:
+    b = collate([e.chunk for e in batch], vlm.chat.pad)
+    maps = [m for e in batch for m in e.maps]
+    return sft_loss(token_logits(vlm, b, maps), b.targets)
+
+
+@torch.no_grad()
+def dev_loss(vlm: VLM, examples: Sequence[Example], batch_size: int) -> float:
+    vlm.model.train(False)
+    losses = [float(example_loss(vlm, examples[i:i + batch_size]))
+              for i in range(0, len(examples), batch_size)]
+    return sum(losses) / max(1, len(losses))
+
+
+def trainable(vlm: VLM) -> list[torch.nn.Parameter]:
+    """Merger and decoder; the stage-0 backbone stays frozen."""
+    tower = vlm.model.model.visual
+    frozen = {id(p) for p in [*tower.stem.parameters(), *tower.blocks.parameters()]} \
+        if isinstance(tower, ConvVisionTower) else set()
+    return [p for p in vlm.model.parameters() if id(p) not in frozen]
+
+
+def train_steps(vlm: VLM, train: Sequence[Example], dev: Sequence[Example], config: SFTConfig,
+                report: SFTReport, progress: Progress, state_file: Path | None = None,
+                start: int = 0, optimizer: torch.optim.Optimizer | None = None) -> None:
+    params = trainable(vlm)
+    optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    rng = random.Random(config.seed + start)
+    order = list(range(len(train)))
+    for step in range(start, config.steps):
+        vlm.model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, config)
+        batch = [train[rng.choice(order)] for _ in range(config.batch_size)]
+        loss = example_loss(vlm, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        report.train_loss.append((step + 1, float(loss.detach())))
+        report.steps = step + 1
+        if dev and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
+            report.dev_loss.append((step + 1, dev_loss(vlm, dev, config.batch_size)))
+        if state_file is not None and ((step + 1) % config.checkpoint_every == 0):
+            save_state(state_file, vlm, optimizer, report, step + 1)
+        progress("sft", step + 1, config.steps)
+
+
+def save_state(path: Path, vlm: VLM, optimizer: torch.optim.Optimizer, report: SFTReport, step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": vlm.model.state_dict(), "optimizer": optimizer.state_dict(),
+                "report": asdict(report), "step": step}, tmp)
+    tmp.replace(path)
+
+
+def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], list[Example], SFTReport]:
+    """Everything before the SFT steps; cached in `<out>/work/` so a resumed run skips it."""
+    work = config.out / "work"
+    cache = work / "prepared.pt"
+    if cache.is_file():
+        saved = torch.load(cache, weights_only=False)
+        vlm = loader.load(work / "stage0")
+        return vlm, saved["train"], saved["dev"], SFTReport(**saved["report"])
+    report = SFTReport()
+    clock = time.perf_counter()
+    labels = read_labels(config.data)[: config.max_items]
+    trajectories = trajectories_for(labels, config.trajectories_per_item, config.mix, config.seed)
+    dev_labels = read_labels(config.dev)[: config.dev_items] if config.dev else []
+    dev_trajectories = trajectories_for(dev_labels, 1, config.mix, config.seed + 1)
+    tokenizer = train_tokenizer(corpus_lines(trajectories), config.vocab_size)
+    vlm = loader.create(tokenizer, config.preset, name=config.name, version=config.version, seed=config.seed)
+    report.seconds["tokenizer"] = time.perf_counter() - clock
+    if config.pretrain_steps > 0:
+        clock = time.perf_counter()
+        pre = run_pretrain(vlm, labels, config.data, config, progress)
+        report.pretrain = asdict(pre)
+        report.seconds["stage0"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    train = build_examples(vlm, labels, trajectories, config.data, progress, "examples")
+    dev = build_examples(vlm, dev_labels, dev_trajectories, config.dev, progress, "dev examples") \
+        if config.dev else []
+    report.seconds["examples"] = time.perf_counter() - clock
+    report.examples = len(train)
+    for t in trajectories:
+        report.kinds[t.kind] = report.kinds.get(t.kind, 0) + 1
+    work.mkdir(parents=True, exist_ok=True)
+    loader.save(vlm, work / "stage0")
+    torch.save({"train": train, "dev": dev, "report": asdict(report)}, cache)
+    return vlm, train, dev, report
+
+
+def run(config: SFTConfig, progress: Progress = _noop, resume: bool = True) -> SFTReport:
+    """Train and save the model into `config.out`; returns the report (also `train.json`)."""
+    started = time.perf_counter()
+    vlm, train, dev, report = prepare(config, progress)
+    state_file = config.out / "work" / "state.pt"
+    start = 0
+    optimizer = None
+    if resume and state_file.is_file():
+        state = torch.load(state_file, weights_only=False)
+        vlm.model.load_state_dict(state["model"])
+        optimizer = torch.optim.AdamW(trainable(vlm), lr=config.lr, weight_decay=0.01, betas=(0.9, 0.95))
+        optimizer.load_state_dict(state["optimizer"])
+        report, start = SFTReport(**state["report"]), int(state["step"])
+    clock = time.perf_counter()
+    train_steps(vlm, train, dev, config, report, progress, state_file, start, optimizer)
+    report.seconds["sft"] = report.seconds.get("sft", 0.0) + time.perf_counter() - clock
+    report.seconds["total"] = time.perf_counter() - started
+    vlm.model.train(False)
+    meta = {"config": {k: str(v) for k, v in asdict(config).items()}, "train": asdict(report)}
+    loader.save(vlm, config.out, meta={"trained_by": "foveal train sft", "sft": meta["config"]})
+    (config.out / "train.json").write_text(json.dumps(asdict(report), indent=1) + "\n")
+    plot_curves(report, config.out / "sft_curves.png")
+    return report
+
+
+def plot_curves(report: SFTReport, path: Path, others: dict[str, SFTReport] | None = None) -> None:
+    """Train and dev loss over steps (and other runs' dev loss, e.g. without stage 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if report.train_loss:
+        steps, losses = zip(*report.train_loss, strict=True)
+        window = 20
+        smooth = [sum(losses[max(0, i - window):i + 1]) / len(losses[max(0, i - window):i + 1])
+                  for i in range(len(losses))]
+        ax.plot(steps, smooth, label="train (smoothed)")
+    if report.dev_loss:
+        ax.plot(*zip(*report.dev_loss, strict=True), marker="o", label="dev")
+    for name, other in (others or {}).items():
+        if other.dev_loss:
+            ax.plot(*zip(*other.dev_loss, strict=True), marker="x", label=f"dev, {name}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,84 @@
+"""The report folder: metrics.json, report.md with the bar table, and three valid PNG figures."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from foveal.evaluation.metrics import Metrics, Prediction, evaluate
+from foveal.evaluation.report import check_bars, render_markdown, write_report
+from foveal.plant.dataset import Label
+from tests.evaluation.conftest import image_label, prediction
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def result(labels: list[Label], predictions: list[Prediction]) -> Metrics:
+    return evaluate(labels, predictions)
+
+
+@pytest.fixture
+def no_ops(labels: list[Label], predictions: list[Prediction]) -> Metrics:
+    # without operations only e1 keeps its right type: type accuracy 1/7
+    worse = [dataclasses.replace(p, operations=0, operation_errors=0, bbox=None, bbox_frame=None,
+                                 defect_type=p.defect_type if p.item_id in {"e1", "g1", "g3"} else "none")
+             for p in predictions]
+    return evaluate(labels, worse)
+
+
+def test_write_report_writes_every_file(tmp_path: Path, result: Metrics, no_ops: Metrics) -> None:
+    out = tmp_path / "run"
+    report = write_report(out, result, title="Hand set", meta={"model": "tiny | test", "split": "dev"},
+                          compare={"no-ops": no_ops})
+    assert report == out / "report.md"
+    assert Metrics.from_json((out / "metrics.json").read_text(encoding="utf-8")) == result
+    for name in ("false_reject_curve.png", "rapr_by_difficulty.png", "accuracy_by_product.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
+    text = report.read_text(encoding="utf-8")
+    assert text.startswith("# Hand set\n")
+    assert "| model | tiny \\| test |" in text  # pipes in meta are escaped
+    assert "| Bar | Target | Value | Met |" in text
+    assert "| Metric | this run | no-ops |" in text
+    for section in ("## Overall", "## Per product", "## Per difficulty", "## Per kind"):
+        assert section in text
+    assert "| metal | 5 | 3 |" in text and "| sequence | 1 | 1 |" in text
+    assert "![False reject against escape](false_reject_curve.png)" in text
+
+
+def test_bars_are_checked(result: Metrics, no_ops: Metrics) -> None:
+    text = render_markdown(result, title="t", meta={}, compare={"no-ops": no_ops})
+    expected_rows = [
+        "| Image F1 | ≥ 0.97 | 0.857 | ❌ |",  # 6/7
+        "| False reject at ≤ 1 % escape | ≤ 0.02 | 0.667 | ❌ |",  # 2/3
+        "| Defect-type accuracy | ≥ 0.95 | 0.571 | ❌ |",  # 4/7
+        "| Box hit rate | ≥ 0.95 | 0.750 | ❌ |",  # 3/4
+        "| RaPR tiny | ≥ 0.9 | 1.000 | ✅ |",
+        "| RaPR hard | ≥ 0.9 | 1.000 | ✅ |",
+        "| RaPR easy | ≤ 0.3 | 0.000 | ✅ |",
+        "| No-ops type accuracy lower by | ≥ 15 pts | +42.9 pts | ✅ |",  # 4/7 - 1/7 = 3/7
+    ]
+    for row in expected_rows:
+        assert row in text, row
+    assert "## Bars: 4 of 8 met" in text
+
+
+def test_no_ops_bar_only_with_a_no_ops_run(result: Metrics) -> None:
+    assert len(check_bars(result)) == 7
+    assert len(check_bars(result, {"other": result})) == 7
+    same = check_bars(result, {"no-ops": result})[-1]
+    assert (same.value, same.passed) == (0.0, False)  # no drop at all
+
+
+def test_undefined_values_fail_their_bar() -> None:
+    labels = [image_label("g", "metal"), image_label("e", "metal", "pit", (0.1, 0.1, 0.2, 0.2), "easy")]
+    m = evaluate(labels, [prediction("g", "none", 0.1), prediction("e", "pit", 0.9)])
+    bars = {b.name: b for b in check_bars(m)}
+    assert bars["Image F1"].passed and bars["Defect-type accuracy"].passed
+    assert bars["False reject at ≤ 1 % escape"].passed  # 0 at t=0.9
+    assert not bars["RaPR tiny"].passed and bars["RaPR tiny"].shown == "n/a"  # no tiny items
+    assert not bars["Box hit rate"].passed  # no evidence boxes at all
+    assert bars["RaPR easy"].passed

@@ -1,0 +1,103 @@
+"""The compact model and its chat format behave as the Qwen2.5-VL family: same patches, same
+3D positions, save/load through the Auto classes, and a real Qwen2.5-VL loads the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from foveal.model import loader
+from foveal.model.chat import ChatFormat, Chunk, positions
+from foveal.model.pixels import patchify
+from foveal.model.vision import unpatchify
+from foveal.reasoning.loop import Inspection, Loop, LoopOptions
+
+
+def test_patches_match_the_transformers_qwen2vl_processor() -> None:
+    pil = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
+    view = np.random.default_rng(0).integers(0, 256, (364, 504, 3), dtype=np.uint8)
+    patches, grid = patchify(view)
+    ref = pil.Qwen2VLImageProcessorPil(max_pixels=448 * 448, min_pixels=4 * 28 * 28)(
+        images=[view], return_tensors="np")
+    assert grid == tuple(ref["image_grid_thw"][0])
+    np.testing.assert_allclose(patches, ref["pixel_values"], atol=1e-6)
+
+
+def test_the_conv_tower_rebuilds_the_image_from_patches() -> None:
+    view = np.random.default_rng(1).integers(0, 256, (280, 420, 3), dtype=np.uint8)
+    patches, grid = patchify(view)
+    image = unpatchify(torch.from_numpy(patches), grid, 14, 2, 2)
+    assert image.shape == (3, 280, 420)
+    expected = (view[..., 0] / 255.0 - 0.48145466) / 0.26862954
+    np.testing.assert_allclose(image[0].numpy(), expected, atol=1e-5)
+
+
+def test_chunk_positions_equal_get_rope_index(micro_vlm: loader.VLM) -> None:
+    fmt = micro_vlm.chat
+    rng = np.random.default_rng(2)
+    whole = fmt.prompt([rng.integers(0, 256, (336, 448, 3), dtype=np.uint8)], "Inspect this part.")
+    turn = fmt.assistant("A mark. <tool_call>{}</tool_call>", True)
+    env = fmt.environment("Here is the cropped image (Image Size: 448x448):",
+                          [rng.integers(0, 256, (448, 448, 3), dtype=np.uint8)])
+    full = Chunk().extend(whole).extend(turn).extend(env)
+    ours, _ = positions(full, 0)
+    # chunk by chunk from the running position gives the same as all at once
+    p1, nxt = positions(whole, 0)
+    p2, nxt = positions(turn, nxt)
+    p3, _ = positions(env, nxt)
+    np.testing.assert_array_equal(np.concatenate([p1, p2, p3], axis=1), ours)
+    ids = torch.tensor([full.ids])
+    ref, _ = micro_vlm.model.model.get_rope_index(ids, mm_token_type_ids=torch.tensor([full.types]),
+                                                  image_grid_thw=torch.tensor(full.grids))
+    np.testing.assert_array_equal(ref[:, 0].numpy(), ours)
+
+
+def test_compact_model_saves_and_loads_through_the_auto_classes(micro_vlm: loader.VLM,
+                                                                tmp_path: Path) -> None:
+    loader.save(micro_vlm, tmp_path / "m", meta={"note": "test"})
+    again = loader.load(tmp_path / "m")
+    assert type(again.model).__name__ == "FovealVLForConditionalGeneration"
+    assert again.meta["note"] == "test"
+    before, after = micro_vlm.model.state_dict(), again.model.state_dict()
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        assert torch.equal(tensor, after[name]), name
+
+
+def test_loading_a_directory_without_a_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(loader.ModelError, match=r"no config\.json"):
+        loader.load(tmp_path)
+
+
+def tiny_qwen25vl(tokenizer: object, path: Path) -> Path:
+    """A randomly initialised real Qwen2.5-VL (vision transformer and all), saved like a checkpoint."""
+    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in (  # type: ignore[attr-defined]
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,  # type: ignore[arg-type]
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [4, 6, 6]}),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           fullatt_block_indexes=[0], window_size=112),
+        **ids)
+    torch.manual_seed(0)
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)  # type: ignore[attr-defined]
+    return path
+
+
+def test_a_real_qwen25vl_checkpoint_runs_the_loop_end_to_end(micro_tokenizer: object, tmp_path: Path) -> None:
+    vlm = loader.load(tiny_qwen25vl(micro_tokenizer, tmp_path / "qwen"))
+    assert type(vlm.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    frame = np.random.default_rng(3).integers(0, 256, (700, 900, 3), dtype=np.uint8)
+    loop = Loop(vlm, LoopOptions(temperature=1.0, seed=1, max_turn_tokens=24))
+    [trace] = loop.run([Inspection([frame], "Inspect this part.", item_id="x")])
+    assert trace.defect_type in Inspection([frame], "").taxonomy  # noise, but always an answer
+    assert trace.steps and trace.latency_ms > 0
+    assert isinstance(vlm.chat, ChatFormat)

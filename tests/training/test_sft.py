@@ -1,0 +1,94 @@
+"""Warm-start SFT on a micro config: the loss falls, tool output carries no loss, the saved model
+loads and runs through eval and predict (seconds on a CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from foveal.model import loader
+from foveal.plant.generate import generate
+from foveal.training.forward import collate, sft_loss, token_logits
+from foveal.training.sft import SFTConfig, example_loss, run
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("plant") / "data"
+    generate(out, 14, seed=5, sequences=2, workers=1, size=512, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def micro_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "m"
+    config = SFTConfig(data=tiny_data, out=out, dev=tiny_data, preset="micro", dev_items=4, vocab_size=400,
+                       pretrain_steps=4, pretrain_batch=4, steps=40, batch_size=4, lr=3e-3, warmup=5,
+                       eval_every=20, checkpoint_every=20)
+    run(config)
+    return out
+
+
+def test_sft_on_a_few_dozen_examples_lowers_the_loss(micro_model: Path) -> None:
+    report = json.loads((micro_model / "train.json").read_text())
+    losses = [loss for _, loss in report["train_loss"]]
+    assert report["examples"] == 32  # 16 items x 2 trajectories
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    assert (micro_model / "sft_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tool_output_and_masked_turns_carry_no_gradient(micro_model: Path) -> None:
+    saved = torch.load(micro_model / "work" / "prepared.pt", weights_only=False)
+    example = saved["train"][0]
+    vlm = loader.load(micro_model)
+    chunk = example.chunk
+    batch = collate([chunk], vlm.chat.pad)
+    # every target is an assistant token: no image placeholder, no environment text
+    targeted = (batch.targets[0] != -100).nonzero().flatten().tolist()
+    assert targeted and all(chunk.loss[i + 1] for i in targeted)
+    embeds_grad = {}
+    logits = token_logits(vlm, batch, [m for m in example.maps])
+    logits.retain_grad()
+    sft_loss(logits, batch.targets).backward()
+    grad = logits.grad[0].abs().sum(-1)  # (L,)
+    no_loss = [i for i in range(len(chunk) - 1) if not chunk.loss[i + 1]]
+    assert float(grad[no_loss].sum()) == 0.0
+    del embeds_grad
+
+
+def test_a_trained_model_resumes_from_its_checkpoint(micro_model: Path, tiny_data: Path) -> None:
+    state = torch.load(micro_model / "work" / "state.pt", weights_only=False)
+    assert state["step"] == 40
+    vlm = loader.load(micro_model)
+    saved = torch.load(micro_model / "work" / "prepared.pt", weights_only=False)
+    assert float(example_loss(vlm, saved["train"][:4])) < 10
+
+
+def test_eval_and_predict_run_on_the_trained_model(micro_model: Path, tiny_data: Path,
+                                                   tmp_path: Path) -> None:
+    env_cmd = [sys.executable, "-m", "foveal"]
+    subprocess.run([*env_cmd, "eval", "--bench", str(tiny_data), "--model", str(micro_model), "--out",
+                    str(tmp_path / "eval"), "--limit", "6", "--compare-no-ops"],
+                   check=True, capture_output=True)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["overall"]["n"] == 6
+    assert (tmp_path / "eval" / "report.md").is_file()
+    images = sorted((tiny_data / "images").iterdir())[:2]
+    seq = next((tiny_data / "sequences").iterdir())
+    out = tmp_path / "results.jsonl"
+    subprocess.run([*env_cmd, "predict", *map(str, images), str(seq), "--out", str(out), "--model",
+                    str(micro_model)], check=True, capture_output=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["image"] for r in rows] == [*map(str, images), str(seq)]
+    for row in rows:
+        assert set(row) >= {"image", "verdict", "defect_type", "confidence", "bbox", "steps", "latency_ms"}
+        assert row["verdict"] in ("ok", "defect", "uncertain")
+        assert 0.0 <= row["confidence"] <= 1.0
+        assert row["bbox"] is None or (len(row["bbox"]) == 4 and all(0 <= v <= 1 for v in row["bbox"]))
+        assert isinstance(row["steps"], list) and row["steps"]
+        assert row["latency_ms"] > 0
