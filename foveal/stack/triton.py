@@ -45,6 +45,10 @@ class TritonPart(Part):
                                         "(set FOVEAL_MODEL_REPOSITORY)")
         wheel = _wheel_dir()
         backends = self.workdir / "backends"
+        # Explicit control: only folders that are complete Triton models (config.pbtxt) load, so
+        # a folder still being assembled (weights before their model.py) is no load error, and
+        # the model-control API is on for loading new versions.
+        served = sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
         _link_python_backend(wheel, backends / "python")
         return Launch(
             cmd=[str(wheel / "bin" / "tritonserver"),
@@ -54,6 +58,7 @@ class TritonPart(Part):
                  f"--http-address={s.bind_host}", f"--http-port={s.triton_http_port}",
                  f"--metrics-address={s.bind_host}", f"--metrics-port={s.triton_metrics_port}",
                  "--allow-metrics=true",
+                 "--model-control-mode=explicit", *[f"--load-model={name}" for name in served],
                  # A model that fails to load keeps the server up and not ready, so `status`
                  # can name the model and its error instead of reporting a dead process.
                  "--exit-on-error=false",
@@ -74,7 +79,7 @@ class TritonPart(Part):
             return Health(False, f"no answer over gRPC at {self.address}: {_short(exc)}")
         finally:
             client.close()
-        models = index.get("models", [])
+        models = [m for m in index.get("models", []) if m.get("state")]  # no state: never loaded
         broken = [f"{m['name']}: {m.get('state', '?')} {m.get('reason', '')}".strip()
                   for m in models if m.get("state") != "READY"]
         if not ready:
