@@ -61,9 +61,25 @@ def cell_targets(mask: npt.NDArray[np.bool_] | None, view: View, type_index: int
     return np.where(touched, type_index, 0).astype(np.int64)
 
 
-def samples_for(label: Label, folder: Path, rng: random.Random, budget: ImageBudget = ImageBudget()
-                ) -> list[VisionSample]:
-    """The whole view, a zoom on the defect (defective items) and a zoom elsewhere."""
+Box4 = tuple[float, float, float, float]
+
+
+def jittered_box(box: Box4, rng: random.Random) -> Box4:
+    """A zoom box holding `box` at a random scale (side 0.05-0.35 of the frame) and offset: the
+    same defect seen through many crops, the variety a few thousand frames otherwise lack."""
+    x1, y1, x2, y2 = box
+    side_x = max(x2 - x1, rng.uniform(0.05, 0.35))
+    side_y = max(y2 - y1, rng.uniform(0.05, 0.35))
+    left = rng.uniform(max(0.0, x2 - side_x), min(x1, 1.0 - side_x))
+    top = rng.uniform(max(0.0, y2 - side_y), min(y1, 1.0 - side_y))
+    right, bottom = min(1.0, left + side_x), min(1.0, top + side_y)
+    return (round(left, 3), round(top, 3), round(right, 3), round(bottom, 3))
+
+
+def samples_for(label: Label, folder: Path, rng: random.Random, budget: ImageBudget = ImageBudget(),
+                zooms: int = 4) -> list[VisionSample]:
+    """The whole view, `zooms` jittered zooms on the defect (defective items; the first is the
+    trajectories' crop) and a zoom elsewhere."""
     if label.image is None:
         return []
     frame = load_image(folder, label.image)
@@ -74,6 +90,7 @@ def samples_for(label: Label, folder: Path, rng: random.Random, budget: ImageBud
     boxes: list[tuple[str, tuple[float, float, float, float]]] = []
     if label.bbox is not None:
         boxes.append(("zoom", crop_box(label.bbox)))
+        boxes += [("zoom", jittered_box(label.bbox, rng)) for _ in range(zooms - 1)]
     side = rng.uniform(0.08, 0.3)
     x, y = rng.uniform(0, 1 - side), rng.uniform(0, 1 - side)
     boxes.append(("other", (round(x, 2), round(y, 2), round(x + side, 2), round(y + side, 2))))
@@ -86,14 +103,20 @@ def samples_for(label: Label, folder: Path, rng: random.Random, budget: ImageBud
 
 
 class CellHead(nn.Module):
-    """Per-cell classifier on the backbone's maps (training only; not part of the saved model)."""
+    """Per-cell classifier on the backbone's maps, plus a view-level one on their mean and max
+    (training only; not part of the saved model)."""
 
     def __init__(self, channels: int, classes: int = len(DEFECT_TYPES)) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, classes, 1)
+        self.view = nn.Linear(2 * channels, classes)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.conv(maps)  # type: ignore[no-any-return]
+        return self.conv(maps)  # type: ignore[no-any-return]  # (B, classes, rows, cols)
+
+    def whole(self, maps: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], dim=1)  # (B, 2C)
+        return self.view(pooled)  # type: ignore[no-any-return]  # (B, classes)
 
 
 def _window(sample: VisionSample, side: int, rng: random.Random
@@ -109,7 +132,19 @@ def _window(sample: VisionSample, side: int, rng: random.Random
     view[: part.shape[0], : part.shape[1]] = part
     t = sample.target[r0: r0 + cells, c0: c0 + cells]
     target[: t.shape[0], : t.shape[1]] = t
-    return view, target
+    return _augment(view, target, rng)
+
+
+def _augment(view: npt.NDArray[np.uint8], target: npt.NDArray[np.int64], rng: random.Random
+             ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """Flips, quarter turns (cells move with the pixels) and a brightness/contrast change."""
+    turns = rng.randrange(4)
+    view, target = np.rot90(view, turns), np.rot90(target, turns)
+    if rng.random() < 0.5:
+        view, target = view[:, ::-1], target[:, ::-1]
+    gain, offset = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
+    jittered = np.clip(view.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(jittered), np.ascontiguousarray(target)
 
 
 def _pixels(tower: ConvVisionTower, views: Sequence[npt.NDArray[np.uint8]]) -> torch.Tensor:
@@ -121,8 +156,9 @@ def _pixels(tower: ConvVisionTower, views: Sequence[npt.NDArray[np.uint8]]) -> t
 
 
 def pretrain(vlm: VLM, samples: Sequence[VisionSample], held_out: Sequence[VisionSample], *, steps: int,
-             batch_size: int = 16, lr: float = 2e-3, side: int = 336, defect_weight: float = 5.0,
-             seed: int = 0, on_step: Callable[[int, float], None] | None = None) -> PretrainReport:
+             batch_size: int = 16, lr: float = 3e-3, side: int = 336, defect_weight: float = 5.0,
+             defect_share: float = 0.5, view_weight: float = 0.5, seed: int = 0,
+             on_step: Callable[[int, float], None] | None = None) -> PretrainReport:
     """Train the backbone (stem and blocks) of `vlm`'s tower in place; report held-out quality."""
     tower = vlm.model.model.visual
     assert isinstance(tower, ConvVisionTower)
@@ -133,15 +169,19 @@ def pretrain(vlm: VLM, samples: Sequence[VisionSample], held_out: Sequence[Visio
                                                    pct_start=0.1)
     weights = torch.tensor([1.0] + [defect_weight] * (len(DEFECT_TYPES) - 1))
     rng = random.Random(seed)
+    defective = [s for s in samples if bool(s.target.any())] or list(samples)
     report = PretrainReport(steps=steps, seconds=0.0)
     started = time.perf_counter()
     tower.train()
     for step in range(steps):
-        batch = [_window(rng.choice(samples), side, rng) for _ in range(batch_size)]
+        batch = [_window(rng.choice(defective if rng.random() < defect_share else samples), side, rng)
+                 for _ in range(batch_size)]
         x = _pixels(tower, [b[0] for b in batch])
-        y = torch.from_numpy(np.stack([b[1] for b in batch]))
-        logits = head(tower.blocks(tower.stem(x)))  # (B, classes, cells, cells)
-        loss = nn.functional.cross_entropy(logits, y, weight=weights, ignore_index=-100)
+        y = torch.from_numpy(np.stack([b[1] for b in batch]))  # (B, cells, cells)
+        maps = tower.blocks(tower.stem(x))  # (B, C, cells, cells)
+        loss = nn.functional.cross_entropy(head(maps), y, weight=weights, ignore_index=-100)
+        y_view = y.clamp(min=0).flatten(1).amax(1)  # (B,) the view's type: one defect per frame
+        loss = loss + view_weight * nn.functional.cross_entropy(head.whole(maps), y_view)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()

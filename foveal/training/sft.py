@@ -43,12 +43,13 @@ class SFTConfig:
     preset: str = "default"
     max_items: int | None = None
     dev_items: int = 120
+    dev_loop_items: int = 40  # items the loop inspects at every dev evaluation (0: dev loss only)
     trajectories_per_item: int = 2
     vocab_size: int = 2048
-    pretrain_steps: int = 600
+    pretrain_steps: int = 1500
     pretrain_batch: int = 16
-    pretrain_lr: float = 2e-3
-    steps: int = 1500
+    pretrain_lr: float = 3e-3
+    steps: int = 800
     batch_size: int = 8
     lr: float = 1.5e-3
     warmup: int = 100
@@ -69,6 +70,8 @@ class SFTReport:
     examples: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
     pretrain: dict[str, Any] | None = None
+    # the loop run greedily on dev items: (step, type accuracy over all items, RaPR)
+    dev_eval: list[tuple[int, float, float]] = field(default_factory=list)
 
 
 def _noop(phase: str, done: int, total: int) -> None:
@@ -143,9 +146,32 @@ def trainable(vlm: VLM) -> list[torch.nn.Parameter]:
     return [p for p in vlm.model.parameters() if id(p) not in frozen]
 
 
+class DevLoop:
+    """The reasoning loop on the first dev items, frames held in memory: what the curves show
+    besides the loss is whether the model answers right and zooms."""
+
+    def __init__(self, folder: Path | None, items: int) -> None:
+        from foveal.evaluation.bench import inspection_of
+
+        labels = read_labels(folder)[:items] if folder and items else []
+        self.truth = [label.defect_type for label in labels]
+        self.inspections = [inspection_of(label, folder, True) for label in labels] if folder else []
+
+    def __call__(self, vlm: VLM) -> tuple[float, float] | None:
+        from foveal.reasoning.loop import Loop
+
+        if not self.inspections:
+            return None
+        vlm.model.train(False)
+        traces = Loop(vlm).run_batched(self.inspections, batch_size=8)
+        right = sum(t.defect_type == truth for t, truth in zip(traces, self.truth, strict=True))
+        return right / len(traces), sum(t.used_operation for t in traces) / len(traces)
+
+
 def train_steps(vlm: VLM, train: Sequence[Example], dev: Sequence[Example], config: SFTConfig,
                 report: SFTReport, progress: Progress, state_file: Path | None = None,
-                start: int = 0, optimizer: torch.optim.Optimizer | None = None) -> None:
+                start: int = 0, optimizer: torch.optim.Optimizer | None = None,
+                dev_loop: DevLoop | None = None) -> None:
     params = trainable(vlm)
     optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.95))
     rng = random.Random(config.seed + start)
@@ -164,6 +190,9 @@ def train_steps(vlm: VLM, train: Sequence[Example], dev: Sequence[Example], conf
         report.steps = step + 1
         if dev and ((step + 1) % config.eval_every == 0 or step + 1 == config.steps):
             report.dev_loss.append((step + 1, dev_loss(vlm, dev, config.batch_size)))
+            scored = dev_loop(vlm) if dev_loop is not None else None
+            if scored is not None:
+                report.dev_eval.append((step + 1, *scored))
         if state_file is not None and ((step + 1) % config.checkpoint_every == 0):
             save_state(state_file, vlm, optimizer, report, step + 1)
         progress("sft", step + 1, config.steps)
@@ -226,7 +255,8 @@ def run(config: SFTConfig, progress: Progress = _noop, resume: bool = True) -> S
         optimizer.load_state_dict(state["optimizer"])
         report, start = SFTReport(**state["report"]), int(state["step"])
     clock = time.perf_counter()
-    train_steps(vlm, train, dev, config, report, progress, state_file, start, optimizer)
+    dev_loop = DevLoop(config.dev, config.dev_loop_items)
+    train_steps(vlm, train, dev, config, report, progress, state_file, start, optimizer, dev_loop)
     report.seconds["sft"] = report.seconds.get("sft", 0.0) + time.perf_counter() - clock
     report.seconds["total"] = time.perf_counter() - started
     vlm.model.train(False)
@@ -238,29 +268,38 @@ def run(config: SFTConfig, progress: Progress = _noop, resume: bool = True) -> S
 
 
 def plot_curves(report: SFTReport, path: Path, others: dict[str, SFTReport] | None = None) -> None:
-    """Train and dev loss over steps (and other runs' dev loss, e.g. without stage 0)."""
+    """Loss over steps (train smoothed, dev; other runs' dev loss, e.g. without stage 0) and,
+    when the loop ran on dev items, their type accuracy and RaPR."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    runs = {"": report, **{f", {name}": other for name, other in (others or {}).items()}}
+    panels = 2 if any(r.dev_eval for r in runs.values()) else 1
+    fig = Figure(figsize=(7 * panels, 4))
+    ax = fig.add_subplot(1, panels, 1)
     if report.train_loss:
         steps, losses = zip(*report.train_loss, strict=True)
         window = 20
         smooth = [sum(losses[max(0, i - window):i + 1]) / len(losses[max(0, i - window):i + 1])
                   for i in range(len(losses))]
         ax.plot(steps, smooth, label="train (smoothed)")
-    if report.dev_loss:
-        ax.plot(*zip(*report.dev_loss, strict=True), marker="o", label="dev")
-    for name, other in (others or {}).items():
-        if other.dev_loss:
-            ax.plot(*zip(*other.dev_loss, strict=True), marker="x", label=f"dev, {name}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (assistant tokens)")
-    ax.set_yscale("log")
+    for suffix, run_report in runs.items():
+        if run_report.dev_loss:
+            ax.plot(*zip(*run_report.dev_loss, strict=True), marker="o", label=f"dev{suffix}")
+    ax.set(xlabel="step", ylabel="loss (assistant tokens)", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend()
+    if panels == 2:
+        right = fig.add_subplot(1, 2, 2)
+        for suffix, run_report in runs.items():
+            if run_report.dev_eval:
+                steps_, accuracy, rapr = zip(*run_report.dev_eval, strict=True)
+                right.plot(steps_, accuracy, marker="o", label=f"type accuracy{suffix}")
+                right.plot(steps_, rapr, marker="s", linestyle="--", label=f"RaPR{suffix}")
+        right.set(xlabel="step", ylabel="share of dev items", ylim=(0, 1.02))
+        right.grid(alpha=0.3)
+        right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

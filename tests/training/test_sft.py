@@ -38,6 +38,7 @@ def test_sft_on_a_few_dozen_examples_lowers_the_loss(micro_model: Path) -> None:
     report = json.loads((micro_model / "train.json").read_text())
     losses = [loss for _, loss in report["train_loss"]]
     assert report["examples"] == 32  # 16 items x 2 trajectories
+    assert report["dev_eval"] and all(0 <= acc <= 1 and 0 <= rapr <= 1 for _, acc, rapr in report["dev_eval"])
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
     assert (micro_model / "sft_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -51,14 +52,12 @@ def test_tool_output_and_masked_turns_carry_no_gradient(micro_model: Path) -> No
     # every target is an assistant token: no image placeholder, no environment text
     targeted = (batch.targets[0] != -100).nonzero().flatten().tolist()
     assert targeted and all(chunk.loss[i + 1] for i in targeted)
-    embeds_grad = {}
-    logits = token_logits(vlm, batch, [m for m in example.maps])
+    logits = token_logits(vlm, batch, list(example.maps))
     logits.retain_grad()
     sft_loss(logits, batch.targets).backward()
     grad = logits.grad[0].abs().sum(-1)  # (L,)
     no_loss = [i for i in range(len(chunk) - 1) if not chunk.loss[i + 1]]
     assert float(grad[no_loss].sum()) == 0.0
-    del embeds_grad
 
 
 def test_a_trained_model_resumes_from_its_checkpoint(micro_model: Path, tiny_data: Path) -> None:

@@ -1,0 +1,74 @@
+"""Stage-0 pieces: cell targets follow the mask through the operations' views, jittered zooms
+keep the defect, augmentation moves targets with pixels, and a few steps change the backbone."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from foveal.model.loader import VLM
+from foveal.operations import Workspace, execute
+from foveal.training.pretrain import VisionSample, _augment, auroc, cell_targets, jittered_box, pretrain
+from foveal.training.trajectories import tool_call
+
+
+def test_cell_targets_mark_the_cells_over_the_mask_in_whole_and_zoomed_views() -> None:
+    frame = np.zeros((1120, 1120, 3), dtype=np.uint8)
+    mask = np.zeros((1120, 1120), dtype=bool)
+    mask[500:510, 700:720] = True  # x 700-720, y 500-510
+    ws = Workspace([frame])
+    whole = cell_targets(mask, ws.views[0], 3)
+    assert whole.shape == (16, 16)
+    assert set(zip(*np.nonzero(whole), strict=True)) == {(7, 10)}  # 1120 px / 16 = 70 px per cell
+    result = execute(tool_call("crop_image_normalized", {"bbox_2d": [0.6, 0.4, 0.7, 0.5], "target_image": 1}),
+                     ws)
+    zoom = cell_targets(mask, result.views[0], 3)
+    assert zoom.max() == 3 and (zoom > 0).sum() > 1  # magnified: the mark spans several cells
+    assert cell_targets(None, ws.views[0], 0).sum() == 0
+
+
+def test_jittered_zooms_always_hold_the_defect_box() -> None:
+    rng = random.Random(0)
+    for _ in range(500):
+        x1, y1 = rng.uniform(0, 0.95), rng.uniform(0, 0.95)
+        box = (x1, y1, min(1.0, x1 + rng.uniform(0.001, 0.05)), min(1.0, y1 + rng.uniform(0.001, 0.05)))
+        left, top, right, bottom = jittered_box(box, rng)
+        assert left <= box[0] + 1e-3 and top <= box[1] + 1e-3
+        assert right >= box[2] - 1e-3 and bottom >= box[3] - 1e-3
+        assert 0 <= left < right <= 1 and 0 <= top < bottom <= 1
+
+
+def test_augmentation_moves_targets_with_the_pixels() -> None:
+    rng = random.Random(3)
+    view = np.zeros((84, 84, 3), dtype=np.uint8)
+    view[0:28, 56:84] = 200  # cell (0, 2)
+    target = np.zeros((3, 3), dtype=np.int64)
+    target[0, 2] = 4
+    for _ in range(20):
+        v, t = _augment(view, target, rng)
+        (r, c), = zip(*np.nonzero(t), strict=True)
+        assert v[r * 28 + 14, c * 28 + 14].mean() > 100
+
+
+def test_auroc_handles_ties_and_single_classes() -> None:
+    assert auroc(np.array([0.5, 0.5]), np.array([True, False])) == 0.5
+    assert auroc(np.array([0.1, 0.9]), np.array([False, True])) == 1.0
+    assert auroc(np.array([0.1, 0.9]), np.array([True, True])) is None
+
+
+def test_a_few_stage0_steps_change_the_backbone_only(micro_vlm: VLM) -> None:
+    rng = np.random.default_rng(0)
+    samples = []
+    for k in range(4):
+        target = np.zeros((12, 12), dtype=np.int64)
+        target[k, k] = 1 + k
+        samples.append(VisionSample(rng.integers(0, 256, (336, 336, 3), dtype=np.uint8), target, "whole"))
+    tower = micro_vlm.model.model.visual
+    before = {n: p.detach().clone() for n, p in tower.named_parameters()}
+    report = pretrain(micro_vlm, samples, samples[:2], steps=3, batch_size=2)
+    after = dict(tower.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("stem"))
+    assert all(torch.equal(before[n], after[n]) for n in before if n.startswith("merger"))
+    assert len(report.losses) == 3 and report.cell_auroc is not None
