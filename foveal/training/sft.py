@@ -132,6 +132,7 @@ def example_loss(vlm: VLM, batch: Sequence[Example]) -> torch.Tensor:
 
 @torch.no_grad()
 def dev_loss(vlm: VLM, examples: Sequence[Example], batch_size: int) -> float:
+    examples = sorted(examples, key=lambda e: len(e.chunk))
     vlm.model.train(False)
     losses = [float(example_loss(vlm, examples[i:i + batch_size]))
               for i in range(0, len(examples), batch_size)]
@@ -175,12 +176,12 @@ def train_steps(vlm: VLM, train: Sequence[Example], dev: Sequence[Example], conf
     params = trainable(vlm)
     optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.95))
     rng = random.Random(config.seed + start)
-    order = list(range(len(train)))
+    by_length = sorted(range(len(train)), key=lambda i: len(train[i].chunk))
     for step in range(start, config.steps):
         vlm.model.train()
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, config)
-        batch = [train[rng.choice(order)] for _ in range(config.batch_size)]
+        batch = [train[i] for i in length_batch(by_length, config.batch_size, rng)]
         loss = example_loss(vlm, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -196,6 +197,13 @@ def train_steps(vlm: VLM, train: Sequence[Example], dev: Sequence[Example], conf
         if state_file is not None and ((step + 1) % config.checkpoint_every == 0):
             save_state(state_file, vlm, optimizer, report, step + 1)
         progress("sft", step + 1, config.steps)
+
+
+def length_batch(by_length: Sequence[int], size: int, rng: random.Random) -> list[int]:
+    """`size` examples of similar length (a random window of the length-sorted order): padding
+    a one-image answer to a nine-image sequence made steps several times slower."""
+    start = rng.randrange(max(1, len(by_length) - size + 1))
+    return list(by_length[start:start + size])
 
 
 def save_state(path: Path, vlm: VLM, optimizer: torch.optim.Optimizer, report: SFTReport, step: int) -> None:
