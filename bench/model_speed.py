@@ -43,9 +43,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("models/foveal_vl/1/weights"))
     parser.add_argument("--n", type=int, default=60)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--kind", choices=("all", "image", "sequence"), default="all",
+                        help="only single images or only sequences (multi-turn for today's model)")
     args = parser.parse_args()
     vlm = loader.load(args.model)
-    labels = read_labels(args.bench)[: args.n]
+    labels = [label for label in read_labels(args.bench)
+              if args.kind == "all" or (label.is_sequence == (args.kind == "sequence"))][: args.n]
     items = [inspection_of(label, args.bench, True) for label in labels]
     Loop(vlm).run(items[:2])  # warm-up
     rows = []
@@ -65,7 +68,7 @@ def main() -> None:
     for name, rate, p50, p95, ops in rows:
         print(f"{name:<22} {rate:>8.2f} {p50:>8.1f} {p95:>8.1f} {ops:>8.2f}")
     results = {
-        "n": len(items), "threads": torch.get_num_threads(),
+        "n": len(items), "kind": args.kind, "threads": torch.get_num_threads(),
         "p50_ms_batch1": round(float(np.percentile(latencies, 50)), 1),
         "p95_ms_batch1": round(float(np.percentile(latencies, 95)), 1),
         "throughput_batch1": round(rows[0][1], 3), "throughput_reencode_batch1": round(rows[1][1], 3),
