@@ -150,7 +150,6 @@ def predict_command(
             sink.write(json.dumps(inference.record(trace)) + "\n")
             bar.advance(task)
 
-        inference.run(loop, inference.inspections(items, product, defect_types or None), len(items),
-                      batch_size, write)
+        inference.run(loop, inference.inspections(items, product, defect_types or None), batch_size, write)
     tmp.replace(out)
     console.print(f"{len(items)} results in {out}")

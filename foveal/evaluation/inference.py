@@ -79,7 +79,7 @@ def inspections(items: Sequence[Item], product: str | None = None,
         yield Inspection(frames, inspection_prompt(product, defect_types, len(frames)), item_id=item.name)
 
 
-def run(loop: Loop, inspections_: Iterator[Inspection], total: int, batch_size: int,
+def run(loop: Loop, inspections_: Iterator[Inspection], batch_size: int,
         on_done: Callable[[Trace], None]) -> None:
     """Run the loop over a stream in batches (frames are read only as each batch needs them)."""
     batch: list[Inspection] = []
@@ -92,7 +92,6 @@ def run(loop: Loop, inspections_: Iterator[Inspection], total: int, batch_size: 
     if batch:
         for trace in loop.run(batch):
             on_done(trace)
-    del total
 
 
 def record(trace: Trace) -> dict[str, Any]:

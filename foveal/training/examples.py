@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,13 +33,10 @@ class TrajectoryError(ValueError):
     """A synthesized operation failed on the real frame (a synthesis bug, never silently kept)."""
 
 
-def frames_of(label: Label, folder: object) -> list[RGBImage]:
-    from pathlib import Path
-
-    root = Path(str(folder))
+def frames_of(label: Label, folder: Path) -> list[RGBImage]:
     if label.image is not None:
-        return [load_image(root, label.image)]
-    return [load_image(root, rel) for rel in label.frames or []]
+        return [load_image(folder, label.image)]
+    return [load_image(folder, rel) for rel in label.frames or []]
 
 
 def materialize(trajectory: Trajectory, frames: Sequence[RGBImage], fmt: ChatFormat,

@@ -24,6 +24,7 @@ from torch import nn
 
 from foveal.domain import DEFECT_TYPES
 from foveal.model.loader import VLM
+from foveal.model.pixels import CLIP_MEAN, CLIP_STD
 from foveal.model.vision import ConvVisionTower
 from foveal.operations import CROP, ImageBudget, View, Workspace, execute
 from foveal.plant.dataset import Label, load_image
@@ -149,8 +150,8 @@ def _augment(view: npt.NDArray[np.uint8], target: npt.NDArray[np.int64], rng: ra
 
 def _pixels(tower: ConvVisionTower, views: Sequence[npt.NDArray[np.uint8]]) -> torch.Tensor:
     """(B, 3, H, W) normalized images, the same normalization as the patches the tower reads."""
-    spec_mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-    spec_std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    spec_mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    spec_std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     x = torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2).float() / 255.0
     return ((x - spec_mean) / spec_std).to(tower.dtype)
 
