@@ -322,7 +322,6 @@ class Loop:
     def _answer_start(self, body: list[int]) -> int | None:
         """Index of the first token after the last `\\boxed{` of the turn."""
         text = ""
-        marker_end = None
         pieces = []
         for token in body:
             text += decode(self.fmt.tokenizer, [token])
