@@ -18,6 +18,7 @@ from foveal.errors import FovealError
 from foveal.model.chat import ChatFormat
 from foveal.model.modeling import register
 from foveal.model.pixels import CLIP_MEAN, CLIP_STD, PixelSpec
+from foveal.operations import ImageBudget
 
 META_FILE = "foveal.json"
 
@@ -35,6 +36,7 @@ class VLM:
     version: str
     path: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    budget: ImageBudget = field(default_factory=ImageBudget)  # pixels per image in the context
 
 
 def pixel_spec(path: Path) -> PixelSpec:
@@ -47,6 +49,16 @@ def pixel_spec(path: Path) -> PixelSpec:
                      temporal=int(raw.get("temporal_patch_size", 2)),
                      mean=tuple(raw.get("image_mean", CLIP_MEAN)),
                      std=tuple(raw.get("image_std", CLIP_STD)))
+
+
+def image_budget(path: Path, spec: PixelSpec) -> ImageBudget:
+    """The processor's pixel budget; sides are multiples of patch x merge (28 px for Qwen2.5-VL)."""
+    config_file = path / "preprocessor_config.json"
+    raw = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    default = ImageBudget()
+    return ImageBudget(max_pixels=int(raw.get("max_pixels", default.max_pixels)),
+                       min_pixels=int(raw.get("min_pixels", max(default.min_pixels, 4 * spec.factor ** 2))),
+                       factor=spec.factor)
 
 
 def load(path: Path, *, dtype: torch.dtype = torch.float32) -> VLM:
@@ -62,9 +74,10 @@ def load(path: Path, *, dtype: torch.dtype = torch.float32) -> VLM:
     model.train(False)  # eval mode (`eval` itself is untyped in transformers)
     meta_file = path / META_FILE
     meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    return VLM(model, tokenizer, ChatFormat(tokenizer, pixel_spec(path)),
+    spec = pixel_spec(path)
+    return VLM(model, tokenizer, ChatFormat(tokenizer, spec),
                name=str(meta.get("name", path.name)), version=str(meta.get("version", "1")), path=path,
-               meta=meta)
+               meta=meta, budget=image_budget(path, spec))
 
 
 def save(vlm: VLM, path: Path, meta: dict[str, Any] | None = None) -> None:
@@ -77,7 +90,7 @@ def save(vlm: VLM, path: Path, meta: dict[str, Any] | None = None) -> None:
         "image_processor_type": "Qwen2VLImageProcessor", "patch_size": spec.patch,
         "merge_size": spec.merge, "temporal_patch_size": spec.temporal,
         "image_mean": list(spec.mean), "image_std": list(spec.std),
-        "min_pixels": 4 * 28 * 28, "max_pixels": 448 * 448}, indent=2) + "\n")
+        "min_pixels": vlm.budget.min_pixels, "max_pixels": vlm.budget.max_pixels}, indent=2) + "\n")
     record = dict(vlm.meta, **(meta or {}), name=vlm.name, version=vlm.version)
     (path / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 

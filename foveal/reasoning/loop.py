@@ -125,11 +125,11 @@ class Loop:
     """Runs inspections on one loaded model. Not thread-safe: one batch at a time."""
 
     def __init__(self, vlm: VLM, options: LoopOptions = LoopOptions(),
-                 budget: ImageBudget = ImageBudget()) -> None:
+                 budget: ImageBudget | None = None) -> None:
         self.vlm = vlm
         self.fmt = vlm.chat
         self.options = options
-        self.budget = budget
+        self.budget = budget or vlm.budget  # the model's processor budget by default
         self.generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
         self._first_ids: dict[str, int] = {}
 
