@@ -31,6 +31,8 @@ class Chunk:
     loss: list[bool] = field(default_factory=list)
     patches: list[npt.NDArray[np.float32]] = field(default_factory=list)  # per image (n, 1176)
     grids: list[Grid] = field(default_factory=list)
+    # per image, the (h, w, 3) uint8 view the patches came from: what a remote model receives
+    images: list[npt.NDArray[np.uint8]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -41,6 +43,7 @@ class Chunk:
         self.loss += other.loss
         self.patches += other.patches
         self.grids += other.grids
+        self.images += other.images
         return self
 
 
@@ -75,7 +78,7 @@ class ChatFormat:
         patches, grid = patchify(view, self.spec)
         n = self.spec.tokens(grid)
         return Chunk([self.vision_start, *[self.image_pad] * n, self.vision_end],
-                     [TEXT, *[IMAGE] * n, TEXT], [False] * (n + 2), [patches], [grid])
+                     [TEXT, *[IMAGE] * n, TEXT], [False] * (n + 2), [patches], [grid], [view])
 
     def header(self, role: str) -> Chunk:
         return self.token(self.im_start).extend(self.text(f"{role}\n"))

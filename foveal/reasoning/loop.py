@@ -12,16 +12,16 @@ probabilities; the defect score is 1 - P(none) at the answer slot.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from transformers import DynamicCache
 
 from foveal.domain import DEFECT_TYPES, NO_DEFECT, Box, Verdict
-from foveal.model.chat import IMAGE, TEXT, Chunk, positions
+from foveal.errors import FovealError
+from foveal.model.chat import TEXT, Chunk
 from foveal.model.loader import VLM
 from foveal.model.tokenizer import decode
 from foveal.operations import (
@@ -35,6 +35,7 @@ from foveal.operations import (
     parse_answer,
     parse_tool_call,
 )
+from foveal.reasoning.engine import Engine, LocalEngine, TurnReply, TurnRequest
 
 BOXED = "\\boxed{"
 
@@ -95,6 +96,8 @@ class Trace:
     operation_errors: int = 0
     forced_answer: bool = False
     latency_ms: float = 0.0
+    model_ms: float = 0.0  # in the engine (batched: the batch's time)
+    operations_ms: float = 0.0
     generated_tokens: int = 0
     conversation: Chunk = field(default_factory=Chunk)
 
@@ -108,29 +111,28 @@ class _Row:
     item: Inspection
     ws: Workspace
     trace: Trace
-    pending: Chunk | None
-    mask: list[int] = field(default_factory=list)
-    next_pos: int = 0
-    turn_ids: list[int] = field(default_factory=list)
-    turn_logprobs: list[float] = field(default_factory=list)
-    turn_none: list[float] = field(default_factory=list)
+    session: int
+    pending: Chunk
     started: float = 0.0
-    turn_started: float = 0.0
     forcing: bool = False
-    decoding: bool = False
     done: bool = False
+    ended: bool = False  # the engine has forgotten the session
+
+
+class DeadlineExceeded(FovealError):
+    """The inspection did not finish before its deadline."""
 
 
 class Loop:
-    """Runs inspections on one loaded model. Not thread-safe: one batch at a time."""
+    """Runs inspections on one model: a loaded `VLM` (in this process) or any `Engine` (Triton).
+    Not thread-safe: one batch at a time per loop."""
 
-    def __init__(self, vlm: VLM, options: LoopOptions = LoopOptions(),
+    def __init__(self, model: VLM | Engine, options: LoopOptions = LoopOptions(),
                  budget: ImageBudget | None = None) -> None:
-        self.vlm = vlm
-        self.fmt = vlm.chat
+        self.engine: Engine = LocalEngine(model, seed=options.seed) if isinstance(model, VLM) else model
+        self.fmt = self.engine.chat
         self.options = options
-        self.budget = budget or vlm.budget  # the model's processor budget by default
-        self.generator = torch.Generator().manual_seed(options.seed) if options.seed is not None else None
+        self.budget = budget or self.engine.budget  # the model's processor budget by default
         self._first_ids: dict[str, int] = {}
 
     def first_id(self, name: str) -> int:
@@ -139,27 +141,24 @@ class Loop:
             self._first_ids[name] = int(ids[0])
         return self._first_ids[name]
 
-    @torch.inference_mode()
-    def run(self, items: Sequence[Inspection]) -> list[Trace]:
-        """Inspect `items` as one batch; returns one trace per item, in order."""
+    def run(self, items: Sequence[Inspection], deadline: float | None = None) -> list[Trace]:
+        """Inspect `items` as one batch; one trace per item, in order. `deadline` (a
+        `time.monotonic()` value) bounds the whole batch: past it, `DeadlineExceeded`."""
         started = time.perf_counter()
         rows = [self._start(item, started) for item in items]
-        cache = DynamicCache(config=self.vlm.model.config.get_text_config())
         live = list(rows)
-        while live:
-            if not self.options.reuse_cache:
-                cache = self._restart(live)
-            logits = self._forward(live, cache)  # consumes prompts, tool results, forced `\boxed{`
-            for b, row in enumerate(live):
-                if row.forcing:
-                    self._resolve_forced(row, logits[b])
-            live, kept = self._prune(live, logits, cache)
-            if not live or kept is None:  # kept is never None here: logits were not
-                break
-            self._decode_turn(live, cache, kept)
-            for row in live:
-                self._finish_turn(row)
-            live, _ = self._prune(live, None, cache)
+        try:
+            while live:
+                replies = self.engine.turns([self._request(row) for row in live], _remaining(deadline))
+                for row, reply in zip(live, replies, strict=True):
+                    row.trace.model_ms += reply.model_ms
+                    if row.forcing:
+                        self._resolve_forced(row, reply)
+                    else:
+                        self._finish_turn(row, reply)
+                live = [row for row in live if not row.done]
+        finally:
+            self.engine.release([row.session for row in rows if not row.ended])
         return [row.trace for row in rows]
 
     def run_batched(self, items: Sequence[Inspection], batch_size: int = 8) -> list[Trace]:
@@ -168,108 +167,35 @@ class Loop:
             traces += self.run(items[i:i + batch_size])
         return traces
 
-    @staticmethod
-    def _prune(live: list[_Row], logits: torch.Tensor | None, cache: DynamicCache
-               ) -> tuple[list[_Row], torch.Tensor | None]:
-        keep = [i for i, row in enumerate(live) if not row.done]
-        if len(keep) == len(live):
-            return live, logits
-        if keep:
-            cache.batch_select_indices(torch.tensor(keep))
-        return [live[i] for i in keep], (logits[keep] if logits is not None else None)
-
     # -- set-up -------------------------------------------------------------------------------
     def _start(self, item: Inspection, started: float) -> _Row:
         ws = Workspace(item.frames, self.budget, self.options.max_images)
         prompt = self.fmt.prompt([ws.views[0].pixels], item.prompt)
         trace = Trace(item.item_id, conversation=Chunk().extend(prompt))
-        return _Row(item, ws, trace, pending=prompt, started=started)
+        return _Row(item, ws, trace, session=secrets.randbits(63), pending=prompt, started=started)
 
-    def _restart(self, live: list[_Row]) -> DynamicCache:
-        """Baseline without cache reuse: the whole conversation is encoded again this turn."""
-        for row in live:
-            row.pending, row.mask, row.next_pos = Chunk().extend(row.trace.conversation), [], 0
-        return DynamicCache(config=self.vlm.model.config.get_text_config())
-
-    # -- model calls ------------------------------------------------------------------------
-    def _forward(self, live: list[_Row], cache: DynamicCache) -> torch.Tensor:
-        """Append each row's pending chunk (rows without one get masked padding); (B, V) logits
-        at each row's last real token."""
-        chunks = [row.pending or Chunk() for row in live]
-        length = max(1, *(len(c) for c in chunks))
-        ids = torch.full((len(live), length), self.fmt.pad, dtype=torch.long)
-        is_image = torch.zeros((len(live), length), dtype=torch.bool)
-        pos = torch.zeros((3, len(live), length), dtype=torch.long)
-        new_mask = torch.zeros((len(live), length), dtype=torch.long)
-        last = torch.zeros(len(live), dtype=torch.long)
-        patches, grids = [], []
-        for b, (row, chunk) in enumerate(zip(live, chunks, strict=True)):
-            n = len(chunk)
-            if n:
-                ids[b, :n] = torch.tensor(chunk.ids)
-                is_image[b, :n] = torch.tensor([t == IMAGE for t in chunk.types])
-                p, row.next_pos = positions(chunk, row.next_pos, self.fmt.spec)
-                pos[:, b, :n] = torch.from_numpy(p)
-                new_mask[b, :n] = 1
-                patches += chunk.patches
-                grids += chunk.grids
-            pos[:, b, n:] = row.next_pos
-            last[b] = max(n - 1, 0)
-            row.mask += [1] * n + [0] * (length - n)
-            row.pending = None
-        embeds = self.vlm.model.get_input_embeddings()(ids)  # (B, L, D)
-        if patches:
-            pixel_values = torch.from_numpy(np.concatenate(patches)).to(embeds.dtype)
-            vision = self.vlm.model.model.get_image_features(pixel_values, torch.tensor(grids))
-            embeds[is_image] = torch.cat(list(vision.pooler_output)).to(embeds.dtype)
-        mask = torch.tensor([row.mask for row in live], dtype=torch.long)
-        out = self.vlm.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
-                                                  cache=cache, use_cache=True)
-        hidden = out.last_hidden_state[torch.arange(len(live)), last]  # (B, D)
-        logits: torch.Tensor = self.vlm.model.lm_head(hidden).float()  # (B, V)
-        return logits
-
-    def _decode_turn(self, live: list[_Row], cache: DynamicCache, logits: torch.Tensor) -> None:
-        """Generate every live row's turn in lock step until each has stopped."""
+    def _request(self, row: _Row) -> TurnRequest:
+        """The row's next turn: append what the model has not seen, then generate (or, when an
+        answer is forced, read the taxonomy's distribution at `\\boxed{`)."""
         options = self.options
-        for row in live:
-            row.decoding, row.turn_ids, row.turn_logprobs, row.turn_none = True, [], [], []
-            row.turn_started = time.perf_counter()
-        none_id = self.first_id(NO_DEFECT)
-        while True:
-            logprobs = torch.log_softmax(logits, dim=-1)  # (B, V)
-            if options.temperature > 0:
-                probs = torch.softmax(logits / options.temperature, dim=-1)
-                chosen = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
-            else:
-                chosen = logits.argmax(dim=-1)
-            any_left = False
-            for b, row in enumerate(live):
-                if not row.decoding:
-                    continue
-                token = int(chosen[b])
-                row.turn_ids.append(token)
-                row.turn_logprobs.append(float(logprobs[b, token]))
-                row.turn_none.append(float(logprobs[b, none_id].exp()))
-                total = len(row.mask) + 1
-                if token in self.fmt.stop_ids or len(row.turn_ids) >= options.max_turn_tokens \
-                        or total >= options.max_total_tokens:
-                    row.decoding = False
-                else:
-                    row.pending = self.fmt.token(token, loss=True)
-                    any_left = True
-            if not any_left:
-                return
-            logits = self._forward(live, cache)
+        restart = not options.reuse_cache
+        chunk = Chunk().extend(row.trace.conversation) if restart else row.pending
+        row.pending = Chunk()
+        if row.forcing:
+            watch = tuple(self.first_id(n) for n in row.item.taxonomy)
+            row.ended = True
+            return TurnRequest(row.session, chunk, 0, self.fmt.stop_ids, watch, restart=restart, end=True)
+        room = options.max_total_tokens - len(row.trace.conversation)
+        return TurnRequest(row.session, chunk, max(1, min(options.max_turn_tokens, room)), self.fmt.stop_ids,
+                           (self.first_id(NO_DEFECT),), options.temperature, restart=restart)
 
     # -- turn bookkeeping -----------------------------------------------------------------------
-    def _finish_turn(self, row: _Row) -> None:
-        tokens = row.turn_ids
+    def _finish_turn(self, row: _Row, reply: TurnReply) -> None:
+        tokens = reply.tokens
         stopped = tokens[-1] if tokens else None
         body = tokens[:-1] if stopped in (self.fmt.im_end, self.fmt.pad) else tokens
         text = decode(self.fmt.tokenizer, body)
-        step = Step(text=text, tokens=len(tokens),
-                    latency_ms=(time.perf_counter() - row.turn_started) * 1000)
+        step = Step(text=text, tokens=len(tokens), latency_ms=reply.model_ms)
         row.trace.steps.append(step)
         row.trace.generated_tokens += len(tokens)
         row.trace.conversation.extend(Chunk(list(body), [TEXT] * len(body), [True] * len(body)))
@@ -281,7 +207,7 @@ class Loop:
         call = None if ended_turn else parse_tool_call(text)
         answer = parse_answer(text)
         if call is None and answer is not None:
-            self._answer(row, body, answer)
+            self._answer(row, body, reply, answer)
         elif call is None or len(row.trace.steps) >= self.options.max_turns:
             self._force(row, "answer with \\boxed{...} now.")
         elif not self.options.allow_operations:
@@ -291,11 +217,15 @@ class Loop:
             self._force(row, f"the limit of {self.options.max_operations} operations is reached; "
                              "answer with \\boxed{...} now.")
         else:
+            began = time.perf_counter()
             result = execute(text, row.ws)
             self._record(row, step, result)
             env = self.fmt.environment(result.message, [v.pixels for v in result.views])
             row.trace.conversation.extend(env)
             row.pending.extend(env)
+            spent_ms = (time.perf_counter() - began) * 1000
+            step.latency_ms += spent_ms
+            row.trace.operations_ms += spent_ms
 
     def _record(self, row: _Row, step: Step, result: OperationResult) -> None:
         row.trace.operations += 1
@@ -307,7 +237,7 @@ class Loop:
             row.trace.box = result.box
             row.trace.box_frame = result.views[0].frame_index if row.ws.is_sequence else None
 
-    def _answer(self, row: _Row, body: list[int], answer: str) -> None:
+    def _answer(self, row: _Row, body: list[int], reply: TurnReply, answer: str) -> None:
         """Confidence and defect score from the generated answer tokens."""
         start = self._answer_start(body)
         trace = row.trace
@@ -315,8 +245,8 @@ class Loop:
             trace.confidence, trace.defect_score = 0.0, 0.5
         else:
             end = self._answer_end(body, start)
-            trace.confidence = float(np.exp(sum(row.turn_logprobs[start:end])))
-            trace.defect_score = 1.0 - row.turn_none[start]
+            trace.confidence = float(np.exp(sum(reply.logprobs[start:end])))
+            trace.defect_score = 1.0 - float(np.exp(reply.watch[start, 0]))
         self._conclude(row, answer)
 
     def _answer_start(self, body: list[int]) -> int | None:
@@ -346,14 +276,15 @@ class Loop:
         the next forward pass (with the rest of the batch) lets the taxonomy compete."""
         env = self.fmt.environment(ERROR_PREFIX + why, []).extend(self.fmt.text(BOXED))
         row.trace.conversation.extend(env)
-        assert row.pending is not None
         row.pending.extend(env)
         row.forcing = True
 
-    def _resolve_forced(self, row: _Row, logits: torch.Tensor) -> None:
+    def _resolve_forced(self, row: _Row, reply: TurnReply) -> None:
+        """The taxonomy's first tokens compete at `\\boxed{`: softmax over their log-probabilities."""
         names = list(row.item.taxonomy)
-        ids = torch.tensor([self.first_id(n) for n in names])
-        probs = torch.softmax(logits[ids], dim=-1)
+        scores = reply.watch[0].astype(np.float64)
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
         best = int(probs.argmax())
         trace = row.trace
         trace.forced_answer = True
@@ -372,3 +303,12 @@ class Loop:
             trace.verdict = Verdict.OK if answer == NO_DEFECT else Verdict.DEFECT
         trace.latency_ms = (time.perf_counter() - row.started) * 1000
         row.done = True
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("the inspection's deadline passed")
+    return left

@@ -1,0 +1,250 @@
+"""The model step of the reasoning loop, behind one small interface: append a chunk of a
+conversation to its key/value cache, then generate a turn. `LocalEngine` runs it in this process
+(eval, predict, RL, and the Triton model itself); `foveal.serving.triton_engine.TritonEngine`
+sends the same requests to Triton, where a `LocalEngine` keeps every conversation's cache.
+
+A conversation is a *session* with an id. Each turn appends only the tokens the model has not
+seen (the environment's message and images, or the prompt at the start) at their 3D rotary
+positions, so nothing is encoded twice. Sessions are batched per call: their caches are stacked
+(left-padded, masked) into one batch, and after the turn each session keeps only its real
+positions again, so sessions of any length and age can share a batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from transformers import DynamicCache
+
+from foveal.model.chat import IMAGE, ChatFormat, Chunk, positions
+from foveal.model.loader import VLM
+from foveal.operations import ImageBudget
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    session: int  # conversation id (Triton: the sequence's correlation id)
+    chunk: Chunk  # tokens (and images) the model has not seen yet
+    max_new_tokens: int  # 0: only append the chunk and report the next-token distribution
+    stop_ids: frozenset[int]  # generation of the turn ends at any of these (not fed back)
+    watch: tuple[int, ...] = ()  # token ids whose log-probabilities are reported at each step
+    temperature: float = 0.0  # 0: greedy
+    restart: bool = False  # forget the session's cache first (the re-encoding baseline)
+    end: bool = False  # forget the session after this turn
+
+
+@dataclass
+class TurnReply:
+    tokens: list[int] = field(default_factory=list)  # generated; all but the last are now cached
+    logprobs: list[float] = field(default_factory=list)  # of each generated token
+    # (max(1, len(tokens)), len(watch)): log-probabilities of the watched ids at each step; with
+    # max_new_tokens == 0, one row: the distribution after the appended chunk
+    watch: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((1, 0), np.float32))
+    model_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+
+
+class Engine(Protocol):
+    """What the loop needs from a model: its chat format, pixel budget, identity, and turns."""
+
+    chat: ChatFormat
+    budget: ImageBudget
+
+    @property
+    def model(self) -> ModelRef: ...
+
+    def turns(self, requests: Sequence[TurnRequest], timeout_s: float | None = None) -> list[TurnReply]: ...
+
+    def release(self, sessions: Iterable[int]) -> None: ...
+
+
+@dataclass
+class _Session:
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (1, H, L, D) keys and values
+    next_pos: int  # rotary position after the last cached token
+    touched: float  # time.monotonic() of the last turn
+
+    @property
+    def length(self) -> int:
+        return int(self.layers[0][0].shape[2]) if self.layers else 0
+
+
+class LocalEngine:
+    """Runs turns on a loaded model in this process. Not thread-safe: one call at a time."""
+
+    def __init__(self, vlm: VLM, seed: int | None = None, idle_timeout_s: float | None = None) -> None:
+        self.vlm = vlm
+        self.chat = vlm.chat
+        self.budget = vlm.budget
+        self.idle_timeout_s = idle_timeout_s
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.sessions: dict[int, _Session] = {}
+
+    @property
+    def model(self) -> ModelRef:
+        return ModelRef(self.vlm.name, self.vlm.version)
+
+    def release(self, sessions: Iterable[int]) -> None:
+        for session in sessions:
+            self.sessions.pop(session, None)
+
+    def evict_idle(self) -> int:
+        """Forget sessions untouched for longer than the idle timeout (clients that vanished)."""
+        if self.idle_timeout_s is None:
+            return 0
+        cutoff = time.monotonic() - self.idle_timeout_s
+        stale = [s for s, state in self.sessions.items() if state.touched < cutoff]
+        self.release(stale)
+        return len(stale)
+
+    @torch.inference_mode()
+    def turns(self, requests: Sequence[TurnRequest], timeout_s: float | None = None) -> list[TurnReply]:
+        """One turn for each request, as one batch. `timeout_s` is for remote engines."""
+        started = time.perf_counter()
+        for r in requests:
+            if r.restart:
+                self.sessions.pop(r.session, None)
+        states = [self.sessions.get(r.session) or _Session([], 0, 0.0) for r in requests]
+        batch = _Batch.stack(states, self._empty_cache())
+        replies = [TurnReply() for _ in requests]
+        logits = self._append(batch, [r.chunk for r in requests])  # (B, V)
+        generating = [r.max_new_tokens > 0 for r in requests]
+        while True:
+            logprobs = torch.log_softmax(logits, dim=-1)  # (B, V)
+            chosen = self._choose(logits, requests)
+            feed: list[Chunk] = []
+            for b, (r, reply) in enumerate(zip(requests, replies, strict=True)):
+                feed.append(Chunk())
+                watched = logprobs[b, list(r.watch)].numpy() if r.watch else np.zeros(0, np.float32)
+                if not generating[b]:
+                    if not reply.tokens:  # append-only request: one row, after the chunk
+                        reply.watch = watched[None].astype(np.float32)
+                    continue
+                token = int(chosen[b])
+                reply.tokens.append(token)
+                reply.logprobs.append(float(logprobs[b, token]))
+                reply.watch = np.concatenate([reply.watch, watched[None]]) if len(reply.tokens) > 1 \
+                    else watched[None].astype(np.float32)
+                if token in r.stop_ids or len(reply.tokens) >= r.max_new_tokens:
+                    generating[b] = False
+                else:
+                    feed[b] = self.chat.token(token)
+            if not any(generating):
+                break
+            logits = self._append(batch, feed)
+        now = time.monotonic()
+        for r, state in zip(requests, batch.split(), strict=True):
+            if r.end:
+                self.sessions.pop(r.session, None)
+            else:
+                self.sessions[r.session] = _Session(state.layers, state.next_pos, now)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        for reply in replies:
+            reply.model_ms = elapsed_ms
+        return replies
+
+    def _empty_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.vlm.model.config.get_text_config())
+
+    def _choose(self, logits: torch.Tensor, requests: Sequence[TurnRequest]) -> torch.Tensor:
+        """Greedy for rows at temperature 0, sampled for the others."""
+        chosen = logits.argmax(dim=-1)
+        temps = torch.tensor([r.temperature for r in requests], dtype=logits.dtype)
+        hot = temps > 0
+        if bool(hot.any()):
+            probs = torch.softmax(logits[hot] / temps[hot, None], dim=-1)
+            chosen[hot] = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        return chosen
+
+    def _append(self, batch: _Batch, chunks: Sequence[Chunk]) -> torch.Tensor:
+        """Append each row's chunk (rows without one get masked padding); (B, V) logits at each
+        row's last real token."""
+        model, fmt = self.vlm.model, self.chat
+        rows = len(chunks)
+        length = max(1, *(len(c) for c in chunks))
+        ids = torch.full((rows, length), fmt.pad, dtype=torch.long)
+        is_image = torch.zeros((rows, length), dtype=torch.bool)
+        pos = torch.zeros((3, rows, length), dtype=torch.long)
+        new_mask = torch.zeros((rows, length), dtype=torch.bool)
+        last = torch.zeros(rows, dtype=torch.long)
+        patches, grids = [], []
+        for b, chunk in enumerate(chunks):
+            n = len(chunk)
+            if n:
+                ids[b, :n] = torch.tensor(chunk.ids)
+                is_image[b, :n] = torch.tensor([t == IMAGE for t in chunk.types])
+                p, batch.next_pos[b] = positions(chunk, batch.next_pos[b], fmt.spec)
+                pos[:, b, :n] = torch.from_numpy(p)
+                new_mask[b, :n] = True
+                patches += chunk.patches
+                grids += chunk.grids
+                last[b] = n - 1
+            else:
+                last[b] = -1  # nothing new: the row's logits are not used
+            pos[:, b, n:] = batch.next_pos[b]
+        embeds = model.get_input_embeddings()(ids)  # (B, L, D)
+        if patches:
+            pixel_values = torch.from_numpy(np.concatenate(patches)).to(embeds.dtype)
+            vision = model.model.get_image_features(pixel_values, torch.tensor(grids))
+            embeds[is_image] = torch.cat(list(vision.pooler_output)).to(embeds.dtype)
+        batch.mask = torch.cat([batch.mask, new_mask], dim=1)
+        out = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.mask.long(),
+                                         position_ids=pos, cache=batch.cache, use_cache=True)
+        hidden = out.last_hidden_state[torch.arange(rows), last.clamp(min=0)]  # (B, D)
+        logits: torch.Tensor = model.lm_head(hidden).float()  # (B, V)
+        return logits
+
+
+@dataclass
+class _Batch:
+    """Sessions stacked into one cache: row b is left-padded by `pad[b]` masked positions."""
+
+    cache: DynamicCache
+    mask: torch.Tensor  # (B, L) bool: which cached positions are real
+    next_pos: list[int]
+
+    @classmethod
+    def stack(cls, states: Sequence[_Session], empty: DynamicCache) -> _Batch:
+        longest = max(s.length for s in states)
+        mask = torch.zeros((len(states), longest), dtype=torch.bool)
+        for b, s in enumerate(states):
+            mask[b, longest - s.length:] = True
+        if longest == 0:
+            return cls(empty, mask, [s.next_pos for s in states])
+        like = next(s for s in states if s.length).layers
+        layers = []
+        for i, (k0, v0) in enumerate(like):
+            keys, values = [], []
+            for s in states:
+                k, v = s.layers[i] if s.length else (k0[:, :, :0], v0[:, :, :0])
+                pad = longest - s.length
+                keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+                values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        return cls(DynamicCache(ddp_cache_data=layers), mask, [s.next_pos for s in states])
+
+    def split(self) -> list[_Session]:
+        """Each row's real positions only, as its own session again."""
+        out = []
+        cached: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for layer in self.cache.layers:
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+                raise TypeError(f"cannot split a {type(layer).__name__} cache layer")
+            cached.append((keys, values))
+        for b in range(self.mask.shape[0]):
+            keep = self.mask[b, :cached[0][0].shape[2]] if cached else self.mask[b, :0]
+            layers = [(k[b:b + 1, :, keep].clone(), v[b:b + 1, :, keep].clone()) for k, v in cached]
+            out.append(_Session(layers, self.next_pos[b], 0.0))
+        return out
