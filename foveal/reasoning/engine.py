@@ -12,6 +12,7 @@ positions again, so sessions of any length and age can share a batch.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class TurnReply:
     # max_new_tokens == 0, one row: the distribution after the appended chunk
     watch: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((1, 0), np.float32))
     model_ms: float = 0.0
+    model: ModelRef | None = None  # the model that answered, as its server names it
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Engine(Protocol):
 
     def release(self, sessions: Iterable[int]) -> None: ...
 
+    def ready(self, timeout_s: float = 1.0) -> bool: ...
+
 
 @dataclass
 class _Session:
@@ -81,7 +85,7 @@ class _Session:
 
 
 class LocalEngine:
-    """Runs turns on a loaded model in this process. Not thread-safe: one call at a time."""
+    """Runs turns on a loaded model in this process. Thread-safe: calls run one at a time."""
 
     def __init__(self, vlm: VLM, seed: int | None = None, idle_timeout_s: float | None = None) -> None:
         self.vlm = vlm
@@ -90,27 +94,36 @@ class LocalEngine:
         self.idle_timeout_s = idle_timeout_s
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.sessions: dict[int, _Session] = {}
+        self._lock = threading.Lock()
 
     @property
     def model(self) -> ModelRef:
         return ModelRef(self.vlm.name, self.vlm.version)
 
     def release(self, sessions: Iterable[int]) -> None:
-        for session in sessions:
-            self.sessions.pop(session, None)
+        with self._lock:
+            for session in sessions:
+                self.sessions.pop(session, None)
+
+    def ready(self, timeout_s: float = 1.0) -> bool:
+        return True
 
     def evict_idle(self) -> int:
         """Forget sessions untouched for longer than the idle timeout (clients that vanished)."""
         if self.idle_timeout_s is None:
             return 0
         cutoff = time.monotonic() - self.idle_timeout_s
-        stale = [s for s, state in self.sessions.items() if state.touched < cutoff]
+        stale = [s for s, state in list(self.sessions.items()) if state.touched < cutoff]
         self.release(stale)
         return len(stale)
 
-    @torch.inference_mode()
     def turns(self, requests: Sequence[TurnRequest], timeout_s: float | None = None) -> list[TurnReply]:
         """One turn for each request, as one batch. `timeout_s` is for remote engines."""
+        with self._lock:
+            return self._turns(requests)
+
+    @torch.inference_mode()
+    def _turns(self, requests: Sequence[TurnRequest]) -> list[TurnReply]:
         started = time.perf_counter()
         for r in requests:
             if r.restart:
@@ -150,8 +163,9 @@ class LocalEngine:
             else:
                 self.sessions[r.session] = _Session(state.layers, state.next_pos, now)
         elapsed_ms = (time.perf_counter() - started) * 1000
+        ref = self.model
         for reply in replies:
-            reply.model_ms = elapsed_ms
+            reply.model_ms, reply.model = elapsed_ms, ref
         return replies
 
     def _empty_cache(self) -> DynamicCache:

@@ -35,7 +35,7 @@ from foveal.operations import (
     parse_answer,
     parse_tool_call,
 )
-from foveal.reasoning.engine import Engine, LocalEngine, TurnReply, TurnRequest
+from foveal.reasoning.engine import Engine, LocalEngine, ModelRef, TurnReply, TurnRequest
 
 BOXED = "\\boxed{"
 
@@ -99,6 +99,7 @@ class Trace:
     model_ms: float = 0.0  # in the engine (batched: the batch's time)
     operations_ms: float = 0.0
     generated_tokens: int = 0
+    model: ModelRef | None = None  # the model that answered, as its server names it
     conversation: Chunk = field(default_factory=Chunk)
 
     @property
@@ -152,6 +153,7 @@ class Loop:
                 replies = self.engine.turns([self._request(row) for row in live], _remaining(deadline))
                 for row, reply in zip(live, replies, strict=True):
                     row.trace.model_ms += reply.model_ms
+                    row.trace.model = reply.model or row.trace.model
                     if row.forcing:
                         self._resolve_forced(row, reply)
                     else:
