@@ -23,9 +23,18 @@ import numpy.typing as npt
 import torch
 from transformers import DynamicCache
 
+from foveal.errors import FovealError
 from foveal.model.chat import IMAGE, ChatFormat, Chunk, positions
 from foveal.model.loader import VLM
 from foveal.operations import ImageBudget
+
+
+class EngineUnavailable(FovealError):
+    """The model server cannot be reached or its model is not ready (try again later)."""
+
+
+class EngineError(FovealError):
+    """The model server failed a request it accepted (a bug or a broken model, not the input)."""
 
 
 @dataclass(frozen=True)
