@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     triton_grpc_port: int = Field(18001, ge=1, le=65535)
     triton_metrics_port: int = Field(18002, ge=1, le=65535)
     model_repository: Path = Field(Path("models"), description="Triton model repository served.")
+    triton_model: str = Field("foveal_vl", description="Name of the reasoning model on Triton.")
     model_dir: Path = Field(Path("models/foveal_vl/1/weights"),
                             description="The reasoning model: a compact foveal model or a Qwen2.5-VL "
                                         "checkpoint directory.")

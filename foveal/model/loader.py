@@ -61,6 +61,17 @@ def image_budget(path: Path, spec: PixelSpec) -> ImageBudget:
                        factor=spec.factor)
 
 
+def load_chat(path: Path) -> tuple[ChatFormat, ImageBudget]:
+    """Only what a client of a remote model needs: tokenizer, chat format and pixel budget."""
+    register()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load the tokenizer in {path}: {exc}") from exc
+    spec = pixel_spec(path)
+    return ChatFormat(tokenizer, spec), image_budget(path, spec)
+
+
 def load(path: Path, *, dtype: torch.dtype = torch.float32) -> VLM:
     """The model in `path` ready for inference (eval mode)."""
     register()

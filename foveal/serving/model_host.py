@@ -1,0 +1,142 @@
+"""The reasoning model as Triton hosts it: the core behind `models/foveal_vl/1/model.py`.
+
+Triton's sequence batcher keys every inspection by a correlation id and hands the python backend
+batches of turns from different inspections; this module turns those tensors into
+`TurnRequest`s for one `LocalEngine`, which keeps each inspection's key/value cache between its
+turns, and turns the replies back into tensors. Numpy in, numpy out, no Triton import, so tests
+run it without a server.
+
+Per-request tensors (each with Triton's leading batch dimension of 1):
+  TOKENS int64 [n]              tokens the model has not seen (image placeholders included)
+  IMAGES uint8 [sum h*w*3]      the chunk's images, raw RGB, in order
+  IMAGE_SHAPES int32 [2k]       (h, w) per image
+  MAX_NEW_TOKENS int32 [1]      0: append only
+  STOP_IDS int64 [s]            generation stops at any of these
+  WATCH int64 [w]               ids whose log-probabilities are reported per step
+  TEMPERATURE fp32 [1]          0: greedy
+  RESTART bool [1]              forget the cache first (re-encoding baseline)
+  START / END int32 [1]         sequence controls (Triton fills them)
+Outputs: GENERATED int64 [g], LOGPROBS fp32 [g], WATCH_LOGPROBS fp32 [max(1, g), w].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from foveal.errors import FovealError
+from foveal.model.chat import IMAGE, TEXT, Chunk
+from foveal.model.loader import load
+from foveal.model.pixels import patchify
+from foveal.reasoning.engine import LocalEngine, TurnReply, TurnRequest
+
+Array = npt.NDArray[np.generic]
+Tensors = Mapping[str, Array]
+
+
+class TurnInputError(FovealError):
+    """A request's tensors do not describe a valid turn (the client's bug, not the model's)."""
+
+
+@dataclass(frozen=True)
+class Control:
+    correlation_id: int
+    start: bool
+    end: bool
+
+
+class ModelHost:
+    def __init__(self, engine: LocalEngine) -> None:
+        self.engine = engine
+        self.image_pad = engine.chat.image_pad
+
+    @classmethod
+    def load(cls, weights: Path, idle_timeout_s: float = 120.0) -> ModelHost:
+        return cls(LocalEngine(load(weights), idle_timeout_s=idle_timeout_s))
+
+    def execute(self, batch: Sequence[tuple[Tensors, Control]]) -> list[dict[str, Array] | str]:
+        """One response per request: output tensors, or an error message for that request alone."""
+        self.engine.evict_idle()
+        out: list[dict[str, Array] | str] = [""] * len(batch)
+        runnable: list[tuple[int, TurnRequest]] = []
+        for i, (tensors, control) in enumerate(batch):
+            try:
+                request = self.request(tensors, control)
+            except TurnInputError as exc:
+                out[i] = str(exc)
+                if control.end:
+                    self.engine.release([control.correlation_id])
+                continue
+            if not request.chunk.ids and request.max_new_tokens == 0:  # only the END of a sequence
+                self.engine.release([request.session])
+                out[i] = _outputs(TurnReply(watch=np.zeros((1, len(request.watch)), np.float32)))
+                continue
+            runnable.append((i, request))
+        if runnable:
+            replies = self.engine.turns([r for _, r in runnable])
+            for (i, _), reply in zip(runnable, replies, strict=True):
+                out[i] = _outputs(reply)
+        return out
+
+    def request(self, tensors: Tensors, control: Control) -> TurnRequest:
+        ids = _row(tensors, "TOKENS").astype(np.int64).tolist()
+        images = self._images(tensors)
+        is_image = [t == self.image_pad for t in ids]
+        chunk = Chunk(ids, [IMAGE if f else TEXT for f in is_image], [False] * len(ids))
+        spec = self.engine.chat.spec
+        for view in images:
+            try:
+                patches, grid = patchify(view, spec)
+            except ValueError as exc:
+                raise TurnInputError(str(exc)) from exc
+            chunk.patches.append(patches)
+            chunk.grids.append(grid)
+        expected = sum(spec.tokens(g) for g in chunk.grids)
+        if sum(is_image) != expected:
+            raise TurnInputError(f"{sum(is_image)} image tokens for images that need {expected}")
+        max_new = int(_row(tensors, "MAX_NEW_TOKENS", np.array([0]))[0])
+        if control.start and not control.end and not ids:
+            raise TurnInputError("a sequence must start with tokens")
+        return TurnRequest(
+            session=control.correlation_id, chunk=chunk, max_new_tokens=max(0, max_new),
+            stop_ids=frozenset(_row(tensors, "STOP_IDS", np.zeros(0, np.int64)).astype(np.int64).tolist()),
+            watch=tuple(_row(tensors, "WATCH", np.zeros(0, np.int64)).astype(np.int64).tolist()),
+            temperature=float(_row(tensors, "TEMPERATURE", np.zeros(1, np.float32))[0]),
+            restart=control.start or bool(_row(tensors, "RESTART", np.zeros(1, bool))[0]),
+            end=control.end)
+
+    @staticmethod
+    def _images(tensors: Tensors) -> list[npt.NDArray[np.uint8]]:
+        shapes = _row(tensors, "IMAGE_SHAPES", np.zeros(0, np.int32)).astype(np.int64)
+        data = _row(tensors, "IMAGES", np.zeros(0, np.uint8)).astype(np.uint8)
+        if shapes.size % 2:
+            raise TurnInputError("IMAGE_SHAPES must hold (h, w) pairs")
+        pairs = shapes.reshape(-1, 2)
+        sizes = [int(h * w * 3) for h, w in pairs]
+        if sum(sizes) != data.size or any(h <= 0 or w <= 0 for h, w in pairs):
+            raise TurnInputError(f"IMAGES holds {data.size} bytes, IMAGE_SHAPES describes {sum(sizes)}")
+        views, offset = [], 0
+        for (h, w), size in zip(pairs, sizes, strict=True):
+            views.append(data[offset:offset + size].reshape(int(h), int(w), 3))
+            offset += size
+        return views
+
+
+def _row(tensors: Tensors, name: str, default: Array | None = None) -> Array:
+    """The request's own row of a batched tensor (Triton's leading dimension is 1)."""
+    value = tensors.get(name)
+    if value is None:
+        if default is None:
+            raise TurnInputError(f"missing input {name}")
+        return default
+    return value.reshape(-1) if value.ndim <= 1 else value[0].reshape(-1)
+
+
+def _outputs(reply: TurnReply) -> dict[str, Array]:
+    return {"GENERATED": np.asarray(reply.tokens, np.int64)[None],
+            "LOGPROBS": np.asarray(reply.logprobs, np.float32)[None],
+            "WATCH_LOGPROBS": np.ascontiguousarray(reply.watch, np.float32)[None]}

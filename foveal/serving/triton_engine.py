@@ -1,0 +1,146 @@
+"""An `Engine` whose turns run on Triton: the reasoning service's view of the model.
+
+Each inspection is one Triton sequence (a random 63-bit correlation id): its first turn starts
+the sequence, a forced answer or `release` ends it, and the model keeps the conversation's cache
+in between (`foveal/serving/model_host.py`). Concurrent inspections from many threads are
+batched by Triton's sequence batcher. Errors: unreachable server or model not ready →
+`EngineUnavailable`; deadline → `DeadlineExceeded`; anything else the server rejects →
+`EngineError`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
+
+from foveal.model.chat import ChatFormat
+from foveal.model.loader import load_chat
+from foveal.operations import ImageBudget
+from foveal.reasoning.engine import EngineError, EngineUnavailable, ModelRef, TurnReply, TurnRequest
+from foveal.reasoning.loop import DeadlineExceeded
+from foveal.settings import Settings
+
+_UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.CANCELLED")
+
+
+class TritonEngine:
+    def __init__(self, url: str, model_name: str, chat: ChatFormat, budget: ImageBudget,
+                 model_version: str = "") -> None:
+        self.url = url
+        self.model_name = model_name
+        self.model_version = model_version
+        self.chat = chat
+        self.budget = budget
+        self.client = triton_grpc.InferenceServerClient(url)
+        self._started: set[int] = set()
+        self._lock = threading.Lock()
+        self._last = ModelRef(model_name, model_version or "?")
+
+    @property
+    def model(self) -> ModelRef:
+        return self._last
+
+    def ready(self, timeout_s: float = 1.0) -> bool:
+        try:
+            return bool(self.client.is_model_ready(self.model_name, self.model_version,
+                                                   client_timeout=timeout_s))
+        except InferenceServerException:
+            return False
+
+    def turns(self, requests: Sequence[TurnRequest], timeout_s: float | None = None) -> list[TurnReply]:
+        if len(requests) == 1:
+            return [self._turn(requests[0], timeout_s)]
+        with ThreadPoolExecutor(max_workers=min(32, len(requests))) as pool:
+            return list(pool.map(lambda r: self._turn(r, timeout_s), requests))
+
+    def release(self, sessions: Iterable[int]) -> None:
+        """End sequences still open on the server (best effort: the server evicts idle ones)."""
+        for session in sessions:
+            with self._lock:
+                if session not in self._started:
+                    continue
+                self._started.discard(session)
+            try:
+                self._infer(_inputs(np.zeros(0, np.int64), [], 0, (), (), 0.0, False), session,
+                            start=False, end=True, timeout_s=5.0)
+            except (EngineUnavailable, EngineError, DeadlineExceeded):
+                pass
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _turn(self, r: TurnRequest, timeout_s: float | None) -> TurnReply:
+        with self._lock:
+            start = r.session not in self._started
+            if r.end:
+                self._started.discard(r.session)
+            else:
+                self._started.add(r.session)
+        inputs = _inputs(np.asarray(r.chunk.ids, np.int64), r.chunk.images, r.max_new_tokens,
+                         sorted(r.stop_ids), r.watch, r.temperature, r.restart)
+        result, ms = self._infer(inputs, r.session, start=start, end=r.end, timeout_s=timeout_s)
+        tokens = result.as_numpy("GENERATED")
+        logprobs = result.as_numpy("LOGPROBS")
+        watch = result.as_numpy("WATCH_LOGPROBS")
+        if tokens is None or logprobs is None or watch is None:
+            raise EngineError(f"{self.model_name} answered without its outputs")
+        answered = result.get_response()
+        self._last = ModelRef(answered.model_name, answered.model_version)
+        return TurnReply(tokens=[int(t) for t in tokens[0]], logprobs=[float(x) for x in logprobs[0]],
+                         watch=np.asarray(watch[0], np.float32), model_ms=ms, model=self._last)
+
+    def _infer(self, inputs: list[triton_grpc.InferInput], session: int, *, start: bool, end: bool,
+               timeout_s: float | None) -> tuple[triton_grpc.InferResult, float]:
+        began = time.perf_counter()
+        try:
+            result = self.client.infer(self.model_name, inputs, model_version=self.model_version,
+                                       sequence_id=session, sequence_start=start, sequence_end=end,
+                                       client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            status = str(exc.status() or "")
+            message = (exc.message() or str(exc)).splitlines()[0]
+            if status == "StatusCode.DEADLINE_EXCEEDED" or "Deadline" in message:
+                raise DeadlineExceeded(f"the model did not answer in time: {message}") from exc
+            if status in _UNAVAILABLE or "unknown model" in message or "not ready" in message:
+                raise EngineUnavailable(f"Triton at {self.url}, model {self.model_name}: {message}") from exc
+            raise EngineError(f"Triton at {self.url}, model {self.model_name}: {message}") from exc
+        if result is None:
+            raise EngineError(f"{self.model_name} returned no result")
+        return result, (time.perf_counter() - began) * 1000
+
+
+def _inputs(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]], max_new: int,
+            stop_ids: Sequence[int], watch: Sequence[int], temperature: float,
+            restart: bool) -> list[triton_grpc.InferInput]:
+    shapes = np.asarray([s for view in images for s in view.shape[:2]], np.int32)
+    pixels = np.concatenate([view.reshape(-1) for view in images]) if images else np.zeros(0, np.uint8)
+    arrays: list[tuple[str, npt.NDArray[np.generic], str]] = [
+        ("TOKENS", ids, "INT64"),
+        ("IMAGES", pixels.astype(np.uint8), "UINT8"),
+        ("IMAGE_SHAPES", shapes, "INT32"),
+        ("MAX_NEW_TOKENS", np.asarray([max_new], np.int32), "INT32"),
+        ("STOP_IDS", np.asarray(stop_ids, np.int64), "INT64"),
+        ("WATCH", np.asarray(watch, np.int64), "INT64"),
+        ("TEMPERATURE", np.asarray([temperature], np.float32), "FP32"),
+        ("RESTART", np.asarray([restart], bool), "BOOL"),
+    ]
+    inputs = []
+    for name, value, dtype in arrays:
+        tensor = triton_grpc.InferInput(name, [1, *value.shape], dtype)
+        tensor.set_data_from_numpy(value[None])
+        inputs.append(tensor)
+    return inputs
+
+
+def connect(settings: Settings) -> TritonEngine:
+    """The engine for the configured Triton and model; the tokenizer and pixel settings come from
+    the model directory (`FOVEAL_MODEL_DIR`), which must be the one Triton serves."""
+    chat, budget = load_chat(settings.model_dir)
+    return TritonEngine(settings.triton_address, settings.triton_model, chat, budget)

@@ -1,0 +1,43 @@
+"""Triton python backend adapter for the reasoning model: tensors in, one call into
+`foveal.serving.model_host`, tensors out. Configuration in ../config.pbtxt."""
+
+import json
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from foveal.serving.model_host import Control, ModelHost
+
+INPUTS = ("TOKENS", "IMAGES", "IMAGE_SHAPES", "MAX_NEW_TOKENS", "STOP_IDS", "WATCH", "TEMPERATURE", "RESTART")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        folder = Path(args["model_repository"]) / args["model_version"] / params.get("weights", "weights")
+        self.host = ModelHost.load(folder, idle_timeout_s=float(params.get("idle_timeout_s", "120")))
+
+    def execute(self, requests):
+        batch = []
+        for request in requests:
+            tensors = {}
+            for name in INPUTS:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    tensors[name] = tensor.as_numpy()
+            control = Control(correlation_id=int(_scalar(request, "CORRID")),
+                              start=bool(_scalar(request, "START")), end=bool(_scalar(request, "END")))
+            batch.append((tensors, control))
+        responses = []
+        for result in self.host.execute(batch):
+            if isinstance(result, str):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(result)))
+            else:
+                responses.append(pb_utils.InferenceResponse(
+                    [pb_utils.Tensor(name, value) for name, value in result.items()]))
+        return responses
+
+
+def _scalar(request, name):
+    return pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]
