@@ -102,3 +102,11 @@ def micro_vlm(micro_tokenizer):  # type: ignore[no-untyped-def]
     from foveal.model.loader import create
 
     return create(micro_tokenizer, "micro", seed=0)
+
+
+@pytest.fixture(scope="session")
+def taught_vlm(micro_tokenizer):  # type: ignore[no-untyped-def]
+    """A micro model taught the protocol (zoom, select, recover) once per session."""
+    from tests.reasoning.protocol_model import teach_protocol
+
+    return teach_protocol(micro_tokenizer)

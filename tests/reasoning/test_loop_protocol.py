@@ -4,56 +4,16 @@ when the loop runs it greedily on the same frames."""
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import pytest
-import torch
 
 from foveal.model.loader import VLM
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
-from foveal.training.examples import materialize, with_maps
-from foveal.training.sft import example_loss, trainable
-from foveal.training.trajectories import AssistantTurn, Trajectory, tool_call
-
-CROP = tool_call("crop_image_normalized", {"bbox_2d": [0.2, 0.2, 0.4, 0.4], "target_image": 1})
-BAD = tool_call("crop_image_normalized", {"bbox_2d": [0.6, 0.2, 0.4, 0.4], "target_image": 1})
-SELECT = tool_call("select_frames", {"target_frames": [1, 3]})
-SCRIPTS = {
-    "zoom": ("Inspect this part.", 1, [f"A mark. {CROP}", "\\boxed{scratch}"]),
-    "select": ("Inspect this sequence.", 3, [f"Look closer. {SELECT}", "\\boxed{pit}"]),
-    "recover": ("Check this part.", 1, [f"A mark. {BAD}", f"Fix the box. {CROP}", "\\boxed{dent}"]),
-}
+from tests.reasoning.protocol_model import SCRIPTS, frames_for
 
 
-def frames_for(name: str, n: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(sorted(SCRIPTS).index(name))
-    return [rng.integers(0, 256, (560, 700, 3), dtype=np.uint8) for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def taught(micro_tokenizer: object) -> VLM:
-    from foveal.model.loader import create
-
-    vlm = create(micro_tokenizer, "micro", seed=1)  # type: ignore[arg-type]
-    tower = vlm.model.model.visual
-    examples = []
-    for name, (prompt, n, texts) in SCRIPTS.items():
-        turns = tuple(AssistantTurn(t, True) for t in texts)
-        chunk = materialize(Trajectory(name, prompt, turns, "", name), frames_for(name, n), vlm.chat,
-                            allow_errors=True)
-        examples.append(with_maps(chunk, tower, name, name))  # type: ignore[arg-type]
-    optimizer = torch.optim.AdamW(trainable(vlm), lr=3e-3)
-    random.seed(0)
-    vlm.model.train()
-    for _ in range(150):
-        loss = example_loss(vlm, examples)
-        optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-    vlm.model.train(False)
-    assert float(loss.detach()) < 0.05
-    return vlm
+@pytest.fixture
+def taught(taught_vlm: VLM) -> VLM:
+    return taught_vlm
 
 
 def run(vlm: VLM, name: str) -> Trace:

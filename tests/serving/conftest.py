@@ -1,0 +1,48 @@
+"""A real tritonserver serving the repository's `foveal_vl` model (its config.pbtxt and model.py,
+unchanged) with the weights of a micro model taught the protocol in seconds, started once per
+test session through the same code as `foveal stack up`."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from foveal.model.loader import VLM, save
+from foveal.serving.triton_engine import TritonEngine
+from foveal.settings import Settings
+from foveal.stack import Stack
+from tests.conftest import embedded_settings
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "foveal_vl"
+
+
+@pytest.fixture(scope="session")
+def triton_settings(tmp_path_factory: pytest.TempPathFactory, taught_vlm: VLM) -> Settings:
+    root = tmp_path_factory.mktemp("serving")
+    repo = root / "models"
+    (repo / "foveal_vl" / "1").mkdir(parents=True)
+    shutil.copy(REPOSITORY / "config.pbtxt", repo / "foveal_vl" / "config.pbtxt")
+    shutil.copy(REPOSITORY / "1" / "model.py", repo / "foveal_vl" / "1" / "model.py")
+    save(taught_vlm, repo / "foveal_vl" / "1" / "weights")
+    return embedded_settings(root / "home", model_repository=repo,
+                             model_dir=repo / "foveal_vl" / "1" / "weights")
+
+
+@pytest.fixture(scope="session")
+def triton(triton_settings: Settings) -> Iterator[Stack]:
+    stack = Stack(triton_settings, parts=["triton"])
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+
+
+@pytest.fixture
+def triton_engine(triton: Stack, taught_vlm: VLM) -> Iterator[TritonEngine]:
+    engine = TritonEngine(triton.settings.triton_address, "foveal_vl", taught_vlm.chat, taught_vlm.budget)
+    yield engine
+    engine.close()

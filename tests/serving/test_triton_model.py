@@ -1,0 +1,105 @@
+"""The reasoning model on a real tritonserver: the loop run through Triton lives exactly the
+conversation it lives in process, concurrent inspections are batched by Triton, an unloaded model
+is `EngineUnavailable`, a deadline is `DeadlineExceeded`; and the host behind `model.py` rejects
+a malformed request alone."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+
+from foveal.model.loader import VLM
+from foveal.reasoning.engine import EngineUnavailable, LocalEngine
+from foveal.reasoning.loop import DeadlineExceeded, Inspection, Loop, LoopOptions, Trace
+from foveal.serving.model_host import Control, ModelHost
+from foveal.serving.triton_engine import TritonEngine
+from foveal.stack import Stack
+from tests.reasoning.protocol_model import SCRIPTS, frames_for
+
+pytestmark = pytest.mark.slow
+OPTIONS = LoopOptions(max_turn_tokens=48)
+
+
+def item(name: str) -> Inspection:
+    prompt, n, _ = SCRIPTS[name]
+    return Inspection(frames_for(name, n), prompt, item_id=name)
+
+
+def run(engine: object, name: str) -> Trace:
+    return Loop(engine, OPTIONS).run([item(name)])[0]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_triton_lives_the_same_conversation_as_the_in_process_loop(
+        name: str, triton_engine: TritonEngine, taught_vlm: VLM) -> None:
+    remote, local = run(triton_engine, name), run(taught_vlm, name)
+    assert remote.conversation.ids == local.conversation.ids
+    assert remote.operations == local.operations >= 1
+    assert remote.defect_type == local.defect_type
+    assert remote.confidence == pytest.approx(local.confidence, abs=1e-4)
+    assert remote.model is not None and (remote.model.name, remote.model.version) == ("foveal_vl", "1")
+
+
+def _metric(stack: Stack, name: str) -> float:
+    url = f"http://{stack.settings.bind_host}:{stack.settings.triton_metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and 'model="foveal_vl"' in line)
+
+
+def test_concurrent_inspections_are_batched_by_triton(triton: Stack, triton_engine: TritonEngine) -> None:
+    before = _metric(triton, "nv_inference_count"), _metric(triton, "nv_inference_exec_count")
+    names = sorted(SCRIPTS) * 4
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        traces = list(pool.map(lambda n: run(triton_engine, n), names))
+    after = _metric(triton, "nv_inference_count"), _metric(triton, "nv_inference_exec_count")
+    requests, executions = after[0] - before[0], after[1] - before[1]
+    assert requests > executions > 0, (requests, executions)  # several turns per model execution
+    for name, trace in zip(names, traces, strict=True):
+        assert trace.defect_type == SCRIPTS[name][2][-1].removeprefix("\\boxed{").removesuffix("}")
+
+
+def test_a_passed_deadline_is_deadline_exceeded_and_the_model_stays_usable(
+        triton_engine: TritonEngine) -> None:
+    with pytest.raises(DeadlineExceeded):
+        Loop(triton_engine, OPTIONS).run([item("zoom")], deadline=time.monotonic() + 0.005)
+    assert run(triton_engine, "zoom").operations == 1
+
+
+def test_an_unloaded_model_is_unavailable_until_loaded_again(
+        triton: Stack, triton_engine: TritonEngine) -> None:
+    client = triton_grpc.InferenceServerClient(triton.settings.triton_address)
+    try:
+        client.unload_model("foveal_vl")
+        deadline = time.monotonic() + 30
+        while triton_engine.ready() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not triton_engine.ready()
+        with pytest.raises(EngineUnavailable):
+            run(triton_engine, "zoom")
+    finally:
+        client.load_model("foveal_vl")
+        client.close()
+    assert triton_engine.ready()
+    assert run(triton_engine, "zoom").operations == 1
+
+
+def test_the_host_rejects_a_malformed_request_alone(taught_vlm: VLM) -> None:
+    host = ModelHost(LocalEngine(taught_vlm))
+    fmt = taught_vlm.chat
+    prompt = fmt.prompt([frames_for("zoom", 1)[0][:112, :112]], "Inspect this part.")
+    good = {"TOKENS": np.asarray([prompt.ids]), "IMAGES": prompt.images[0].reshape(1, -1),
+            "IMAGE_SHAPES": np.asarray([[112, 112]], np.int32), "MAX_NEW_TOKENS": np.asarray([[4]], np.int32),
+            "STOP_IDS": np.asarray([sorted(fmt.stop_ids)])}
+    bad = dict(good, IMAGE_SHAPES=np.asarray([[112, 56]], np.int32))  # fewer pixels than sent
+    out = host.execute([(good, Control(1, True, False)), (bad, Control(2, True, False))])
+    assert isinstance(out[0], dict) and out[0]["GENERATED"].shape[1] >= 1
+    assert isinstance(out[1], str) and "IMAGES holds" in out[1]
+    assert set(host.engine.sessions) == {1}
+    host.execute([({"TOKENS": np.zeros((1, 0), np.int64)}, Control(1, False, True))])
+    assert host.engine.sessions == {}
