@@ -66,6 +66,12 @@ class ModelRef:
     version: str
 
 
+class ImageFeatures(Protocol):
+    """Decoder tokens of images: (sum of patches, 1176) and grids (k, 3) -> (sum of tokens, D)."""
+
+    def __call__(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor: ...
+
+
 class Engine(Protocol):
     """What the loop needs from a model: its chat format, pixel budget, identity, and turns."""
 
@@ -96,8 +102,10 @@ class _Session:
 class LocalEngine:
     """Runs turns on a loaded model in this process. Thread-safe: calls run one at a time."""
 
-    def __init__(self, vlm: VLM, seed: int | None = None, idle_timeout_s: float | None = None) -> None:
+    def __init__(self, vlm: VLM, seed: int | None = None, idle_timeout_s: float | None = None,
+                 vision: ImageFeatures | None = None) -> None:
         self.vlm = vlm
+        self.vision = vision  # None: the model's own (torch) vision tower
         self.chat = vlm.chat
         self.budget = vlm.budget
         self.idle_timeout_s = idle_timeout_s
@@ -219,8 +227,12 @@ class LocalEngine:
         embeds = model.get_input_embeddings()(ids)  # (B, L, D)
         if patches:
             pixel_values = torch.from_numpy(np.concatenate(patches)).to(embeds.dtype)
-            vision = model.model.get_image_features(pixel_values, torch.tensor(grids))
-            embeds[is_image] = torch.cat(list(vision.pooler_output)).to(embeds.dtype)
+            grid_thw = torch.tensor(grids)
+            if self.vision is not None:
+                tokens = self.vision(pixel_values, grid_thw)
+            else:
+                tokens = torch.cat(list(model.model.get_image_features(pixel_values, grid_thw).pooler_output))
+            embeds[is_image] = tokens.to(embeds.dtype)
         batch.mask = torch.cat([batch.mask, new_mask], dim=1)
         out = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.mask.long(),
                                          position_ids=pos, cache=batch.cache, use_cache=True)

@@ -55,8 +55,17 @@ class ModelHost:
         self.image_pad = engine.chat.image_pad
 
     @classmethod
-    def load(cls, weights: Path, idle_timeout_s: float = 120.0) -> ModelHost:
-        return cls(LocalEngine(load(weights), idle_timeout_s=idle_timeout_s))
+    def load(cls, weights: Path, idle_timeout_s: float = 120.0, vision: str = "torch") -> ModelHost:
+        """`vision`: "torch" (the model's own tower) or "onnx" (onnxruntime; compact model only)."""
+        vlm = load(weights)
+        if vision not in ("torch", "onnx"):
+            raise ValueError(f"vision must be 'torch' or 'onnx', not {vision!r}")
+        features = None
+        if vision == "onnx":
+            from foveal.serving.onnx_vision import OnnxVision
+
+            features = OnnxVision.for_model(vlm)
+        return cls(LocalEngine(vlm, idle_timeout_s=idle_timeout_s, vision=features))
 
     def execute(self, batch: Sequence[tuple[Tensors, Control]]) -> list[dict[str, Array] | str]:
         """One response per request: output tensors, or an error message for that request alone."""

@@ -16,7 +16,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"] / params.get("weights", "weights")
-        self.host = ModelHost.load(folder, idle_timeout_s=float(params.get("idle_timeout_s", "120")))
+        self.host = ModelHost.load(folder, idle_timeout_s=float(params.get("idle_timeout_s", "120")),
+                                   vision=params.get("vision", "torch"))
 
     def execute(self, requests):
         batch = []
