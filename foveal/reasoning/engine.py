@@ -146,7 +146,7 @@ class LocalEngine:
             if r.restart:
                 self.sessions.pop(r.session, None)
         states = [self.sessions.get(r.session) or _Session([], 0, 0.0) for r in requests]
-        batch = _Batch.stack(states, self._empty_cache())
+        batch = _Batch.stack(states, self._empty_cache(), self.device)
         replies = [TurnReply() for _ in requests]
         logits = self._append(batch, [r.chunk for r in requests])  # (B, V)
         generating = [r.max_new_tokens > 0 for r in requests]
@@ -224,21 +224,28 @@ class LocalEngine:
             else:
                 last[b] = -1  # nothing new: the row's logits are not used
             pos[:, b, n:] = batch.next_pos[b]
-        embeds = model.get_input_embeddings()(ids)  # (B, L, D)
+        device = self.device
+        embeds = model.get_input_embeddings()(ids.to(device))  # (B, L, D)
         if patches:
-            pixel_values = torch.from_numpy(np.concatenate(patches)).to(embeds.dtype)
+            pixel_values = torch.from_numpy(np.concatenate(patches)).to(device, embeds.dtype)
             grid_thw = torch.tensor(grids)
             if self.vision is not None:
                 tokens = self.vision(pixel_values, grid_thw)
             else:
-                tokens = torch.cat(list(model.model.get_image_features(pixel_values, grid_thw).pooler_output))
-            embeds[is_image] = tokens.to(embeds.dtype)
-        batch.mask = torch.cat([batch.mask, new_mask], dim=1)
+                tokens = torch.cat(list(model.model.get_image_features(pixel_values, grid_thw.to(device))
+                                        .pooler_output))
+            embeds[is_image.to(device)] = tokens.to(device, embeds.dtype)
+        batch.mask = torch.cat([batch.mask, new_mask.to(device)], dim=1)
         out = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.mask.long(),
-                                         position_ids=pos, cache=batch.cache, use_cache=True)
-        hidden = out.last_hidden_state[torch.arange(rows), last.clamp(min=0)]  # (B, D)
-        logits: torch.Tensor = model.lm_head(hidden).float()  # (B, V)
+                                         position_ids=pos.to(device), cache=batch.cache, use_cache=True)
+        at = last.clamp(min=0).to(device)
+        hidden = out.last_hidden_state[torch.arange(rows, device=device), at]  # (B, D)
+        logits: torch.Tensor = model.lm_head(hidden).float().cpu()  # (B, V)
         return logits
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vlm.model.parameters()).device
 
 
 @dataclass
@@ -250,9 +257,9 @@ class _Batch:
     next_pos: list[int]
 
     @classmethod
-    def stack(cls, states: Sequence[_Session], empty: DynamicCache) -> _Batch:
+    def stack(cls, states: Sequence[_Session], empty: DynamicCache, device: torch.device) -> _Batch:
         longest = max(s.length for s in states)
-        mask = torch.zeros((len(states), longest), dtype=torch.bool)
+        mask = torch.zeros((len(states), longest), dtype=torch.bool, device=device)
         for b, s in enumerate(states):
             mask[b, longest - s.length:] = True
         if longest == 0:
@@ -279,7 +286,7 @@ class _Batch:
                 raise TypeError(f"cannot split a {type(layer).__name__} cache layer")
             cached.append((keys, values))
         for b in range(self.mask.shape[0]):
-            keep = self.mask[b, :cached[0][0].shape[2]] if cached else self.mask[b, :0]
+            keep = (self.mask[b, :cached[0][0].shape[2]] if cached else self.mask[b, :0]).to(self.mask.device)
             layers = [(k[b:b + 1, :, keep].clone(), v[b:b + 1, :, keep].clone()) for k, v in cached]
             out.append(_Session(layers, self.next_pos[b], 0.0))
         return out

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from foveal.errors import FovealError
 from foveal.model.chat import IMAGE, TEXT, Chunk
@@ -55,9 +56,13 @@ class ModelHost:
         self.image_pad = engine.chat.image_pad
 
     @classmethod
-    def load(cls, weights: Path, idle_timeout_s: float = 120.0, vision: str = "torch") -> ModelHost:
-        """`vision`: "torch" (the model's own tower) or "onnx" (onnxruntime; compact model only)."""
+    def load(cls, weights: Path, idle_timeout_s: float = 120.0, vision: str = "torch",
+             device: str = "auto") -> ModelHost:
+        """`vision`: "torch" (the model's own tower) or "onnx" (onnxruntime; compact model only).
+        `device`: "auto" (CUDA when torch sees a GPU), "cpu" or "cuda[:n]"."""
         vlm = load(weights)
+        target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        vlm.model.to(torch.device(target))  # type: ignore[arg-type]  # transformers types `to` oddly
         if vision not in ("torch", "onnx"):
             raise ValueError(f"vision must be 'torch' or 'onnx', not {vision!r}")
         features = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -92,14 +93,16 @@ class OnnxVision:
     @classmethod
     def for_model(cls, vlm: VLM, path: Path | None = None) -> OnnxVision:
         """The model's ONNX encoder, exported first when missing or stale."""
-        if vlm.path is None and path is None:
-            raise ModelError("the model has no directory to keep its ONNX encoder in")
-        target = path or (vlm.path / FILE_NAME if vlm.path else Path(FILE_NAME))
+        target = path or (vlm.path / FILE_NAME if vlm.path else Path(tempfile.mkdtemp()) / FILE_NAME)
         try:
             return cls(target, vlm)
         except (ModelError, FileNotFoundError, ort.capi.onnxruntime_pybind11_state.NoSuchFile) as exc:
             log.info("exporting the vision encoder to %s (%s)", target, exc)
-        export(vlm, target)
+        try:
+            export(vlm, target)
+        except OSError:  # a read-only model repository (a mounted volume): export beside it
+            target = Path(tempfile.mkdtemp()) / FILE_NAME
+            export(vlm, target)
         return cls(target, vlm)
 
     def __call__(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
