@@ -1,0 +1,193 @@
+"""`foveal bench serve`: Inspect calls through the real reasoning service and the real
+tritonserver, against the in-process loop on the same frames.
+
+1. reference: the in-process loop (`LocalEngine`) at batch 1, one inspection after another;
+2. the reasoning service is started as its own process (`foveal serve reasoner`) against
+   Triton, and each concurrency level sends every item once from that many client threads;
+   Triton's `nv_inference_count / nv_inference_exec_count` over the level is its average batch;
+3. the design check of the Triton interface: the same items through `TritonEngine` at
+   concurrency 1 with the conversation kept on Triton versus re-sent and re-encoded every turn.
+
+Figures: throughput, latency p50/p95/p99; `throughput_ratio_c16` = concurrency-16 throughput
+over the sequential in-process batch-1 throughput; `overhead_pct` = the service's mean latency at
+concurrency 1 over the in-process batch-1 mean, minus 1 (equal batching: none).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from foveal.evaluation.bench import inspection_of
+from foveal.evaluation.inference import read_rgb
+from foveal.model.loader import load
+from foveal.plant.dataset import Label, read_labels
+from foveal.reasoning.loop import Inspection, Loop, LoopOptions
+from foveal.serving.triton_engine import connect
+from foveal.settings import Settings
+from foveal.v1 import frame_pb2, inspection_pb2, reasoner_pb2_grpc
+
+
+@dataclass
+class Level:
+    name: str
+    concurrency: int
+    seconds: float
+    latencies_ms: list[float]
+    avg_batch: float | None = None
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_ms) / self.seconds
+
+    def row(self) -> dict[str, object]:
+        lat = np.asarray(self.latencies_ms)
+        return {"name": self.name, "concurrency": self.concurrency, "items": len(lat),
+                "throughput_per_s": round(self.throughput, 3), "mean_ms": round(float(lat.mean()), 1),
+                "p50_ms": round(float(np.percentile(lat, 50)), 1),
+                "p95_ms": round(float(np.percentile(lat, 95)), 1),
+                "p99_ms": round(float(np.percentile(lat, 99)), 1),
+                "triton_avg_batch": None if self.avg_batch is None else round(self.avg_batch, 2)}
+
+
+def pick(folder: Path, n: int) -> list[Label]:
+    """`n` items in FovealBench's own mix: one sequence for every five frames."""
+    labels = list(read_labels(folder))
+    images = [label for label in labels if label.image]
+    sequences = [label for label in labels if not label.image]
+    n_seq = min(len(sequences), n // 6)
+    return images[:n - n_seq] + sequences[:n_seq]
+
+
+def request_of(label: Label, folder: Path) -> inspection_pb2.InspectRequest:
+    def encoded(rel: str) -> frame_pb2.Image:
+        ok, png = cv2.imencode(".png", cv2.cvtColor(read_rgb(folder / rel), cv2.COLOR_RGB2BGR))
+        assert ok
+        return frame_pb2.Image(mime_type="image/png", inline=png.tobytes())
+
+    request = inspection_pb2.InspectRequest(frame_id=label.id, product=label.product)
+    if label.image:
+        request.image.CopyFrom(encoded(label.image))
+    else:
+        request.sequence.extend(encoded(rel) for rel in label.frames or [])
+    return request
+
+
+def timed_each(items: Sequence[object], call: Callable[[object], object],
+               concurrency: int) -> tuple[float, list[float]]:
+    def one(item: object) -> float:
+        began = time.perf_counter()
+        call(item)
+        return (time.perf_counter() - began) * 1000
+
+    began = time.perf_counter()
+    if concurrency == 1:
+        latencies = [one(item) for item in items]
+    else:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            latencies = list(pool.map(one, items))
+    return time.perf_counter() - began, latencies
+
+
+def triton_counts(settings: Settings, model: str) -> tuple[float, float]:
+    url = f"http://{settings.bind_host}:{settings.triton_metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    totals = {"nv_inference_count": 0.0, "nv_inference_exec_count": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in totals and f'model="{model}"' in line:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals["nv_inference_count"], totals["nv_inference_exec_count"]
+
+
+class ServiceProcess:
+    """`foveal serve reasoner` as a child process, on the given ports."""
+
+    def __init__(self, settings: Settings, port: int, metrics_port: int, log: Path) -> None:
+        env = dict(os.environ, FOVEAL_TRITON_URL=settings.triton_address,
+                   FOVEAL_MODEL_DIR=str(settings.model_dir), FOVEAL_REASONER_MAX_CONCURRENCY="64")
+        self.log = log.open("w")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "foveal"), "serve", "reasoner", "--port", str(port),
+             "--metrics-port", str(metrics_port)], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.address = f"{settings.bind_host}:{port}"
+
+    def wait_serving(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    code = self.process.returncode
+                    raise RuntimeError(f"the reasoner exited with {code}; see {self.log.name}")
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.5)
+        raise RuntimeError(f"the reasoner did not become SERVING in {timeout_s:.0f} s; see {self.log.name}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def in_process(settings: Settings, inspections: Sequence[Inspection]) -> Level:
+    loop = Loop(load(settings.model_dir), LoopOptions())
+    loop.run(list(inspections[:2]))  # warm-up
+    seconds, latencies = timed_each(inspections, lambda item: loop.run([item]), 1)  # type: ignore[list-item]
+    return Level("in-process loop, batch 1", 1, seconds, latencies)
+
+
+def through_service(settings: Settings, service: ServiceProcess,
+                    requests: Sequence[inspection_pb2.InspectRequest], levels: Sequence[int],
+                    model: str) -> list[Level]:
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    out = []
+    with grpc.insecure_channel(service.address, options=options) as channel:
+        stub = reasoner_pb2_grpc.ReasonerStub(channel)  # type: ignore[no-untyped-call]
+        for request in requests[:2]:
+            stub.Inspect(request, timeout=120)  # warm-up
+        for concurrency in levels:
+            before = triton_counts(settings, model)
+            seconds, latencies = timed_each(requests, lambda r: stub.Inspect(r, timeout=300), concurrency)
+            after = triton_counts(settings, model)
+            executions = after[1] - before[1]
+            out.append(Level(f"service, concurrency {concurrency}", concurrency, seconds, latencies,
+                             (after[0] - before[0]) / executions if executions else None))
+    return out
+
+
+def kept_versus_resent(settings: Settings, inspections: Sequence[Inspection]) -> list[Level]:
+    engine = connect(settings)
+    out = []
+    try:
+        for name, reuse in (("triton, conversation kept", True), ("triton, re-sent every turn", False)):
+            loop = Loop(engine, LoopOptions(reuse_cache=reuse))
+            seconds, latencies = timed_each(inspections, lambda item, lp=loop: lp.run([item]), 1)  # type: ignore[misc]
+            out.append(Level(name, 1, seconds, latencies))
+    finally:
+        engine.close()
+    return out
+
+
+def inspections_of(labels: Sequence[Label], folder: Path) -> list[Inspection]:
+    return [inspection_of(label, folder, named_prompt=True) for label in labels]
