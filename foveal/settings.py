@@ -60,6 +60,18 @@ class Settings(BaseSettings):
     dlq_partitions: int = Field(1, ge=1)
     topic_replication: int = Field(1, ge=1, description="Replication factor of created topics.")
 
+    # The gRPC reasoning service (`foveal serve reasoner`); it listens on `bind_host`.
+    reasoner_port: int = Field(18051, ge=1, le=65535, description="gRPC port of the reasoning service.")
+    reasoner_metrics_port: int = Field(18052, ge=1, le=65535,
+                                       description="HTTP port of the reasoning service's Prometheus metrics.")
+    reasoner_max_concurrency: int = Field(32, ge=1, description="Concurrent inspections before "
+                                                                "RESOURCE_EXHAUSTED.")
+    reasoner_max_message_mb: int = Field(32, ge=1, le=2047, description="Largest gRPC message, both ways.")
+    reasoner_max_megapixels: float = Field(50.0, gt=0, description="Largest image accepted (bomb guard).")
+    reasoner_health_poll_s: float = Field(1.0, gt=0, description="How often the model's readiness is polled.")
+    reasoner_timeout_s: float = Field(60.0, gt=0, description="Longest an inspection may run when its "
+                                                              "client sets no deadline.")
+
     # How long `stack up` waits for each part to become healthy.
     start_timeout_s: float = Field(120.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from foveal.cli import data, db, demo, model, stack
+from foveal.cli import bench, data, db, demo, export, model, serve, stack
 from foveal.cli.context import AppState
 from foveal.errors import FovealError, StackError
 from foveal.settings import load_settings
@@ -27,11 +27,14 @@ app = typer.Typer(
 )
 app.add_typer(stack.app, name="stack")
 app.add_typer(db.app, name="db")
+app.add_typer(export.app, name="export")
+app.add_typer(bench.app, name="bench")
 app.add_typer(data.app, name="data")
 app.command(name="demo")(demo.demo)
 app.add_typer(model.train_app, name="train")
 app.command(name="eval")(model.eval_command)
 app.command(name="predict")(model.predict_command)
+app.add_typer(serve.app, name="serve")
 
 
 @app.callback()

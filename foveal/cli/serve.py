@@ -1,0 +1,46 @@
+"""`foveal serve reasoner`: run the Reasoner gRPC service against the configured Triton.
+
+It listens on `FOVEAL_BIND_HOST:FOVEAL_REASONER_PORT` (metrics on `FOVEAL_REASONER_METRICS_PORT`),
+logs JSON lines to stderr, and runs until SIGINT or SIGTERM, then shuts down gracefully (health
+NOT_SERVING, calls in flight finish). See services/reasoner/README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import typer
+
+from foveal.cli.context import settings_of
+
+app = typer.Typer(help="Run foveal's services.", no_args_is_help=True)
+
+
+@app.command("reasoner")
+def reasoner(
+    ctx: typer.Context,
+    port: int | None = typer.Option(None, "--port", help="gRPC port (default: FOVEAL_REASONER_PORT)."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port",
+                                            help="Prometheus port (default: FOVEAL_REASONER_METRICS_PORT)."),
+    json_logs: bool = typer.Option(True, "--json-logs/--text-logs", help="Log JSON lines (default) or text."),
+) -> None:
+    """Serve Reasoner.Inspect, grpc.health.v1 and reflection; the model runs on Triton."""
+    from foveal.serving.logs import use_json_logs
+    from foveal.serving.service import ServiceConfig, serve
+    from foveal.serving.triton_engine import connect
+
+    settings = settings_of(ctx)
+    if json_logs:
+        use_json_logs(logging.getLogger().level or logging.INFO)
+    overrides: dict[str, object] = {}
+    if port is not None:
+        overrides["port"] = port
+    if metrics_port is not None:
+        overrides["metrics_port"] = metrics_port
+    config = ServiceConfig.from_settings(settings, **overrides)
+    engine = connect(settings)
+    try:
+        asyncio.run(serve(engine, config))
+    finally:
+        engine.close()
