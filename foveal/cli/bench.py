@@ -31,6 +31,7 @@ def serve_command(
 ) -> None:
     """Concurrency sweep of Inspect through the service and Triton, against the in-process loop."""
     from foveal.serving import benchmark as b
+    from foveal.serving.process import ReasonerProcess
     from foveal.stack import Stack
 
     settings = settings_of(ctx)
@@ -40,7 +41,7 @@ def serve_command(
     requests = [b.request_of(label, bench) for label in labels]
     console.print(f"{len(labels)} items from {bench}; in-process reference first")
     rows = [b.in_process(settings, inspections)]
-    service = b.ServiceProcess(settings, port, port + 1, settings.home_dir / "logs" / "bench-reasoner.log")
+    service = ReasonerProcess(settings, port, port + 1, settings.home_dir / "logs" / "bench-reasoner.log")
     try:
         service.wait_serving()
         rows += b.through_service(settings, service, requests, [int(x) for x in levels.split(",")],

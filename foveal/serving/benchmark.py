@@ -15,9 +15,6 @@ concurrency 1 over the in-process batch-1 mean, minus 1 (equal batching: none).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -28,13 +25,13 @@ from pathlib import Path
 import cv2
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from foveal.evaluation.bench import inspection_of
 from foveal.evaluation.inference import read_rgb
 from foveal.model.loader import load
 from foveal.plant.dataset import Label, read_labels
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions
+from foveal.serving.process import ReasonerProcess
 from foveal.serving.triton_engine import connect
 from foveal.settings import Settings
 from foveal.v1 import frame_pb2, inspection_pb2, reasoner_pb2_grpc
@@ -112,44 +109,6 @@ def triton_counts(settings: Settings, model: str) -> tuple[float, float]:
     return totals["nv_inference_count"], totals["nv_inference_exec_count"]
 
 
-class ServiceProcess:
-    """`foveal serve reasoner` as a child process, on the given ports."""
-
-    def __init__(self, settings: Settings, port: int, metrics_port: int, log: Path) -> None:
-        env = dict(os.environ, FOVEAL_TRITON_URL=settings.triton_address,
-                   FOVEAL_MODEL_DIR=str(settings.model_dir), FOVEAL_REASONER_MAX_CONCURRENCY="64")
-        self.log = log.open("w")
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "foveal"), "serve", "reasoner", "--port", str(port),
-             "--metrics-port", str(metrics_port)], env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.address = f"{settings.bind_host}:{port}"
-
-    def wait_serving(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    code = self.process.returncode
-                    raise RuntimeError(f"the reasoner exited with {code}; see {self.log.name}")
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.5)
-        raise RuntimeError(f"the reasoner did not become SERVING in {timeout_s:.0f} s; see {self.log.name}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-
-
 def in_process(settings: Settings, inspections: Sequence[Inspection]) -> Level:
     loop = Loop(load(settings.model_dir), LoopOptions())
     loop.run(list(inspections[:2]))  # warm-up
@@ -157,7 +116,7 @@ def in_process(settings: Settings, inspections: Sequence[Inspection]) -> Level:
     return Level("in-process loop, batch 1", 1, seconds, latencies)
 
 
-def through_service(settings: Settings, service: ServiceProcess,
+def through_service(settings: Settings, service: ReasonerProcess,
                     requests: Sequence[inspection_pb2.InspectRequest], levels: Sequence[int],
                     model: str) -> list[Level]:
     options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
