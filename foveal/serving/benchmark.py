@@ -150,3 +150,37 @@ def kept_versus_resent(settings: Settings, inspections: Sequence[Inspection]) ->
 
 def inspections_of(labels: Sequence[Label], folder: Path) -> list[Inspection]:
     return [inspection_of(label, folder, named_prompt=True) for label in labels]
+
+
+def vision_speed(settings: Settings, inspections: Sequence[Inspection], repeats: int = 3) -> dict[str, float]:
+    """Mean ms per whole-frame view through the vision encoder: torch tower vs onnxruntime."""
+    import tempfile
+
+    import torch
+
+    from foveal.operations import Workspace
+    from foveal.serving.onnx_vision import OnnxVision, export
+
+    vlm = load(settings.model_dir)
+    onnx = OnnxVision(export(vlm, Path(tempfile.mkdtemp()) / "vision.onnx"), vlm)
+    chunks = [vlm.chat.image(Workspace(item.frames, vlm.budget).views[0].pixels) for item in inspections]
+    inputs = [(torch.from_numpy(c.patches[0]), torch.tensor(c.grids)) for c in chunks]
+
+    def torch_tower(pixels: torch.Tensor, grids: torch.Tensor) -> object:
+        with torch.inference_mode():
+            return vlm.model.model.get_image_features(pixels, grids)
+
+    out: dict[str, float] = {}
+    worst = 0.0
+    for name, encode in (("torch", torch_tower), ("onnxruntime", onnx)):
+        encode(*inputs[0])  # warm-up
+        began = time.perf_counter()
+        for _ in range(repeats):
+            for pixels, grids in inputs:
+                encode(pixels, grids)
+        out[f"vision_{name}_ms"] = round((time.perf_counter() - began) * 1000 / (repeats * len(inputs)), 2)
+    for pixels, grids in inputs:
+        expected = torch.cat(list(torch_tower(pixels, grids).pooler_output))  # type: ignore[attr-defined]
+        worst = max(worst, float((onnx(pixels, grids) - expected).abs().max()))
+    out["vision_max_abs_diff"] = worst
+    return out
