@@ -40,7 +40,8 @@ def serve_command(
     inspections = b.inspections_of(labels, bench)
     requests = [b.request_of(label, bench) for label in labels]
     console.print(f"{len(labels)} items from {bench}; in-process reference first")
-    rows = [b.in_process(settings, inspections)]
+    vision = b.served_vision(settings)
+    rows = [b.in_process(settings, inspections, vision)]
     service = ReasonerProcess(settings, port, port + 1, settings.home_dir / "logs" / "bench-reasoner.log")
     try:
         service.wait_serving()
@@ -49,7 +50,7 @@ def serve_command(
     finally:
         service.stop()
     rows += b.kept_versus_resent(settings, inspections)
-    vision = b.vision_speed(settings, inspections[:16])
+    encoder = b.vision_speed(settings, inspections[:16])
     table = Table(title="foveal bench serve")
     for column in ("name", "items", "throughput/s", "mean ms", "p50 ms", "p95 ms", "p99 ms", "Triton batch"):
         table.add_column(column)
@@ -58,8 +59,11 @@ def serve_command(
         table.add_row(str(r["name"]), str(r["items"]), f"{r['throughput_per_s']:.2f}", str(r["mean_ms"]),
                       str(r["p50_ms"]), str(r["p95_ms"]), str(r["p99_ms"]), str(r["triton_avg_batch"] or "-"))
     Console(width=150).print(table)
-    Console().print(f"vision encoder per whole-frame view: torch {vision['vision_torch_ms']} ms, onnxruntime "
-                    f"{vision['vision_onnxruntime_ms']} ms (max |diff| {vision['vision_max_abs_diff']:.1e})")
+    e = encoder
+    Console(width=150).print(
+        f"vision encoder per whole-frame view: torch {e['vision_torch_ms']} ms, onnxruntime "
+        f"{e['vision_onnxruntime_ms']} ms (max |diff| {e['vision_max_abs_diff']:.1e}); "
+        f"Triton's model uses {vision}")
     reference = rows[0]
     by_c = {level.concurrency: level for level in rows if level.name.startswith("service")}
     kept, resent = rows[-2], rows[-1]
@@ -68,7 +72,7 @@ def serve_command(
         "overhead_pct": round((np.mean(by_c[1].latencies_ms) / np.mean(reference.latencies_ms) - 1) * 100, 1)
         if 1 in by_c else None,
         "triton_kept_vs_resent_speedup": round(resent.seconds / kept.seconds, 3),
-        **vision,
+        **encoder, "served_vision": vision,
         "levels": [level.row() for level in rows], "items": len(labels), "bench": str(bench),
         "commit": _commit(), "machine": dict(platform=platform.platform(), cpu_count=os.cpu_count(),
                                              python=platform.python_version()),

@@ -30,6 +30,7 @@ from foveal.evaluation.bench import inspection_of
 from foveal.evaluation.inference import read_rgb
 from foveal.model.loader import load
 from foveal.plant.dataset import Label, read_labels
+from foveal.reasoning.engine import LocalEngine
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions
 from foveal.serving.process import ReasonerProcess
 from foveal.serving.triton_engine import connect
@@ -109,11 +110,32 @@ def triton_counts(settings: Settings, model: str) -> tuple[float, float]:
     return totals["nv_inference_count"], totals["nv_inference_exec_count"]
 
 
-def in_process(settings: Settings, inspections: Sequence[Inspection]) -> Level:
-    loop = Loop(load(settings.model_dir), LoopOptions())
+def served_vision(settings: Settings) -> str:
+    """The vision backend the served model is configured with ("torch" or "onnx")."""
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(settings.triton_address)
+    try:
+        config = client.get_model_config(settings.triton_model, as_json=True)["config"]
+    finally:
+        client.close()
+    return str(config.get("parameters", {}).get("vision", {}).get("string_value", "torch"))
+
+
+def in_process(settings: Settings, inspections: Sequence[Inspection], vision: str = "torch") -> Level:
+    """The reference: the same model and vision backend as Triton's, in this process, batch 1."""
+    vlm = load(settings.model_dir)
+    features = None
+    if vision == "onnx":
+        import tempfile
+
+        from foveal.serving.onnx_vision import OnnxVision, export
+
+        features = OnnxVision(export(vlm, Path(tempfile.mkdtemp()) / "vision.onnx"), vlm)
+    loop = Loop(LocalEngine(vlm, vision=features), LoopOptions())
     loop.run(list(inspections[:2]))  # warm-up
     seconds, latencies = timed_each(inspections, lambda item: loop.run([item]), 1)  # type: ignore[list-item]
-    return Level("in-process loop, batch 1", 1, seconds, latencies)
+    return Level(f"in-process loop, batch 1 ({vision})", 1, seconds, latencies)
 
 
 def through_service(settings: Settings, service: ReasonerProcess,
