@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     reasoner_timeout_s: float = Field(60.0, gt=0, description="Longest an inspection may run when its "
                                                               "client sets no deadline.")
 
+    # Frames on `foveal.frames`: images up to this size travel inline, larger ones by claim check.
+    blob_dir: Path | None = Field(None, description="Directory blob store for frame images "
+                                                    "(default: <home>/blobs).")
+    # 1 MB keeps a record under a stock Kafka broker's message.max.bytes, and kafka-python
+    # checksums records in pure Python (~0.25 s per MiB on each side); most 1024–2048 px PNGs
+    # (0.3–8 MB, median 1.9 MB on FovealBench dev) therefore travel by claim check.
+    frame_inline_max_bytes: int = Field(1_000_000, ge=1024,
+                                        description="Largest inline image bytes per frame record; "
+                                                    "above it the image goes to the blob store.")
+
     # How long `stack up` waits for each part to become healthy.
     start_timeout_s: float = Field(120.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -100,6 +110,11 @@ class Settings(BaseSettings):
     @property
     def model_repository_dir(self) -> Path:
         return self.model_repository.expanduser().resolve()
+
+    @property
+    def blob_root(self) -> Path:
+        """The directory blob store's root: `blob_dir`, else `<home>/blobs`."""
+        return (self.blob_dir or self.home / "blobs").expanduser().resolve()
 
     @property
     def kafka_address(self) -> str:

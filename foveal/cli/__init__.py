@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from foveal.cli import bench, data, db, demo, export, model, serve, stack
+from foveal.cli import bench, camera, data, db, demo, export, model, serve, stack
 from foveal.cli.context import AppState
 from foveal.errors import FovealError, StackError
 from foveal.settings import load_settings
@@ -35,6 +35,7 @@ app.add_typer(model.train_app, name="train")
 app.command(name="eval")(model.eval_command)
 app.command(name="predict")(model.predict_command)
 app.add_typer(serve.app, name="serve")
+app.command(name="camera")(camera.camera)
 
 
 @app.callback()

@@ -1,7 +1,8 @@
 """The images of an Inspect request, fetched, checked and decoded before any model sees them.
 
-An image comes inline or as a claim check (`BlobRef`); this service reads `file://` claim
-checks itself (verifying size and SHA-256) and rejects other schemes. The dimensions are read
+An image comes inline or as a claim check (`BlobRef`); `file://` claim checks are read through
+the blob store (`foveal.blobs`, never outside its root, size and SHA-256 verified); other
+schemes are refused. The dimensions are read
 from the header with Pillow *before* anything is decoded, so a decompression bomb (a small file
 that claims 10000x10000 pixels) is refused without allocating its pixels. Every refusal is an
 `InvalidInput` whose message says what is wrong; the service answers it with INVALID_ARGUMENT.
@@ -10,20 +11,18 @@ Tests: `pytest tests/serving/test_images.py`.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import unquote, urlparse
-from urllib.request import url2pathname
+from urllib.parse import urlparse
 
 import cv2
 import numpy as np
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
+from foveal.blobs import BlobError, DirectoryStore
 from foveal.errors import FovealError
 from foveal.operations import MAX_ASPECT, MAX_FRAMES, MIN_SIDE_PX, RGBImage
 from foveal.v1 import frame_pb2
@@ -43,7 +42,7 @@ class ImageLimits:
 
 
 def read_frames(image: frame_pb2.Image | None, sequence: Sequence[frame_pb2.Image],
-                limits: ImageLimits = ImageLimits()) -> list[RGBImage]:
+                limits: ImageLimits = ImageLimits(), blobs: DirectoryStore | None = None) -> list[RGBImage]:
     """The frames to inspect: the sequence when there is one, else the single image; each
     (H, W, 3) uint8 RGB at full resolution, all of one size."""
     if sequence:
@@ -56,7 +55,7 @@ def read_frames(image: frame_pb2.Image | None, sequence: Sequence[frame_pb2.Imag
         raise InvalidInput("the request has no image and no sequence")
     frames: list[RGBImage] = []
     for where, img in named:
-        frame = decode(image_bytes(img, where, limits), where, limits)
+        frame = decode(image_bytes(img, where, limits, blobs), where, limits)
         if frames and frame.shape != frames[0].shape:
             first_h, first_w = frames[0].shape[:2]
             raise InvalidInput(f"{where} is {frame.shape[1]}x{frame.shape[0]} but sequence[0] is "
@@ -65,38 +64,38 @@ def read_frames(image: frame_pb2.Image | None, sequence: Sequence[frame_pb2.Imag
     return frames
 
 
-def image_bytes(image: frame_pb2.Image, where: str = "image", limits: ImageLimits = ImageLimits()) -> bytes:
+def image_bytes(image: frame_pb2.Image, where: str = "image", limits: ImageLimits = ImageLimits(),
+                blobs: DirectoryStore | None = None) -> bytes:
     """The encoded bytes of `image`, inline or from its `file://` claim check."""
     source = image.WhichOneof("source")
     if source == "inline":
         return image.inline
     if source == "blob":
-        return fetch_blob(image.blob, where, limits)
+        return fetch_blob(image.blob, where, limits, blobs)
     raise InvalidInput(f"{where} has neither inline bytes nor a blob reference")
 
 
-def fetch_blob(blob: frame_pb2.BlobRef, where: str = "image", limits: ImageLimits = ImageLimits()) -> bytes:
-    """Read a `file://` claim check and verify its size and SHA-256 when the producer gave them."""
+def fetch_blob(blob: frame_pb2.BlobRef, where: str = "image", limits: ImageLimits = ImageLimits(),
+               blobs: DirectoryStore | None = None) -> bytes:
+    """Read a `file://` claim check from the blob store (never from outside its root) and verify
+    its size and SHA-256."""
     uri = urlparse(blob.uri)
     if uri.scheme != "file":
         shown = f"{uri.scheme}://" if uri.scheme else repr(blob.uri[:80])
         raise InvalidInput(f"{where}: blob references {shown} are not supported here; send the image "
-                           "inline or as a file:// URI this service can read")
-    if uri.netloc not in ("", "localhost"):
-        raise InvalidInput(f"{where}: file URI host {uri.netloc!r} is not this machine")
-    path = Path(url2pathname(unquote(uri.path)))
+                           "inline or as a file:// URI in this service's blob store")
+    if blobs is None:
+        raise InvalidInput(f"{where}: this service reads no claim checks (no blob store); "
+                           "send the image inline")
+    if blob.size_bytes > limits.max_bytes:
+        raise InvalidInput(f"{where}: blob {blob.uri} has {blob.size_bytes} bytes, "
+                           f"more than {limits.max_bytes}")
     try:
-        size = path.stat().st_size
-        if size > limits.max_bytes:
-            raise InvalidInput(f"{where}: blob {blob.uri} has {size} bytes, more than {limits.max_bytes}")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"{where}: cannot read blob {blob.uri}: {exc.strerror or exc}") from exc
-    if blob.size_bytes and len(data) != blob.size_bytes:
-        raise InvalidInput(f"{where}: blob {blob.uri} has {len(data)} bytes, the reference says "
-                           f"{blob.size_bytes}")
-    if blob.sha256 and hashlib.sha256(data).hexdigest() != blob.sha256.lower():
-        raise InvalidInput(f"{where}: blob {blob.uri} does not match its sha256")
+        data = blobs.get(blob.uri, blob.sha256.lower() or None, blob.size_bytes or None)
+    except BlobError as exc:
+        raise InvalidInput(f"{where}: {exc}") from exc
+    if len(data) > limits.max_bytes:
+        raise InvalidInput(f"{where}: blob {blob.uri} has {len(data)} bytes, more than {limits.max_bytes}")
     return data
 
 

@@ -22,12 +22,14 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from foveal.blobs import DirectoryStore
 from foveal.domain import Taxonomy
 from foveal.errors import FovealError
 from foveal.reasoning.engine import Engine, EngineError, EngineUnavailable
@@ -70,6 +72,7 @@ class ServiceConfig:
     max_megapixels: float = 50.0
     health_poll_s: float = 1.0
     timeout_s: float | None = 60.0  # bounds an inspection whose client set no deadline
+    blob_root: Path | None = None  # the blob store claim checks are read from; None: inline only
     grace_s: float = 5.0  # how long calls in flight may finish at shutdown
     loop: LoopOptions = LoopOptions()
     catalog: Mapping[str, Taxonomy] = field(default_factory=default_catalog)
@@ -83,7 +86,7 @@ class ServiceConfig:
             max_message_mb=settings.reasoner_max_message_mb,
             max_megapixels=settings.reasoner_max_megapixels,
             health_poll_s=settings.reasoner_health_poll_s,
-            timeout_s=settings.reasoner_timeout_s,
+            timeout_s=settings.reasoner_timeout_s, blob_root=settings.blob_root,
         )
         values.update(overrides)
         return cls(**values)
@@ -108,6 +111,7 @@ class ReasonerService(reasoner_pb2_grpc.ReasonerServicer):
 
     def __init__(self, engine: Engine, config: ServiceConfig, metrics: ServiceMetrics) -> None:
         self.engine, self.config, self.metrics = engine, config, metrics
+        self.blobs = DirectoryStore(config.blob_root) if config.blob_root is not None else None
         self.ready = False  # the engine's last reported readiness (set by the server's poller)
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="inspect")
         self._busy = 0
@@ -158,7 +162,7 @@ class ReasonerService(reasoner_pb2_grpc.ReasonerServicer):
                  received: float) -> inspection_pb2.InspectResult:
         """In a worker thread: decode and check, run the loop, convert the trace."""
         frames = read_frames(request.image if request.HasField("image") else None, request.sequence,
-                             self.config.limits)
+                             self.config.limits, self.blobs)
         inspection = inspection_for(request, frames, self.config.catalog)
         options = loop_options(request.options, self.config.loop)
         started = time.perf_counter()

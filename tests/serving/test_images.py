@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from foveal.blobs import DirectoryStore
 from foveal.serving.images import (
     ImageLimits,
     InvalidInput,
@@ -64,15 +65,20 @@ def test_a_file_claim_check_is_read_and_verified(tmp_path: Path) -> None:
     path = tmp_path / "a b.png"
     path.write_bytes(data)
     good = frame_pb2.BlobRef(uri=path.as_uri(), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
-    assert fetch_blob(good) == data
-    with pytest.raises(InvalidInput, match="bytes, the reference says"):
-        fetch_blob(frame_pb2.BlobRef(uri=path.as_uri(), size_bytes=len(data) + 1))
+    store = DirectoryStore(tmp_path)
+    assert fetch_blob(good, blobs=store) == data
+    with pytest.raises(InvalidInput, match="no blob store"):
+        fetch_blob(good)
+    with pytest.raises(InvalidInput, match="size"):
+        fetch_blob(frame_pb2.BlobRef(uri=path.as_uri(), size_bytes=len(data) + 1), blobs=store)
     with pytest.raises(InvalidInput, match="more than 10"):
-        fetch_blob(good, limits=ImageLimits(max_bytes=10))
-    with pytest.raises(InvalidInput, match="not this machine"):
-        fetch_blob(frame_pb2.BlobRef(uri="file://elsewhere/x.png"))
+        fetch_blob(good, limits=ImageLimits(max_bytes=10), blobs=store)
+    with pytest.raises(InvalidInput, match="another host"):
+        fetch_blob(frame_pb2.BlobRef(uri="file://elsewhere/x.png"), blobs=store)
+    with pytest.raises(InvalidInput, match="outside the blob store"):
+        fetch_blob(frame_pb2.BlobRef(uri=Path(__file__).as_uri()), blobs=store)
     with pytest.raises(InvalidInput, match="not supported"):
-        fetch_blob(frame_pb2.BlobRef(uri="https://example.com/x.png"))
+        fetch_blob(frame_pb2.BlobRef(uri="https://example.com/x.png"), blobs=store)
 
 
 def test_a_sequence_wins_over_the_single_image() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import threading
 import time
 import urllib.request
@@ -31,8 +32,9 @@ from tests.serving.helpers import FRAME_ID, ControlledEngine, frame, inline, png
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 Inspect = Callable[..., inspection_pb2.InspectResult]
+BLOBS = Path(tempfile.mkdtemp(prefix="foveal-test-blobs-"))  # the service's blob store root
 CONFIG = ServiceConfig(port=0, metrics_port=0, max_concurrency=4, health_poll_s=0.05, grace_s=1.0,
-                       loop=LoopOptions(max_turn_tokens=8))
+                       loop=LoopOptions(max_turn_tokens=8), blob_root=BLOBS)
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +137,9 @@ def test_disable_operations_answers_without_zooming(inspect: Inspect,
     assert all(not step.images for step in result.steps)
 
 
-def test_a_sequence_and_a_file_claim_check_are_inspected(
-        inspect: Inspect, tmp_path: Path) -> None:
+def test_a_sequence_and_a_file_claim_check_are_inspected(inspect: Inspect) -> None:
     data = png(frame(1))
-    path = tmp_path / "frame 1.png"
+    path = BLOBS / "frame 1.png"
     path.write_bytes(data)
     blob = frame_pb2.Image(mime_type="image/png", blob=frame_pb2.BlobRef(
         uri=path.as_uri(), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
@@ -153,6 +154,7 @@ def _bad_requests(tmp: Path) -> dict[str, tuple[inspection_pb2.InspectRequest, s
     missing = frame_pb2.Image(blob=frame_pb2.BlobRef(uri=(tmp / "nope.png").as_uri()))
     (tmp / "f.png").write_bytes(png(frame()))
     tampered = frame_pb2.Image(blob=frame_pb2.BlobRef(uri=(tmp / "f.png").as_uri(), sha256="0" * 64))
+    outside = frame_pb2.Image(blob=frame_pb2.BlobRef(uri=Path(__file__).as_uri()))
     return {
         "empty": (request(inline(b"")), "empty"),
         "garbage": (request(inline(b"not an image at all" * 20)), "not an image"),
@@ -166,19 +168,20 @@ def _bad_requests(tmp: Path) -> dict[str, tuple[inspection_pb2.InspectRequest, s
         "unknown product": (request(product="teapot"), "unknown product"),
         "unknown type": (request(product="pcb", defect_types=["scratch", "wobble"]), "wobble"),
         "s3 blob": (request(frame_pb2.Image(blob=frame_pb2.BlobRef(uri="s3://b/k.png"))), "not supported"),
-        "missing file": (request(missing), "cannot read"),
+        "missing file": (request(missing), "not found"),
         "sha256 mismatch": (request(tampered), "sha256"),
+        "outside the store": (request(outside), "outside the blob store"),
     }
 
 
 CASES = ["empty", "garbage", "bomb", "zero size", "tiny", "truncated", "no image", "17 frames",
-         "sizes differ", "unknown product", "unknown type", "s3 blob", "missing file", "sha256 mismatch"]
+         "sizes differ", "unknown product", "unknown type", "s3 blob", "missing file", "sha256 mismatch",
+         "outside the store"]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_invalid_argument(case: str, inspect: Inspect,
-                                       tmp_path: Path) -> None:
-    req, words = _bad_requests(tmp_path)[case]
+def test_bad_input_is_invalid_argument(case: str, inspect: Inspect) -> None:
+    req, words = _bad_requests(BLOBS)[case]
     error = status_of(lambda: inspect(req))
     assert error.code() == INVALID, error.details()
     assert words in error.details()
