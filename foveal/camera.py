@@ -74,6 +74,7 @@ class CameraConfig:
     size: int | None = None  # long side of rendered frames (None: 1024–2048 drawn per frame)
     inline_max_bytes: int | None = None  # None: settings.frame_inline_max_bytes
     render_workers: int = 1  # processes rendering the bank (the machine has other work)
+    topic: str = messaging.FRAMES_TOPIC  # where frames go (tests use a topic of their own)
 
     def __post_init__(self) -> None:
         if not self.stations or not all(self.stations):
@@ -366,7 +367,7 @@ class Camera:
         envelope = self._envelope(index, prepared, station)
         value = messaging.encode_frame(envelope)
         try:
-            future = self._producer.send(messaging.FRAMES_TOPIC, key=messaging.frame_key(station),
+            future = self._producer.send(self.config.topic, key=messaging.frame_key(station),
                                          value=value)
         except KafkaError as exc:
             raise CameraError(f"frame {envelope.frame_id}: the producer refused it: {exc}") from exc

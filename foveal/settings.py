@@ -82,6 +82,27 @@ class Settings(BaseSettings):
                                         description="Largest inline image bytes per frame record; "
                                                     "above it the image goes to the blob store.")
 
+    # The ingest worker (`foveal serve ingest`): foveal.frames → Reasoner → PostgreSQL + foveal.verdicts.
+    reasoner_url: str | None = Field(None, description="host:port of the Reasoner gRPC service the ingest "
+                                                       "worker calls (default: bind_host:reasoner_port).")
+    ingest_group: str = Field("foveal-ingest", min_length=1, description="Kafka consumer group of the "
+                                                                         "ingest workers.")
+    ingest_max_in_flight: int = Field(8, ge=1, description="Frames one ingest worker handles at once; "
+                                                           "its partitions pause beyond it.")
+    ingest_inspect_timeout_s: float = Field(60.0, gt=0, description="Deadline of one Reasoner.Inspect call.")
+    ingest_max_frame_bytes: int = Field(32_000_000, ge=1024,
+                                        description="Largest frame (record value, or its images' total "
+                                                    "bytes) ingest accepts; larger ones go to the DLQ.")
+    ingest_retry_initial_s: float = Field(0.5, gt=0, description="First backoff after a transient fault.")
+    ingest_retry_max_s: float = Field(30.0, gt=0, description="Longest backoff between retries.")
+    ingest_max_attempts: int = Field(5, ge=1, description="Attempts at a frame that fails for an unexpected "
+                                                          "reason (INTERNAL, ...) before it goes to the DLQ.")
+    ingest_metrics_port: int = Field(18053, ge=0, le=65535,
+                                     description="HTTP port of the ingest worker's Prometheus metrics "
+                                                 "(0: any free port).")
+    ingest_shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight frames may finish "
+                                                                   "at shutdown before they are abandoned.")
+
     # How long `stack up` waits for each part to become healthy.
     start_timeout_s: float = Field(120.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -126,6 +147,10 @@ class Settings(BaseSettings):
         return self.database_url or (
             f"postgresql+psycopg://postgres@{self.bind_host}:{self.postgres_port}/{self.postgres_db}"
         )
+
+    @property
+    def reasoner_address(self) -> str:
+        return self.reasoner_url or f"{self.bind_host}:{self.reasoner_port}"
 
     @property
     def triton_address(self) -> str:

@@ -1,4 +1,5 @@
-"""`foveal serve reasoner`: run the Reasoner gRPC service against the configured Triton.
+"""`foveal serve reasoner`: run the Reasoner gRPC service against the configured Triton;
+`foveal serve ingest`: run the ingest worker (services/ingest/README.md) until SIGINT or SIGTERM.
 
 It listens on `FOVEAL_BIND_HOST:FOVEAL_REASONER_PORT` (metrics on `FOVEAL_REASONER_METRICS_PORT`),
 logs JSON lines to stderr, and runs until SIGINT or SIGTERM, then shuts down gracefully (health
@@ -44,3 +45,28 @@ def reasoner(
         asyncio.run(serve(engine, config))
     finally:
         engine.close()
+
+
+@app.command("ingest")
+def ingest(
+    ctx: typer.Context,
+    metrics_port: int | None = typer.Option(None, "--metrics-port",
+                                            help="Prometheus port (default: FOVEAL_INGEST_METRICS_PORT)."),
+    json_logs: bool = typer.Option(True, "--json-logs/--text-logs", help="Log JSON lines (default) or text."),
+) -> None:
+    """Consume foveal.frames, inspect each frame, write PostgreSQL and produce foveal.verdicts."""
+    import signal
+
+    from foveal.ingest import IngestConfig, IngestWorker
+    from foveal.serving.logs import use_json_logs
+
+    settings = settings_of(ctx)
+    if json_logs:
+        use_json_logs(logging.getLogger().level or logging.INFO)
+    overrides: dict[str, object] = {}
+    if metrics_port is not None:
+        overrides["metrics_port"] = metrics_port
+    worker = IngestWorker(settings, IngestConfig.from_settings(settings, **overrides))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: worker.stop())
+    worker.run()
