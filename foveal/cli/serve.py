@@ -14,6 +14,7 @@ import logging
 import typer
 
 from foveal.cli.context import settings_of
+from foveal.settings import Settings
 
 app = typer.Typer(help="Run foveal's services.", no_args_is_help=True)
 
@@ -27,18 +28,10 @@ def reasoner(
     json_logs: bool = typer.Option(True, "--json-logs/--text-logs", help="Log JSON lines (default) or text."),
 ) -> None:
     """Serve Reasoner.Inspect, grpc.health.v1 and reflection; the model runs on Triton."""
-    from foveal.serving.logs import use_json_logs
     from foveal.serving.service import ServiceConfig, serve
     from foveal.serving.triton_engine import connect
 
-    settings = settings_of(ctx)
-    if json_logs:
-        use_json_logs(logging.getLogger().level or logging.INFO)
-    overrides: dict[str, object] = {}
-    if port is not None:
-        overrides["port"] = port
-    if metrics_port is not None:
-        overrides["metrics_port"] = metrics_port
+    settings, overrides = _prepare(ctx, json_logs, port=port, metrics_port=metrics_port)
     config = ServiceConfig.from_settings(settings, **overrides)
     engine = connect(settings)
     try:
@@ -58,15 +51,18 @@ def ingest(
     import signal
 
     from foveal.ingest import IngestConfig, IngestWorker
-    from foveal.serving.logs import use_json_logs
 
-    settings = settings_of(ctx)
-    if json_logs:
-        use_json_logs(logging.getLogger().level or logging.INFO)
-    overrides: dict[str, object] = {}
-    if metrics_port is not None:
-        overrides["metrics_port"] = metrics_port
+    settings, overrides = _prepare(ctx, json_logs, metrics_port=metrics_port)
     worker = IngestWorker(settings, IngestConfig.from_settings(settings, **overrides))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: worker.stop())
     worker.run()
+
+
+def _prepare(ctx: typer.Context, json_logs: bool, **options: object) -> tuple[Settings, dict[str, object]]:
+    """The settings, JSON logging when asked, and the options given on the command line."""
+    from foveal.serving.logs import use_json_logs
+
+    if json_logs:
+        use_json_logs(logging.getLogger().level or logging.INFO)
+    return settings_of(ctx), {name: value for name, value in options.items() if value is not None}

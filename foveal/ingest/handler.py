@@ -324,11 +324,8 @@ def new_frame(envelope: frame_pb2.FrameEnvelope, blob_uri: str | None,
     meta = messaging.frame_meta(envelope)
     first = _images(envelope)[0]
     return repo.NewFrame(
-        frame_id=meta.frame_id, line=meta.line, station=meta.station, camera=meta.camera,
-        part_serial=meta.part_serial, product=meta.product, captured_at=meta.captured_at,
-        mime_type=first.mime_type, width=first.width or None, height=first.height or None,
+        meta=meta, mime_type=first.mime_type, width=first.width or None, height=first.height or None,
         blob_key=blob_uri, sequence_length=max(1, len(envelope.sequence)), source=source,
-        attributes=dict(meta.attributes),
     )
 
 

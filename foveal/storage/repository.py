@@ -12,14 +12,14 @@ Arguments are plain dataclasses; converting protobuf messages to them is the cal
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from foveal.domain import FrameMeta
 from foveal.storage.models import EvidenceCrop, Frame, Inspection, Step
 
 # The channel the dashboard LISTENs on; the payload is the inspected frame's id.
@@ -37,20 +37,17 @@ class KafkaSource:
 
 @dataclass(frozen=True)
 class NewFrame:
-    frame_id: uuid.UUID
-    line: str
-    station: str
-    camera: str
-    part_serial: str
-    product: str
-    captured_at: datetime
+    meta: FrameMeta  # who made it, where, when
     mime_type: str
     width: int | None
     height: int | None
     blob_key: str | None
     sequence_length: int
     source: KafkaSource | None
-    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def frame_id(self) -> uuid.UUID:
+        return self.meta.frame_id
 
 
 @dataclass(frozen=True)
@@ -95,12 +92,12 @@ def find_inspection(session: Session, frame_id: uuid.UUID) -> Inspection | None:
 
 def insert_frame(session: Session, frame: NewFrame) -> bool:
     """Insert the frame row; False when a row for its `frame_id` already exists (left as it is)."""
-    source = frame.source
+    source, meta = frame.source, frame.meta
     values: dict[str, Any] = dict(
-        frame_id=frame.frame_id, line=frame.line, station=frame.station, camera=frame.camera,
-        part_serial=frame.part_serial, product=frame.product, captured_at=frame.captured_at,
+        frame_id=meta.frame_id, line=meta.line, station=meta.station, camera=meta.camera,
+        part_serial=meta.part_serial, product=meta.product, captured_at=meta.captured_at,
         mime_type=frame.mime_type, width=frame.width, height=frame.height, blob_key=frame.blob_key,
-        sequence_length=frame.sequence_length, attributes=dict(frame.attributes),
+        sequence_length=frame.sequence_length, attributes=dict(meta.attributes),
         kafka_topic=source.topic if source else None,
         kafka_partition=source.partition if source else None,
         kafka_offset=source.offset if source else None,
