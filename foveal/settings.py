@@ -87,6 +87,12 @@ class Settings(BaseSettings):
                                                        "worker calls (default: bind_host:reasoner_port).")
     ingest_group: str = Field("foveal-ingest", min_length=1, description="Kafka consumer group of the "
                                                                          "ingest workers.")
+    ingest_frames_topic: str = Field("foveal.frames", min_length=1,
+                                     description="Topic the ingest workers consume.")
+    ingest_verdicts_topic: str = Field("foveal.verdicts", min_length=1,
+                                       description="Topic the ingest workers produce verdicts to.")
+    ingest_dlq_topic: str = Field("foveal.frames.dlq", min_length=1,
+                                  description="Topic the ingest workers dead-letter poison records to.")
     ingest_max_in_flight: int = Field(8, ge=1, description="Frames one ingest worker handles at once; "
                                                            "its partitions pause beyond it.")
     ingest_inspect_timeout_s: float = Field(60.0, gt=0, description="Deadline of one Reasoner.Inspect call.")

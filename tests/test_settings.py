@@ -82,3 +82,11 @@ def test_unknown_key_in_toml_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_pa
     (tmp_path / "foveal.toml").write_text("kafka_bootstrapp = 'typo:9092'\n")
     with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAPP"):
         load_settings()
+
+
+def test_the_ingest_topic_defaults_are_the_contract_topics() -> None:
+    from foveal import messaging
+
+    settings = load_settings()
+    assert (settings.ingest_frames_topic, settings.ingest_verdicts_topic, settings.ingest_dlq_topic) == (
+        messaging.FRAMES_TOPIC, messaging.VERDICTS_TOPIC, messaging.DLQ_TOPIC)

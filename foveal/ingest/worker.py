@@ -73,6 +73,8 @@ class IngestConfig:
         values: dict[str, Any] = dict(
             bootstrap=settings.kafka_address, database_url=settings.postgres_url,
             reasoner_address=settings.reasoner_address, group=settings.ingest_group,
+            frames_topic=settings.ingest_frames_topic,
+            topics=Topics(verdicts=settings.ingest_verdicts_topic, dlq=settings.ingest_dlq_topic),
             limits=Limits(inspect_timeout_s=settings.ingest_inspect_timeout_s,
                           max_frame_bytes=settings.ingest_max_frame_bytes,
                           retry_initial_s=settings.ingest_retry_initial_s,
