@@ -57,7 +57,7 @@ def train_sft(
     data: Path = typer.Option(..., "--data", help="Training dataset folder (foveal format)."),
     out: Path = typer.Option(..., "--out", help="Where the trained model goes (resumes if work/ is there)."),
     dev: Path | None = typer.Option(None, "--dev", help="FovealBench dev folder for the dev loss."),
-    preset: str = typer.Option("default", "--preset", help="Model size: default or micro."),
+    preset: str = typer.Option("default", "--preset", help="Model size: default, v1 or micro."),
     steps: int = typer.Option(800, "--steps", min=1, help="SFT optimizer steps."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     lr: float = typer.Option(1.5e-3, "--lr", min=0.0),
@@ -68,13 +68,19 @@ def train_sft(
     vocab_size: int = typer.Option(2048, "--vocab-size", min=300),
     seed: int = typer.Option(0, "--seed"),
     version: str = typer.Option("1", "--version", help="Version recorded with the model."),
+    decision_weight: float = typer.Option(3.0, "--decision-weight", min=0.0,
+                                          help="Loss weight of the deciding tokens (1: plain mean)."),
+    eval_every: int = typer.Option(100, "--eval-every", min=1, help="Steps between dev evaluations."),
+    dev_loop_items: int = typer.Option(40, "--dev-loop-items", min=0,
+                                       help="Dev items the loop inspects at each evaluation."),
 ) -> None:
     """Stage 0 + warm-start SFT on synthetic expert trajectories; saves a loadable model."""
     from foveal.training.sft import SFTConfig, run
 
     config = SFTConfig(data=data, out=out, dev=dev, preset=preset, steps=steps, batch_size=batch_size, lr=lr,
                        pretrain_steps=pretrain_steps, max_items=max_items, trajectories_per_item=per_item,
-                       vocab_size=vocab_size, seed=seed, version=version)
+                       vocab_size=vocab_size, seed=seed, version=version, decision_weight=decision_weight,
+                       eval_every=eval_every, dev_loop_items=dev_loop_items)
     with _bar() as bar:
         report = run(config, _Phases(bar))
     last = report.dev_loss[-1][1] if report.dev_loss else float("nan")

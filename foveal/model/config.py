@@ -2,10 +2,12 @@
 
 `FovealVLConfig` is a `Qwen2_5_VLConfig` whose vision tower is convolutional
 (`FovealVisionConfig`): it reads the same flattened 14 px patches and grid sizes the Qwen2.5-VL
-processor produces and emits one token per 28 px cell, the grid the decoder expects, so one
-code path (prompting, positions, the reasoning loop) serves this model and a real Qwen2.5-VL /
-PixelReasoner checkpoint. `PRESETS` name the sizes used: `default` (the committed model) and
-`micro` (tests, seconds on a CPU).
+processor produces and emits one token per merged cell (`spatial_merge_size` 2: 28 px, Qwen's
+own; 4: 56 px, a quarter of the tokens), so one code path (prompting, positions, the reasoning
+loop) serves this model and a real Qwen2.5-VL / PixelReasoner checkpoint. `PRESETS` name the
+sizes used: `default` (the committed model: 56 px cells and the stage-0 cell head inside the
+tower), `v1` (the first committed model's layout: 28 px cells, no head) and `micro` (tests,
+seconds on a CPU).
 """
 
 from __future__ import annotations
@@ -17,19 +19,26 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLTextConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 
+from foveal.domain import DEFECT_TYPES
+
 MODEL_TYPE = "foveal_vl"
 VISION_MODEL_TYPE = "foveal_conv_vision"
 
 
 class FovealVisionConfig(Qwen2_5_VLVisionConfig):  # type: ignore[no-untyped-call]
-    """The convolutional tower: `conv_channels` per stage (stride 2, 2, then 7: one token per
-    28 px), `blocks` residual 3x3 blocks at the token grid, `fourier_bands` sine/cosine bands of
-    each token's normalized position added before the merger (the decoder must read *where*)."""
+    """The convolutional tower: `conv_channels` per stage (stride 2, 2, then 7: 28 px), `blocks`
+    residual 3x3 blocks at that grid, then for `spatial_merge_size` 4 one more stride-2 stage and
+    block (56 px cells); `fourier_bands` sine/cosine bands of each token's normalized position
+    added before the merger (the decoder must read *where*). `cell_classes` > 0 keeps stage 0's
+    per-cell classifier (and its view-level one) inside the tower: every token then also carries
+    its cell's class log-probabilities and the view's summary (type probabilities, the peak
+    defect probability and where it is), so "a defect here, it looks like X" is in the tokens."""
 
     model_type = VISION_MODEL_TYPE
     conv_channels: list[int] | tuple[int, ...] = (24, 48, 128)
     blocks: int = 2
     fourier_bands: int = 4
+    cell_classes: int = 0
     norm_groups: int = 8
     depth: int = 0
     hidden_size: int = 128
@@ -57,13 +66,20 @@ class Preset:
     conv_channels: tuple[int, int, int]
     blocks: int
     mrope_section: tuple[int, int, int]
+    merge: int = 2  # spatial merge: one token per (14 * merge) px cell
+    cell_head: bool = False  # stage 0's cell classifier inside the tower, its output in every token
 
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=768,
-                      conv_channels=(24, 48, 128), blocks=2, mrope_section=(8, 12, 12)),
+                      conv_channels=(24, 48, 128), blocks=2, mrope_section=(8, 12, 12),
+                      merge=4, cell_head=True),
+    "v1": Preset(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=768,
+                 conv_channels=(24, 48, 128), blocks=2, mrope_section=(8, 12, 12)),
     "micro": Preset(hidden=64, layers=2, heads=2, kv_heads=1, intermediate=128,
-                    conv_channels=(8, 16, 32), blocks=1, mrope_section=(4, 6, 6)),
+                    conv_channels=(8, 16, 32), blocks=1, mrope_section=(4, 6, 6), cell_head=True),
+    "micro4": Preset(hidden=64, layers=2, heads=2, kv_heads=1, intermediate=128,
+                     conv_channels=(8, 16, 32), blocks=1, mrope_section=(4, 6, 6), merge=4, cell_head=True),
 }
 
 
@@ -83,8 +99,12 @@ def compact_config(preset: str | Preset, special_ids: dict[str, int], vocab_size
                          "mrope_section": list(p.mrope_section)},
         bos_token_id=special_ids["eos"], eos_token_id=special_ids["eos"], pad_token_id=special_ids["pad"],
     )
+    if p.merge not in (2, 4):
+        raise ValueError(f"merge {p.merge} must be 2 (28 px cells) or 4 (56 px cells)")
     vision: dict[str, Any] = dict(conv_channels=list(p.conv_channels), blocks=p.blocks,
-                                  hidden_size=p.conv_channels[-1], out_hidden_size=p.hidden)
+                                  hidden_size=p.conv_channels[-1], out_hidden_size=p.hidden,
+                                  spatial_merge_size=p.merge,
+                                  cell_classes=len(DEFECT_TYPES) if p.cell_head else 0)
     return FovealVLConfig(
         text_config=text, vision_config=vision, tie_word_embeddings=True,
         image_token_id=special_ids["image"], video_token_id=special_ids["video"],

@@ -119,5 +119,10 @@ def create(tokenizer: PreTrainedTokenizerBase, preset: str = "default", *, name:
         ("vision_end", tk.VISION_END), ("eos", tk.IM_END), ("pad", tk.PAD))}
     torch.manual_seed(seed)
     model = FovealVLForConditionalGeneration(compact_config(preset, ids, len(tokenizer)))
-    return VLM(model.train(False), tokenizer, ChatFormat(tokenizer), name=name, version=version,
-               meta={"preset": preset})
+    # chat format and pixel budget follow the tower's merge size (56 px cells for merge 4)
+    spec = PixelSpec(merge=int(model.model.visual.spatial_merge_size))
+    default = ImageBudget()
+    budget = ImageBudget(max_pixels=default.max_pixels, factor=spec.factor,
+                         min_pixels=max(default.min_pixels, 4 * spec.factor ** 2))
+    return VLM(model.train(False), tokenizer, ChatFormat(tokenizer, spec), name=name, version=version,
+               meta={"preset": preset}, budget=budget)

@@ -2,11 +2,14 @@
 
 It takes what Qwen2.5-VL's vision tower takes (flattened 14 px patches in the processor's
 order, `(num_patches, 3 * 2 * 14 * 14)`, and `grid_thw` per image), rebuilds each image, runs a
-small CNN at stride 28 (one feature per merged 2x2 patch cell, in the order the decoder places
-image tokens), appends Fourier features of each cell's normalized position, and projects to the
-decoder's width with a two-layer merger. Why a CNN: a ViT trained from scratch on two cores
-learned nothing in 17 minutes; a CNN of a million parameters localised small defects (DESIGN.md).
-`features()` (the backbone, before the merger) is what stage-0 pre-training supervises.
+small CNN at the stride of one merged cell (28 px for merge 2, 56 px for merge 4; one feature per
+cell, in the order the decoder places image tokens), appends Fourier features of each cell's
+normalized position, and projects to the decoder's width with a two-layer merger. Why a CNN: a
+ViT trained from scratch on two cores learned nothing in 17 minutes; a CNN of a million
+parameters localised small defects (DESIGN.md). `backbone()` (before the merger) is what
+stage-0 pre-training supervises; with `cell_classes` its cell head lives here too and its
+output (each cell's class log-probabilities, and the view's type probabilities, peak defect
+probability and the peak's position) enters the merger with the features.
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ def position_features(rows: int, cols: int, bands: int, device: torch.device) ->
     return torch.cat([coords, angles.sin().flatten(1), angles.cos().flatten(1)], dim=-1)
 
 
+def _fourier_at(x: torch.Tensor, y: torch.Tensor, bands: int) -> torch.Tensor:
+    """(2 + 4*bands,) the features of `position_features` at one normalized point (x, y)."""
+    coords = torch.stack([x, y])  # (2,)
+    freqs = math.pi * (2.0 ** torch.arange(bands, device=x.device, dtype=torch.float32))
+    angles = coords[:, None] * freqs  # (2, bands)
+    return torch.cat([coords, angles.sin().flatten(), angles.cos().flatten()])
+
+
 class _Block(nn.Module):
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
@@ -61,8 +72,29 @@ def _stage(c_in: int, c_out: int, kernel: int, stride: int, groups: int) -> nn.S
                          nn.GroupNorm(min(groups, c_out), c_out), nn.GELU())
 
 
+class CellHead(nn.Module):
+    """Stage 0's classifiers on the backbone's maps: per cell (1x1 conv) and per view (on the
+    maps' mean and max; one defect per frame, so the view's type is its cells' maximum)."""
+
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, classes, 1)
+        self.view = nn.Linear(2 * channels, classes)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.conv(maps)  # type: ignore[no-any-return]  # (B, classes, rows, cols)
+
+    def whole(self, maps: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], dim=1)  # (B, 2C)
+        return self.view(pooled)  # type: ignore[no-any-return]  # (B, classes)
+
+
+PEAK_SHARPNESS = 20.0  # softmax temperature over cells' defect probability for the peak position
+
+
 class ConvVisionTower(nn.Module):
-    """Backbone (3 strided stages: x2, x2, x7 = one feature per 28 px) + residual blocks + merger."""
+    """Backbone (3 strided stages: x2, x2, x7 = 28 px, residual blocks, for merge 4 one more x2
+    stage and block) + optional cell head + merger."""
 
     def __init__(self, config: FovealVisionConfig) -> None:
         super().__init__()
@@ -70,15 +102,34 @@ class ConvVisionTower(nn.Module):
         self.spatial_merge_size = config.spatial_merge_size
         self.patch_size = int(config.patch_size)  # type: ignore[arg-type]
         self.temporal_patch_size = int(config.temporal_patch_size)  # type: ignore[arg-type]
+        if self.spatial_merge_size not in (2, 4):
+            raise ValueError(f"spatial_merge_size {self.spatial_merge_size} must be 2 or 4")
+        self.cell_px = self.patch_size * self.spatial_merge_size
         c1, c2, c3 = config.conv_channels
         groups = config.norm_groups
         self.stem = nn.Sequential(_stage(config.in_channels, c1, 3, 2, groups), _stage(c1, c2, 3, 2, groups),
                                   _stage(c2, c3, 7, 7, groups))
         self.blocks = nn.Sequential(*[_Block(c3, min(groups, c3)) for _ in range(config.blocks)])
-        position_dim = 2 + 4 * config.fourier_bands
-        self.merger = nn.Sequential(nn.Linear(c3 + position_dim, config.out_hidden_size), nn.GELU(),
-                                    nn.Linear(config.out_hidden_size, config.out_hidden_size))
+        self.down: nn.Module = nn.Identity() if self.spatial_merge_size == 2 else \
+            nn.Sequential(_stage(c3, c3, 2, 2, groups), _Block(c3, min(groups, c3)))
+        classes = int(getattr(config, "cell_classes", 0) or 0)
+        self.head: CellHead | None = CellHead(c3, classes) if classes else None
+        self.position_dim = 2 + 4 * config.fourier_bands
+        extra = 2 * classes + 1 + self.position_dim if classes else 0  # cell + view summary
+        self.merger = nn.Sequential(nn.Linear(c3 + self.position_dim + extra, config.out_hidden_size),
+                                    nn.GELU(), nn.Linear(config.out_hidden_size, config.out_hidden_size))
         self.feature_dim = c3
+
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalized pixels -> (B, C3, H/cell, W/cell) maps."""
+        return self.down(self.blocks(self.stem(x)))  # type: ignore[no-any-return]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """What stage 0 trains and SFT keeps frozen: the convolutions and the cell head."""
+        modules: list[nn.Module] = [self.stem, self.blocks, self.down]
+        if self.head is not None:
+            modules.append(self.head)
+        return [p for m in modules for p in m.parameters()]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -94,14 +145,14 @@ class ConvVisionTower(nn.Module):
                 for rows, g in zip(torch.split(pixel_values, sizes), grids, strict=True)]
 
     def feature_maps(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Backbone maps (C3, H/28, W/28) per image; images of one size run as one batch."""
+        """Backbone maps (C3, H/cell, W/cell) per image; images of one size run as one batch."""
         out: list[torch.Tensor | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             by_size.setdefault((image.shape[1], image.shape[2]), []).append(i)
         for indices in by_size.values():
             batch = torch.stack([images[i] for i in indices]).to(self.dtype)  # (B, 3, H, W)
-            maps = self.blocks(self.stem(batch))  # (B, C3, H/28, W/28)
+            maps = self.backbone(batch)  # (B, C3, H/cell, W/cell)
             for i, fmap in zip(indices, maps, strict=True):
                 out[i] = fmap
         return [m for m in out if m is not None]
@@ -113,8 +164,26 @@ class ConvVisionTower(nn.Module):
             channels, rows, cols = fmap.shape
             flat = fmap.reshape(channels, rows * cols).T  # (N, C3)
             pos = position_features(rows, cols, self.config.fourier_bands, fmap.device).to(flat.dtype)
-            rows_out.append(self.merger(torch.cat([flat, pos], dim=-1)))
+            parts = [flat, pos]
+            if self.head is not None:
+                parts += self.summary(fmap, pos)
+            rows_out.append(self.merger(torch.cat(parts, dim=-1)))
         return torch.cat(rows_out)
+
+    def summary(self, fmap: torch.Tensor, pos: torch.Tensor) -> list[torch.Tensor]:
+        """The cell head's reading of one map (C3, rows, cols), per token: the cell's class
+        log-probabilities (N, K) and the view's summary (N, K + 1 + position_dim), the same
+        for every token: type probabilities, peak defect probability, the peak's position."""
+        assert self.head is not None
+        n = fmap.shape[1] * fmap.shape[2]
+        cell = self.head(fmap[None])[0].flatten(1).T.log_softmax(-1).clamp(min=-10.0)  # (N, K)
+        defect = 1.0 - cell[:, 0].exp()  # (N,)
+        view = self.head.whole(fmap[None])[0].softmax(-1)  # (K,)
+        weights = torch.softmax(defect * PEAK_SHARPNESS, dim=0)  # (N,)
+        x, y = (weights[:, None] * pos[:, :2]).sum(0)
+        peak = _fourier_at(x, y, self.config.fourier_bands)
+        summary = torch.cat([view, defect.max()[None], peak]).to(pos.dtype)
+        return [cell, summary[None].expand(n, -1)]
 
     def forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor,
                 **_: object) -> BaseModelOutputWithPooling:

@@ -27,6 +27,7 @@ class Example:
     maps: list[torch.Tensor]  # per image (C, rows, cols) float16 backbone maps
     item_id: str
     kind: str
+    weights: list[float] | None = None  # per chunk token loss weight (`forward.decision_weights`)
 
 
 class TrajectoryError(ValueError):

@@ -4,7 +4,9 @@
 runs the decoder on it, with image tokens from the full vision tower or from backbone feature
 maps computed earlier (SFT keeps the pre-trained backbone frozen and caches its maps; the
 merger still trains). Targets are the next tokens where the chunk marks loss: assistant text
-and its `<|im_end|>`, never tool output.
+and its `<|im_end|>`, never tool output. `decision_weights` up-weights the few tokens that
+decide an inspection (each assistant turn's first tokens: zoom or answer; the digits of a tool
+call: where; the type inside `\\boxed{}`: what) against the prose around them.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from foveal.model.chat import IMAGE, Chunk, positions
 from foveal.model.loader import VLM
+from foveal.model.pixels import PixelSpec
 from foveal.model.vision import ConvVisionTower
 
 IGNORE = -100
@@ -32,9 +36,38 @@ class Batch:
     image_mask: torch.Tensor  # (B, L) bool
     patches: list[npt.NDArray[np.float32]]
     grids: list[tuple[int, int, int]]
+    weights: torch.Tensor | None = None  # (B, L): per-target loss weight (None: all 1)
 
 
-def collate(chunks: Sequence[Chunk], pad_id: int) -> Batch:
+def decision_weights(chunk: Chunk, tokenizer: PreTrainedTokenizerBase, weight: float,
+                     first: int = 3) -> list[float]:
+    """Per-token loss weight of `chunk`: `weight` for the first `first` tokens of every
+    assistant turn (they decide zoom or answer), for tokens holding a digit inside a turn
+    (coordinates, frame numbers) and for the answer inside `\\boxed{...}`; 1 elsewhere (tokens
+    without loss are never counted)."""
+    out = [1.0] * len(chunk)
+    pieces = tokenizer.convert_ids_to_tokens(chunk.ids)
+    run = 0
+    boxed = False
+    for i, (piece, loss) in enumerate(zip(pieces, chunk.loss, strict=True)):
+        if not loss:
+            run, boxed = 0, False
+            continue
+        text = str(piece)
+        if run < first or boxed or any(c.isdigit() for c in text) or "boxed" in text:
+            out[i] = weight
+        if "boxed" in text:
+            boxed = True
+        elif "}" in text:
+            boxed = False
+        run += 1
+    return out
+
+
+def collate(chunks: Sequence[Chunk], pad_id: int, spec: PixelSpec = PixelSpec(),
+            weights: Sequence[Sequence[float]] | None = None) -> Batch:
+    """Right-padded batch of `chunks`; `spec` is the model's (its merge size sets the image
+    positions); `weights` per chunk token (`decision_weights`) become per-target weights."""
     length = max(len(c) for c in chunks)
     b = len(chunks)
     ids = torch.full((b, length), pad_id, dtype=torch.long)
@@ -44,19 +77,22 @@ def collate(chunks: Sequence[Chunk], pad_id: int) -> Batch:
     image_mask = torch.zeros((b, length), dtype=torch.bool)
     patches: list[npt.NDArray[np.float32]] = []
     grids: list[tuple[int, int, int]] = []
+    target_weights = torch.zeros((b, length)) if weights is not None else None
     for i, chunk in enumerate(chunks):
         n = len(chunk)
         row = torch.tensor(chunk.ids)
         ids[i, :n] = row
         loss = torch.tensor(chunk.loss[1:], dtype=torch.bool)
         targets[i, : n - 1] = torch.where(loss, row[1:], torch.full_like(row[1:], IGNORE))
+        if target_weights is not None and weights is not None:
+            target_weights[i, : n - 1] = torch.tensor(list(weights[i])[1:], dtype=torch.float32)
         attention[i, :n] = 1
-        p, _ = positions(chunk, 0)
+        p, _ = positions(chunk, 0, spec)
         pos[:, i, :n] = torch.from_numpy(p)
         image_mask[i, :n] = torch.tensor([t == IMAGE for t in chunk.types])
         patches += chunk.patches
         grids += chunk.grids
-    return Batch(ids, targets, attention, pos, image_mask, patches, grids)
+    return Batch(ids, targets, attention, pos, image_mask, patches, grids, target_weights)
 
 
 def image_tokens(vlm: VLM, batch: Batch, maps: Sequence[torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -84,7 +120,13 @@ def token_logits(vlm: VLM, batch: Batch, maps: Sequence[torch.Tensor] | None = N
     return logits
 
 
-def sft_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Token-level mean cross-entropy over the tokens that carry loss."""
+def sft_loss(logits: torch.Tensor, targets: torch.Tensor,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Token-level mean cross-entropy over the tokens that carry loss (weighted mean when
+    `weights` are given)."""
     flat = logits.flatten(0, 1).float()  # (B*L, V)
-    return torch.nn.functional.cross_entropy(flat, targets.flatten(), ignore_index=IGNORE)
+    if weights is None:
+        return torch.nn.functional.cross_entropy(flat, targets.flatten(), ignore_index=IGNORE)
+    each = torch.nn.functional.cross_entropy(flat, targets.flatten(), ignore_index=IGNORE, reduction="none")
+    w = weights.flatten() * (targets.flatten() != IGNORE)
+    return (each * w).sum() / w.sum().clamp(min=1e-6)

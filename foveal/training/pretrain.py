@@ -1,11 +1,13 @@
 """Stage 0: pre-train the compact model's convolutional vision backbone on the renderer's labels.
 
 Pixel Reasoner starts from a pretrained Qwen2.5-VL; nothing pretrained is reachable here, so the
-backbone first learns to see: every 28 px cell of a view (the whole frame at the pixel budget,
-a zoom on the labelled defect, a zoom somewhere else) is classified as `none` or the defect type
-whose mask it touches. That teaches *where* (whole views) and *what* (zooms); SFT then teaches
-the protocol with the backbone frozen. Views are cut with the same operations code inference
-uses, so the pixels match what the model will see.
+backbone first learns to see: every cell of a view (one token's cell: 28 or 56 px; the whole
+frame at the pixel budget, a wide crop holding the defect, zooms on the labelled defect, a zoom
+somewhere else) is classified as `none` or the defect type whose mask it touches. That teaches
+*where* (whole and wide views) and *what* (zooms); SFT then teaches the protocol with the
+backbone frozen. Views are cut with the same operations code inference uses, so the pixels
+match what the model will see. When the tower has a cell head (`cell_classes`) stage 0 trains
+that head, which then stays in the model and feeds the merger.
 """
 
 from __future__ import annotations
@@ -25,19 +27,20 @@ from torch import nn
 from foveal.domain import DEFECT_TYPES
 from foveal.model.loader import VLM
 from foveal.model.pixels import CLIP_MEAN, CLIP_STD
-from foveal.model.vision import ConvVisionTower
+from foveal.model.vision import CellHead, ConvVisionTower
 from foveal.operations import CROP, ImageBudget, View, Workspace, execute
 from foveal.plant.dataset import Label, load_image
 from foveal.training.trajectories import crop_box, tool_call
 
-FACTOR = 28
+FACTOR = 28  # Qwen2.5-VL's cell; a model's own is `tower.cell_px` / `budget.factor`
 
 
 @dataclass
 class VisionSample:
     view: npt.NDArray[np.uint8]  # (h, w, 3) as the model sees it
-    target: npt.NDArray[np.int64]  # (h/28, w/28) class index per cell, 0 = none
-    kind: str  # "whole", "zoom" (on the defect) or "other" (a zoom elsewhere)
+    target: npt.NDArray[np.int64]  # (h/cell, w/cell) class index per cell, 0 = none
+    kind: str  # "whole", "wide" (a crop holding the defect), "zoom" (on the defect), "other"
+    difficulty: str = ""
 
 
 @dataclass
@@ -48,12 +51,15 @@ class PretrainReport:
     cell_auroc: float | None = None
     localisation: float | None = None  # whole views: the top cell touches the defect
     zoom_type_accuracy: float | None = None  # zooms on the defect: the type named by the cells
+    localisation_by_difficulty: dict[str, float] = field(default_factory=dict)
+    view_type_accuracy: float | None = None  # whole views: the view head names the type (none too)
 
 
-def cell_targets(mask: npt.NDArray[np.bool_] | None, view: View, type_index: int) -> npt.NDArray[np.int64]:
-    """Class per 28 px cell of `view`: `type_index` where the cell's region of the original
+def cell_targets(mask: npt.NDArray[np.bool_] | None, view: View, type_index: int,
+                 cell: int = FACTOR) -> npt.NDArray[np.int64]:
+    """Class per `cell` px cell of `view`: `type_index` where the cell's region of the original
     frame holds a defect pixel, else 0."""
-    rows, cols = view.pixels.shape[0] // FACTOR, view.pixels.shape[1] // FACTOR
+    rows, cols = view.pixels.shape[0] // cell, view.pixels.shape[1] // cell
     if mask is None or type_index == 0:
         return np.zeros((rows, cols), dtype=np.int64)
     left, top, right, bottom = view.region
@@ -77,59 +83,62 @@ def jittered_box(box: Box4, rng: random.Random) -> Box4:
     return (round(left, 3), round(top, 3), round(right, 3), round(bottom, 3))
 
 
+def wide_box(box: Box4, rng: random.Random) -> Box4:
+    """A large crop (side 0.4-0.8 of the frame) holding `box`: the defect at a scale between
+    the whole view and a zoom, on a different background window each time."""
+    x1, y1, x2, y2 = box
+    side_x, side_y = max(x2 - x1, rng.uniform(0.4, 0.8)), max(y2 - y1, rng.uniform(0.4, 0.8))
+    left = rng.uniform(max(0.0, x2 - side_x), max(0.0, min(x1, 1.0 - side_x)))
+    top = rng.uniform(max(0.0, y2 - side_y), max(0.0, min(y1, 1.0 - side_y)))
+    right, bottom = min(1.0, left + side_x), min(1.0, top + side_y)
+    return (round(left, 3), round(top, 3), round(right, 3), round(bottom, 3))
+
+
 def samples_for(label: Label, folder: Path, rng: random.Random, budget: ImageBudget = ImageBudget(),
-                zooms: int = 4) -> list[VisionSample]:
-    """The whole view, `zooms` jittered zooms on the defect (defective items; the first is the
-    trajectories' crop) and a zoom elsewhere."""
+                zooms: int = 4, wide: int = 0, others: int = 1) -> list[VisionSample]:
+    """The whole view, `wide` large crops holding the defect, `zooms` jittered zooms on it
+    (defective items; the first is the trajectories' crop) and `others` zooms anywhere. Cells
+    are the budget's factor (one token each)."""
     if label.image is None:
         return []
+    cell = budget.factor
     frame = load_image(folder, label.image)
     mask = load_image(folder, label.mask)[:, :, 0] > 0 if label.mask else None
     type_index = DEFECT_TYPES.index(label.defect_type) if label.defect_type in DEFECT_TYPES else 0
+    difficulty = label.difficulty or "none"
     ws = Workspace([frame], budget)
-    out = [VisionSample(ws.views[0].pixels, cell_targets(mask, ws.views[0], type_index), "whole")]
+    out = [VisionSample(ws.views[0].pixels, cell_targets(mask, ws.views[0], type_index, cell), "whole",
+                        difficulty)]
     boxes: list[tuple[str, tuple[float, float, float, float]]] = []
     if label.bbox is not None:
+        boxes += [("wide", wide_box(label.bbox, rng)) for _ in range(wide)]
         boxes.append(("zoom", crop_box(label.bbox)))
         boxes += [("zoom", jittered_box(label.bbox, rng)) for _ in range(zooms - 1)]
-    side = rng.uniform(0.08, 0.3)
-    x, y = rng.uniform(0, 1 - side), rng.uniform(0, 1 - side)
-    boxes.append(("other", (round(x, 2), round(y, 2), round(x + side, 2), round(y + side, 2))))
+    else:
+        boxes += [("wide", wide_box((0.5, 0.5, 0.5, 0.5), rng)) for _ in range(wide)]
+    for _ in range(others):
+        side = rng.uniform(0.08, 0.3)
+        x, y = rng.uniform(0, 1 - side), rng.uniform(0, 1 - side)
+        boxes.append(("other", (round(x, 2), round(y, 2), round(x + side, 2), round(y + side, 2))))
     for kind, box in boxes:
         result = execute(tool_call(CROP, {"bbox_2d": list(box), "target_image": 1}), ws)
         if result.ok:
             view = result.views[0]
-            out.append(VisionSample(view.pixels, cell_targets(mask, view, type_index), kind))
+            target = cell_targets(mask, view, type_index, cell)
+            out.append(VisionSample(view.pixels, target, kind, difficulty))
     return out
 
 
-class CellHead(nn.Module):
-    """Per-cell classifier on the backbone's maps, plus a view-level one on their mean and max
-    (training only; not part of the saved model)."""
-
-    def __init__(self, channels: int, classes: int = len(DEFECT_TYPES)) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, classes, 1)
-        self.view = nn.Linear(2 * channels, classes)
-
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.conv(maps)  # type: ignore[no-any-return]  # (B, classes, rows, cols)
-
-    def whole(self, maps: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], dim=1)  # (B, 2C)
-        return self.view(pooled)  # type: ignore[no-any-return]  # (B, classes)
-
-
-def _window(sample: VisionSample, side: int, rng: random.Random
+def _window(sample: VisionSample, side: int, rng: random.Random, cell: int = FACTOR
             ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
-    """A random side x side window of the view on the 28 px grid (views smaller than that are padded)."""
+    """A random side x side window of the view on the cell grid (views smaller than that are padded)."""
     h, w = sample.view.shape[:2]
-    cells = side // FACTOR
+    cells = side // cell
     view = np.zeros((side, side, 3), dtype=np.uint8)
     target = np.full((cells, cells), -100, dtype=np.int64)
-    r0 = rng.randint(0, max(0, h // FACTOR - cells))
-    c0 = rng.randint(0, max(0, w // FACTOR - cells))
-    part = sample.view[r0 * FACTOR: (r0 + cells) * FACTOR, c0 * FACTOR: (c0 + cells) * FACTOR]
+    r0 = rng.randint(0, max(0, h // cell - cells))
+    c0 = rng.randint(0, max(0, w // cell - cells))
+    part = sample.view[r0 * cell: (r0 + cells) * cell, c0 * cell: (c0 + cells) * cell]
     view[: part.shape[0], : part.shape[1]] = part
     t = sample.target[r0: r0 + cells, c0: c0 + cells]
     target[: t.shape[0], : t.shape[1]] = t
@@ -138,13 +147,19 @@ def _window(sample: VisionSample, side: int, rng: random.Random
 
 def _augment(view: npt.NDArray[np.uint8], target: npt.NDArray[np.int64], rng: random.Random
              ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
-    """Flips, quarter turns (cells move with the pixels) and a brightness/contrast change."""
+    """Flips, quarter turns (cells move with the pixels), a brightness/contrast change per
+    colour channel and, half the time, a little sensor noise."""
     turns = rng.randrange(4)
     view, target = np.rot90(view, turns), np.rot90(target, turns)
     if rng.random() < 0.5:
         view, target = view[:, ::-1], target[:, ::-1]
-    gain, offset = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
-    jittered = np.clip(view.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+    gain = rng.uniform(0.8, 1.2) * np.array([rng.uniform(0.92, 1.08) for _ in range(3)], np.float32)
+    offset = rng.uniform(-20, 20)
+    jittered = view.astype(np.float32) * gain + offset
+    if rng.random() < 0.5:
+        noise = np.random.default_rng(rng.randrange(2**32)).normal(0.0, rng.uniform(1.0, 4.0), view.shape)
+        jittered += noise.astype(np.float32)
+    jittered = np.clip(jittered, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(jittered), np.ascontiguousarray(target)
 
 
@@ -163,8 +178,8 @@ def pretrain(vlm: VLM, samples: Sequence[VisionSample], held_out: Sequence[Visio
     """Train the backbone (stem and blocks) of `vlm`'s tower in place; report held-out quality."""
     tower = vlm.model.model.visual
     assert isinstance(tower, ConvVisionTower)
-    head = CellHead(tower.feature_dim)
-    params = [*tower.stem.parameters(), *tower.blocks.parameters(), *head.parameters()]
+    head = tower.head or CellHead(tower.feature_dim, len(DEFECT_TYPES))  # a tower without one: thrown away
+    params = list({id(p): p for p in [*tower.backbone_parameters(), *head.parameters()]}.values())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1),
                                                    pct_start=0.1)
@@ -175,11 +190,11 @@ def pretrain(vlm: VLM, samples: Sequence[VisionSample], held_out: Sequence[Visio
     started = time.perf_counter()
     tower.train()
     for step in range(steps):
-        batch = [_window(rng.choice(defective if rng.random() < defect_share else samples), side, rng)
-                 for _ in range(batch_size)]
+        batch = [_window(rng.choice(defective if rng.random() < defect_share else samples), side, rng,
+                         tower.cell_px) for _ in range(batch_size)]
         x = _pixels(tower, [b[0] for b in batch])
         y = torch.from_numpy(np.stack([b[1] for b in batch]))  # (B, cells, cells)
-        maps = tower.blocks(tower.stem(x))  # (B, C, cells, cells)
+        maps = tower.backbone(x)  # (B, C, cells, cells)
         loss = nn.functional.cross_entropy(head(maps), y, weight=weights, ignore_index=-100)
         y_view = y.clamp(min=0).flatten(1).amax(1)  # (B,) the view's type: one defect per frame
         loss = loss + view_weight * nn.functional.cross_entropy(head.whole(maps), y_view)
@@ -200,16 +215,23 @@ def pretrain(vlm: VLM, samples: Sequence[VisionSample], held_out: Sequence[Visio
 def _score(tower: ConvVisionTower, head: CellHead, held_out: Sequence[VisionSample],
            report: PretrainReport) -> None:
     scores, truths = [], []
-    hits = total = type_hits = type_total = 0
+    hits = total = type_hits = type_total = view_hits = view_total = 0
+    by_difficulty: dict[str, list[int]] = {}
     for sample in held_out:
-        probs = torch.softmax(head(tower.blocks(tower.stem(_pixels(tower, [sample.view])))), dim=1)[0]
+        maps = tower.backbone(_pixels(tower, [sample.view]))
+        probs = torch.softmax(head(maps), dim=1)[0]
         defect = 1.0 - probs[0]  # (rows, cols)
         truth = torch.from_numpy(sample.target) > 0
         scores += defect.flatten().tolist()
         truths += truth.flatten().tolist()
+        if sample.kind == "whole":
+            view_total += 1
+            view_hits += int(int(head.whole(maps)[0].argmax()) == int(sample.target.max()))
         if sample.kind == "whole" and bool(truth.any()):
             total += 1
-            hits += int(truth.flatten()[int(defect.flatten().argmax())])
+            hit = int(truth.flatten()[int(defect.flatten().argmax())])
+            hits += hit
+            by_difficulty.setdefault(sample.difficulty, []).append(hit)
         if sample.kind == "zoom" and bool(truth.any()):
             type_total += 1
             summed = (probs[1:] * truth).flatten(1).sum(-1)
@@ -217,6 +239,8 @@ def _score(tower: ConvVisionTower, head: CellHead, held_out: Sequence[VisionSamp
     report.cell_auroc = auroc(np.array(scores), np.array(truths, dtype=bool))
     report.localisation = hits / total if total else None
     report.zoom_type_accuracy = type_hits / type_total if type_total else None
+    report.view_type_accuracy = view_hits / view_total if view_total else None
+    report.localisation_by_difficulty = {k: sum(v) / len(v) for k, v in sorted(by_difficulty.items())}
 
 
 def auroc(scores: npt.NDArray[np.float64], truths: npt.NDArray[np.bool_]) -> float | None:
@@ -242,4 +266,4 @@ def auroc(scores: npt.NDArray[np.float64], truths: npt.NDArray[np.bool_]) -> flo
 
 
 __all__ = ["CellHead", "PretrainReport", "VisionSample", "auroc", "cell_targets",
-           "pretrain", "samples_for"]
+           "pretrain", "samples_for", "wide_box"]

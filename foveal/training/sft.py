@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from foveal.model import loader
 from foveal.model.loader import VLM
@@ -28,7 +29,7 @@ from foveal.model.tokenizer import train_tokenizer
 from foveal.model.vision import ConvVisionTower
 from foveal.plant.dataset import Label, read_labels
 from foveal.training.examples import Example, corpus_lines, frames_of, materialize, with_maps
-from foveal.training.forward import collate, sft_loss, token_logits
+from foveal.training.forward import collate, decision_weights, sft_loss, token_logits
 from foveal.training.pretrain import PretrainReport, pretrain, samples_for
 from foveal.training.trajectories import Mix, Trajectory, synthesize
 
@@ -49,14 +50,19 @@ class SFTConfig:
     pretrain_steps: int = 1500
     pretrain_batch: int = 16
     pretrain_lr: float = 3e-3
+    pretrain_zooms: int = 3  # stage-0 views per defective frame: jittered zooms on the defect
+    pretrain_wide: int = 1  # ... and large crops holding it (defect-free frames get them too)
     steps: int = 800
     batch_size: int = 8
     lr: float = 1.5e-3
     warmup: int = 100
     eval_every: int = 100
     checkpoint_every: int = 200
+    decision_weight: float = 3.0  # loss weight of the tokens that decide (`forward.decision_weights`)
     seed: int = 0
-    mix: Mix = field(default_factory=Mix)
+    # defect-free images: half answered at once, half after a look (the compact model cannot see
+    # tiny defects in the whole view, so "nothing visible" must often mean "look closer")
+    mix: Mix = field(default_factory=lambda: Mix(none_direct=0.5))
     name: str = "foveal-vl"
     version: str = "1"
 
@@ -86,8 +92,14 @@ def trajectories_for(labels: Sequence[Label], per_item: int, mix: Mix, seed: int
     return out
 
 
+def new_model(tokenizer: PreTrainedTokenizerBase, preset: str, *, name: str, version: str, seed: int) -> VLM:
+    """A fresh compact model; its chat format and pixel budget follow its tower's merge size
+    (`loader.create`), and `loader.save` writes them to `preprocessor_config.json`."""
+    return loader.create(tokenizer, preset, name=name, version=version, seed=seed)
+
+
 def build_examples(vlm: VLM, labels: Sequence[Label], trajectories: Sequence[Trajectory], folder: Path,
-                   progress: Progress, phase: str) -> list[Example]:
+                   progress: Progress, phase: str, decision_weight: float = 1.0) -> list[Example]:
     """Materialize every trajectory on its frames (each frame file read once) and cache maps."""
     tower = vlm.model.model.visual
     assert isinstance(tower, ConvVisionTower)
@@ -98,7 +110,10 @@ def build_examples(vlm: VLM, labels: Sequence[Label], trajectories: Sequence[Tra
     for n, label in enumerate(labels):
         frames = frames_of(label, folder)
         for t in by_item.get(label.id, []):
-            examples.append(with_maps(materialize(t, frames, vlm.chat), tower, t.item_id, t.kind))
+            example = with_maps(materialize(t, frames, vlm.chat, vlm.budget), tower, t.item_id, t.kind)
+            if decision_weight != 1.0:
+                example.weights = decision_weights(example.chunk, vlm.tokenizer, decision_weight)
+            examples.append(example)
         progress(phase, n + 1, len(labels))
     return examples
 
@@ -108,7 +123,8 @@ def run_pretrain(vlm: VLM, labels: Sequence[Label], folder: Path, config: SFTCon
     rng = random.Random(config.seed)
     samples = []
     for n, label in enumerate(labels):
-        samples += samples_for(label, folder, rng)
+        samples += samples_for(label, folder, rng, vlm.budget, zooms=config.pretrain_zooms,
+                               wide=config.pretrain_wide)
         progress("stage-0 views", n + 1, len(labels))
     rng.shuffle(samples)
     cut = max(1, len(samples) // 20)
@@ -124,26 +140,28 @@ def _lr(step: int, config: SFTConfig) -> float:
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def example_loss(vlm: VLM, batch: Sequence[Example]) -> torch.Tensor:
-    b = collate([e.chunk for e in batch], vlm.chat.pad)
+def example_loss(vlm: VLM, batch: Sequence[Example], weighted: bool = True) -> torch.Tensor:
+    """Mean loss of `batch`; weighted by the examples' decision weights when they have them."""
+    use = weighted and all(e.weights is not None for e in batch)
+    weights = [e.weights or [] for e in batch] if use else None
+    b = collate([e.chunk for e in batch], vlm.chat.pad, vlm.chat.spec, weights)
     maps = [m for e in batch for m in e.maps]
-    return sft_loss(token_logits(vlm, b, maps), b.targets)
+    return sft_loss(token_logits(vlm, b, maps), b.targets, b.weights)
 
 
 @torch.no_grad()
 def dev_loss(vlm: VLM, examples: Sequence[Example], batch_size: int) -> float:
     examples = sorted(examples, key=lambda e: len(e.chunk))
     vlm.model.train(False)
-    losses = [float(example_loss(vlm, examples[i:i + batch_size]))
+    losses = [float(example_loss(vlm, examples[i:i + batch_size], weighted=False))
               for i in range(0, len(examples), batch_size)]
     return sum(losses) / max(1, len(losses))
 
 
 def trainable(vlm: VLM) -> list[torch.nn.Parameter]:
-    """Merger and decoder; the stage-0 backbone stays frozen."""
+    """Merger and decoder; the stage-0 backbone (and its cell head) stays frozen."""
     tower = vlm.model.model.visual
-    frozen = {id(p) for p in [*tower.stem.parameters(), *tower.blocks.parameters()]} \
-        if isinstance(tower, ConvVisionTower) else set()
+    frozen = {id(p) for p in tower.backbone_parameters()} if isinstance(tower, ConvVisionTower) else set()
     return [p for p in vlm.model.parameters() if id(p) not in frozen]
 
 
@@ -228,7 +246,7 @@ def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], 
     dev_labels = read_labels(config.dev)[: config.dev_items] if config.dev else []
     dev_trajectories = trajectories_for(dev_labels, 1, config.mix, config.seed + 1)
     tokenizer = train_tokenizer(corpus_lines(trajectories), config.vocab_size)
-    vlm = loader.create(tokenizer, config.preset, name=config.name, version=config.version, seed=config.seed)
+    vlm = new_model(tokenizer, config.preset, name=config.name, version=config.version, seed=config.seed)
     report.seconds["tokenizer"] = time.perf_counter() - clock
     if config.pretrain_steps > 0:
         clock = time.perf_counter()
@@ -236,7 +254,8 @@ def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], 
         report.pretrain = asdict(pre)
         report.seconds["stage0"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    train = build_examples(vlm, labels, trajectories, config.data, progress, "examples")
+    train = build_examples(vlm, labels, trajectories, config.data, progress, "examples",
+                           config.decision_weight)
     dev = build_examples(vlm, dev_labels, dev_trajectories, config.dev, progress, "dev examples") \
         if config.dev else []
     report.seconds["examples"] = time.perf_counter() - clock

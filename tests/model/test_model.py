@@ -101,3 +101,36 @@ def test_a_real_qwen25vl_checkpoint_runs_the_loop_end_to_end(micro_tokenizer: ob
     assert trace.defect_type in Inspection([frame], "").taxonomy  # noise, but always an answer
     assert trace.steps and trace.latency_ms > 0
     assert isinstance(vlm.chat, ChatFormat)
+
+
+def test_a_merge4_model_has_56px_cells_and_keeps_the_protocol(micro_tokenizer: object,
+                                                              tmp_path: Path) -> None:
+    from foveal.training.sft import new_model
+
+    vlm = new_model(micro_tokenizer, "micro4", name="m", version="0", seed=0)  # type: ignore[arg-type]
+    assert vlm.budget.factor == 56 and vlm.chat.spec.merge == 4
+    rng = np.random.default_rng(3)
+    chunk = vlm.chat.prompt([rng.integers(0, 256, (336, 448, 3), dtype=np.uint8)], "Inspect this part.")
+    assert chunk.types.count(1) == 6 * 8  # one token per 56 px cell
+    tower = vlm.model.model.visual
+    out = tower(torch.from_numpy(np.concatenate(chunk.patches)), torch.tensor(chunk.grids)).pooler_output
+    assert out.shape == (48, vlm.model.config.text_config.hidden_size)
+    ours, _ = positions(chunk, 0, vlm.chat.spec)
+    ref, _ = vlm.model.model.get_rope_index(torch.tensor([chunk.ids]),
+                                            mm_token_type_ids=torch.tensor([chunk.types]),
+                                            image_grid_thw=torch.tensor(chunk.grids))
+    np.testing.assert_array_equal(ref[:, 0].numpy(), ours)
+    loader.save(vlm, tmp_path / "m")
+    again = loader.load(tmp_path / "m")
+    assert again.budget == vlm.budget and again.chat.spec == vlm.chat.spec
+    assert again.model.model.visual.head is not None
+
+
+def test_the_cell_head_summary_reaches_every_token_of_a_view(micro_vlm: loader.VLM) -> None:
+    tower = micro_vlm.model.model.visual
+    fmap = torch.randn(tower.feature_dim, 3, 4)
+    pos = torch.zeros(12, tower.position_dim)
+    cell, summary = tower.summary(fmap, pos)
+    assert cell.shape == (12, 7) and torch.allclose(cell.exp().sum(-1), torch.ones(12))
+    assert summary.shape == (12, 7 + 1 + tower.position_dim)
+    assert torch.equal(summary[0], summary[-1])

@@ -12,6 +12,7 @@ from foveal.model.chat import IMAGE
 from foveal.model.loader import VLM
 from foveal.plant.dataset import Label
 from foveal.training.examples import TrajectoryError, materialize
+from foveal.training.forward import decision_weights
 from foveal.training.trajectories import AssistantTurn, Mix, Trajectory, synthesize, tool_call
 
 LABEL = Label(id="x1", image="images/x1.png", product="cast_part", defect_type="crack",
@@ -51,3 +52,20 @@ def test_a_failing_synthesized_operation_raises_unless_errors_are_taught(micro_v
         materialize(trajectory, frame, micro_vlm.chat)
     chunk = materialize(trajectory, frame, micro_vlm.chat, allow_errors=True)
     assert "Execution error" in micro_vlm.tokenizer.decode(chunk.ids)
+
+
+def test_decision_weights_fall_on_the_opening_the_call_digits_and_the_answer(micro_vlm: VLM) -> None:
+    fmt = micro_vlm.chat
+    call = tool_call("crop_image_normalized", {"bbox_2d": [0.12, 0.5, 0.3, 0.75], "target_image": 1})
+    chunk = fmt.prompt([np.zeros((56, 56, 3), np.uint8)], "Inspect this part.")
+    opening = "A faint irregularity shows at the upper left. Let me zoom in."
+    chunk.extend(fmt.assistant(f"{opening}\n{call}", True))
+    chunk.extend(fmt.environment("Here is the cropped image (Image Size: 56x56):", []))
+    chunk.extend(fmt.assistant("The crop shows a thin straight line: a scratch. \\boxed{scratch}", True))
+    weights = decision_weights(chunk, micro_vlm.tokenizer, 3.0)
+    pieces = micro_vlm.tokenizer.convert_ids_to_tokens(chunk.ids)
+    heavy = [str(p) for p, w in zip(pieces, weights, strict=True) if w == 3.0]
+    assert all(loss for loss, w in zip(chunk.loss, weights, strict=True) if w != 1.0)
+    assert any("boxed" in p for p in heavy) and any("scratch" in p for p in heavy)
+    assert sum(any(c.isdigit() for c in p) for p in heavy) >= 5  # 0.12 0.5 0.3 0.75 and image 1
+    assert len(heavy) < sum(chunk.loss)  # the prose in between keeps weight 1

@@ -10,7 +10,15 @@ import torch
 
 from foveal.model.loader import VLM
 from foveal.operations import Workspace, execute
-from foveal.training.pretrain import VisionSample, _augment, auroc, cell_targets, jittered_box, pretrain
+from foveal.training.pretrain import (
+    VisionSample,
+    _augment,
+    auroc,
+    cell_targets,
+    jittered_box,
+    pretrain,
+    wide_box,
+)
 from foveal.training.trajectories import tool_call
 
 
@@ -72,3 +80,14 @@ def test_a_few_stage0_steps_change_the_backbone_only(micro_vlm: VLM) -> None:
     assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("stem"))
     assert all(torch.equal(before[n], after[n]) for n in before if n.startswith("merger"))
     assert len(report.losses) == 3 and report.cell_auroc is not None
+
+
+def test_wide_crops_hold_the_defect_box() -> None:
+    rng = random.Random(1)
+    for _ in range(300):
+        x1, y1 = rng.uniform(0, 0.95), rng.uniform(0, 0.95)
+        box = (x1, y1, min(1.0, x1 + rng.uniform(0.001, 0.05)), min(1.0, y1 + rng.uniform(0.001, 0.05)))
+        left, top, right, bottom = wide_box(box, rng)
+        assert left <= box[0] + 1e-3 and top <= box[1] + 1e-3
+        assert right >= box[2] - 1e-3 and bottom >= box[3] - 1e-3
+        assert right - left >= 0.39 and bottom - top >= 0.39
