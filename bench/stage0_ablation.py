@@ -42,7 +42,7 @@ def main() -> None:
     results = {}
     for name, report in reports.items():
         loss = report.dev_loss[-1][1] if report.dev_loss else float("nan")
-        _, acc, rapr = report.dev_eval[-1] if report.dev_eval else (0, float("nan"), float("nan"))
+        _, acc, rapr = report.dev_eval[-1][:3] if report.dev_eval else (0, float("nan"), float("nan"))
         print(f"{name:<18} {loss:>9.4f} {acc:>13.3f} {rapr:>9.3f}")
         results[name] = {"dev_loss": loss, "dev_type_accuracy": acc, "dev_rapr": rapr,
                          "dev_curve": report.dev_loss, "dev_eval": report.dev_eval}

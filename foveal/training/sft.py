@@ -20,9 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from foveal.domain import NO_DEFECT
 from foveal.model import loader
 from foveal.model.loader import VLM
 from foveal.model.tokenizer import train_tokenizer
@@ -48,7 +50,8 @@ class SFTConfig:
     trajectories_per_item: int = 2
     vocab_size: int = 2048
     pretrain_steps: int = 1500
-    pretrain_batch: int = 16
+    pretrain_batch: int = 24
+    pretrain_side: int = 224  # stage-0 training windows (px): more, smaller windows per second than 336
     pretrain_lr: float = 3e-3
     pretrain_zooms: int = 3  # stage-0 views per defective frame: jittered zooms on the defect
     pretrain_wide: int = 1  # ... and large crops holding it (defect-free frames get them too)
@@ -76,8 +79,9 @@ class SFTReport:
     examples: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
     pretrain: dict[str, Any] | None = None
-    # the loop run greedily on dev items: (step, type accuracy over all items, RaPR)
-    dev_eval: list[tuple[int, float, float]] = field(default_factory=list)
+    # the loop run greedily on dev items: (step, type accuracy over all items, RaPR, AUROC of the
+    # defect score on defective vs good items: 0.5 means the answers do not depend on the image)
+    dev_eval: list[tuple[float, ...]] = field(default_factory=list)
 
 
 def _noop(phase: str, done: int, total: int) -> None:
@@ -130,6 +134,7 @@ def run_pretrain(vlm: VLM, labels: Sequence[Label], folder: Path, config: SFTCon
     cut = max(1, len(samples) // 20)
     return pretrain(vlm, samples[cut:], samples[:cut], steps=config.pretrain_steps,
                     batch_size=config.pretrain_batch, lr=config.pretrain_lr, seed=config.seed,
+                    side=config.pretrain_side,
                     on_step=lambda s, _loss: progress("stage-0 training", s + 1, config.pretrain_steps))
 
 
@@ -176,15 +181,19 @@ class DevLoop:
         self.truth = [label.defect_type for label in labels]
         self.inspections = [inspection_of(label, folder, True) for label in labels] if folder else []
 
-    def __call__(self, vlm: VLM) -> tuple[float, float] | None:
+    def __call__(self, vlm: VLM) -> tuple[float, float, float] | None:
         from foveal.reasoning.loop import Loop
+        from foveal.training.pretrain import auroc
 
         if not self.inspections:
             return None
         vlm.model.train(False)
         traces = Loop(vlm).run_batched(self.inspections, batch_size=8)
         right = sum(t.defect_type == truth for t, truth in zip(traces, self.truth, strict=True))
-        return right / len(traces), sum(t.used_operation for t in traces) / len(traces)
+        separation = auroc(np.array([t.defect_score for t in traces], dtype=np.float64),
+                           np.array([truth != NO_DEFECT for truth in self.truth]))
+        return (right / len(traces), sum(t.used_operation for t in traces) / len(traces),
+                0.5 if separation is None else separation)
 
 
 def train_steps(vlm: VLM, train: Sequence[Example], dev: Sequence[Example], config: SFTConfig,
@@ -322,9 +331,12 @@ def plot_curves(report: SFTReport, path: Path, others: dict[str, SFTReport] | No
         right = fig.add_subplot(1, 2, 2)
         for suffix, run_report in runs.items():
             if run_report.dev_eval:
-                steps_, accuracy, rapr = zip(*run_report.dev_eval, strict=True)
-                right.plot(steps_, accuracy, marker="o", label=f"type accuracy{suffix}")
-                right.plot(steps_, rapr, marker="s", linestyle="--", label=f"RaPR{suffix}")
+                columns = list(zip(*run_report.dev_eval, strict=False))
+                right.plot(columns[0], columns[1], marker="o", label=f"type accuracy{suffix}")
+                right.plot(columns[0], columns[2], marker="s", linestyle="--", label=f"RaPR{suffix}")
+                if len(columns) > 3:  # reports from before the AUROC column have three
+                    right.plot(columns[0], columns[3], marker="^", linestyle=":",
+                               label=f"defect-score AUROC{suffix}")
         right.set(xlabel="step", ylabel="share of dev items", ylim=(0, 1.02))
         right.grid(alpha=0.3)
         right.legend()

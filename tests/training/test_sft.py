@@ -38,7 +38,8 @@ def test_sft_on_a_few_dozen_examples_lowers_the_loss(micro_model: Path) -> None:
     report = json.loads((micro_model / "train.json").read_text())
     losses = [loss for _, loss in report["train_loss"]]
     assert report["examples"] == 32  # 16 items x 2 trajectories
-    assert report["dev_eval"] and all(0 <= acc <= 1 and 0 <= rapr <= 1 for _, acc, rapr in report["dev_eval"])
+    assert report["dev_eval"] and all(0 <= acc <= 1 and 0 <= rapr <= 1 and 0 <= separation <= 1
+                                      for _, acc, rapr, separation in report["dev_eval"])
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
     assert (micro_model / "sft_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
