@@ -130,6 +130,18 @@ def is_defective(defect_type: str) -> bool:
     return defect_type != NO_DEFECT
 
 
+def correct_type(answered: str | None, truth: str) -> bool:
+    """Whether an answer names the labelled type ('none' for a good part): the one judgement
+    shared by the eval metrics and the RL reward (`foveal.training.rewards`).
+
+    >>> correct_type("scratch", "scratch"), correct_type("none", "none"), correct_type(None, "none")
+    (True, True, False)
+    >>> correct_type("crack", "scratch"), correct_type("unanswered", "none")
+    (False, False)
+    """
+    return answered is not None and answered == truth
+
+
 def ratio(numerator: int, denominator: int) -> float | None:
     """numerator / denominator, or None when there is nothing to divide by.
 
@@ -294,9 +306,10 @@ def group_metrics(pairs: Sequence[tuple[Label, Prediction]],
         false_reject_rate=ratio(sum(is_defective(p.defect_type) for p in good), len(good)),
         false_reject_at_escape=fr_at_escape,
         threshold=threshold,
-        type_accuracy=ratio(sum(p.defect_type == label.defect_type for label, p in defective),
+        type_accuracy=ratio(sum(correct_type(p.defect_type, label.defect_type) for label, p in defective),
                             len(defective)),
-        overall_accuracy=sum(p.defect_type == label.defect_type for label, p in pairs) / len(pairs),
+        overall_accuracy=sum(correct_type(p.defect_type, label.defect_type)
+                             for label, p in pairs) / len(pairs),
         box_hit_rate=ratio(sum(box_hit(label, p) for label, p in boxed), len(boxed)),
         box_coverage=ratio(len(boxed), len(detected)),
         rapr=sum(p.operations >= 1 for _, p in pairs) / len(pairs),
