@@ -1,5 +1,6 @@
-"""`foveal bench serve`: the serving benchmark (foveal/serving/benchmark.py). Prints a table,
-writes JSON, and prints one JSON object as its last line. Results go in docs/benchmarks.md."""
+"""`foveal bench serve` (foveal/serving/benchmark.py) and `foveal bench pipeline`
+(foveal/ingest/benchmark.py): each prints a table, writes JSON, and prints one JSON object as its
+last line. Results go in docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -74,12 +75,78 @@ def serve_command(
         "triton_kept_vs_resent_speedup": round(resent.seconds / kept.seconds, 3),
         **encoder, "served_vision": vision,
         "levels": [level.row() for level in rows], "items": len(labels), "bench": str(bench),
-        "commit": _commit(), "machine": dict(platform=platform.platform(), cpu_count=os.cpu_count(),
-                                             python=platform.python_version()),
+        "commit": _commit(), "machine": _machine(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
+
+
+@app.command("pipeline")
+def pipeline_command(
+    ctx: typer.Context,
+    frames: int = typer.Option(2000, min=1, help="Frames of the measured run."),
+    rate: float = typer.Option(0.0, min=0.0, help="Camera frames/s of the run (0: the probe's drain rate)."),
+    probe: int | None = typer.Option(None, min=0, help="Frames of the probe, sent as fast as possible "
+                                                        "(default frames/10, at least 3 × workers × "
+                                                        "in-flight, at most 200)."),
+    rate_margin: float = typer.Option(1.0, min=0.1, max=2.0, help="Run rate = probe drain rate × this."),
+    workers: int = typer.Option(1, min=1, help="Ingest worker processes in the group."),
+    in_flight: int | None = typer.Option(None, min=1, help="Frames per worker at once "
+                                                           "(default FOVEAL_INGEST_MAX_IN_FLIGHT)."),
+    reference_batch: int = typer.Option(0, min=0, help="Batch of the in-process reference "
+                                                       "(0: Triton's average batch during the run)."),
+    source: Path | None = typer.Option(None, exists=True, file_okay=False,
+                                       help="Dataset folder to replay (e.g. a FovealBench split); "
+                                            "default: the camera's rendered bank."),
+    bank_frames: int = typer.Option(32, min=1, help="Frames in the rendered bank (without --source)."),
+    size: int | None = typer.Option(None, min=64, help="Long side of rendered frames (default 1024-2048)."),
+    sequence_share: float = typer.Option(0.1667, min=0.0, max=1.0, help="Share of sequence records "
+                                                                       "(FovealBench: 1 in 6)."),
+    out: Path = typer.Option(Path("bench/results/pipeline.json"), help="JSON results."),
+    plot: Path | None = typer.Option(None, help="Lag plot (PNG; default: <out>_lag.png)."),
+    keep_db: bool = typer.Option(False, "--keep-db", help="Keep the run's database (default: dropped)."),
+) -> None:
+    """Camera → Kafka → ingest → reasoner → Triton → PostgreSQL at the highest sustainable rate."""
+    from foveal.ingest.benchmark import PipelineOptions, run_pipeline
+
+    settings = settings_of(ctx)
+    options = PipelineOptions(
+        frames=frames, rate_fps=rate or None, probe_frames=probe, rate_margin=rate_margin, workers=workers,
+        in_flight=in_flight, reference_batch=reference_batch or None, source=source,
+        bank_frames=bank_frames, size=size, sequence_share=sequence_share, keep_database=keep_db)
+    plot_path = plot or out.with_name(out.stem + "_lag.png")
+    summary = run_pipeline(settings, options, plot_path, say=lambda text: console.print(text))
+    summary.update(commit=_commit(), machine=_machine())
+    s = summary
+    table = Table(title="foveal bench pipeline")
+    for column in ("figure", "value"):
+        table.add_column(column)
+    rows = [
+        ("frames (run / probe)", f"{s['frames']} / {s['probe_frames']}"),
+        ("camera rate asked / sent", f"{s['rate_fps']:.2f} / {s['camera_fps']:.2f} frames/s"),
+        ("sustained throughput", f"{s['frames_per_s']:.2f} frames/s"),
+        ("in-process loop (batch {})".format(s["reference_batch"]), f"{s['inprocess_fps']:.2f} frames/s"),
+        ("pipeline ratio (bar ≥ {:.2f})".format(s["bar_ratio"]), f"{s['pipeline_ratio']:.3f}"),
+        ("end-to-end p50 / p95 / p99", f"{s['e2e_p50_ms']:.0f} / {s['e2e_p95_ms']:.0f} / "
+                                       f"{s['e2e_p99_ms']:.0f} ms"),
+        ("consumer lag max / slope", f"{s['lag_max']} records / {s['lag_slope_per_s']} records/s"),
+        ("Triton average batch", str(s["triton_avg_batch"])),
+        ("inspected / DLQ / lost / duplicates", f"{s['inspected']} / {s['dlq']} / {s['lost']} / "
+                                                f"{s['duplicates']}"),
+        ("committed to the end", str(s["committed_to_end"])),
+        ("lag plot", str(s["plot"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console(width=150).print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
+def _machine() -> dict[str, object]:
+    return dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version())
 
 
 def _commit() -> str:

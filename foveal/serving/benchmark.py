@@ -122,8 +122,8 @@ def served_vision(settings: Settings) -> str:
     return str(config.get("parameters", {}).get("vision", {}).get("string_value", "torch"))
 
 
-def in_process(settings: Settings, inspections: Sequence[Inspection], vision: str = "torch") -> Level:
-    """The reference: the same model and vision backend as Triton's, in this process, batch 1."""
+def reference_loop(settings: Settings, vision: str = "torch") -> Loop:
+    """The in-process loop on the same model and vision backend as Triton's."""
     vlm = load(settings.model_dir)
     features = None
     if vision == "onnx":
@@ -132,7 +132,12 @@ def in_process(settings: Settings, inspections: Sequence[Inspection], vision: st
         from foveal.serving.onnx_vision import OnnxVision, export
 
         features = OnnxVision(export(vlm, Path(tempfile.mkdtemp()) / "vision.onnx"), vlm)
-    loop = Loop(LocalEngine(vlm, vision=features), LoopOptions())
+    return Loop(LocalEngine(vlm, vision=features), LoopOptions())
+
+
+def in_process(settings: Settings, inspections: Sequence[Inspection], vision: str = "torch") -> Level:
+    """The reference: the same model and vision backend as Triton's, in this process, batch 1."""
+    loop = reference_loop(settings, vision)
     loop.run(list(inspections[:2]))  # warm-up
     seconds, latencies = timed_each(inspections, lambda item: loop.run([item]), 1)  # type: ignore[list-item]
     return Level(f"in-process loop, batch 1 ({vision})", 1, seconds, latencies)
