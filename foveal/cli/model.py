@@ -1,9 +1,10 @@
-"""`foveal train sft`, `foveal eval`, `foveal predict`: train, measure and use the reasoning model.
+"""`foveal train sft|rl`, `foveal eval`, `foveal predict`: train, measure and use the reasoning model.
 
 `train sft` builds the model from labelled plant data (stage-0 vision pre-training, then
 warm-start SFT); `eval` runs it over a FovealBench folder and writes metrics, a markdown report
 and figures; `predict` is the stable interface other tools evaluate through: image files or
-directories in, one JSON line per image out.
+directories in, one JSON line per image out. `train rl` continues an SFT model with
+curiosity-driven GRPO (`foveal.training.rl`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,55 @@ def train_sft(
     last = report.dev_loss[-1][1] if report.dev_loss else float("nan")
     console.print(f"trained {report.steps} steps on {report.examples} examples; dev loss {last:.4f}; "
                   f"time {report.seconds.get('total', 0):.0f} s; model in {out}")
+
+
+@train_app.command("rl")
+def train_rl(
+    model: Path = typer.Option(..., "--model", help="The SFT model directory RL starts from."),
+    data: list[Path] = typer.Option(..., "--data", help="Query dataset folder(s), generated or imported "
+                                    "(repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Where the RL model, metrics and plots go (resumes from "
+                             "work/state.pt)."),
+    dev: Path | None = typer.Option(None, "--dev", help="FovealBench dev folder: greedy eval per episode."),
+    episodes: int = typer.Option(1, "--episodes", min=1),
+    queries_per_episode: int = typer.Option(512, "--queries-per-episode", min=1),
+    queries_per_step: int = typer.Option(16, "--queries-per-step", min=1, help="Queries per update batch."),
+    rollouts: int = typer.Option(8, "--rollouts", min=2, help="Rollouts per query (the group size G)."),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, help="Curiosity weight (0: no curiosity)."),
+    beta: float = typer.Option(0.05, "--beta", min=0.0, help="Penalty per operation beyond N."),
+    rapr_target: float = typer.Option(0.3, "--H", min=0.0, max=1.0, help="RaPR target H."),
+    n_free: int = typer.Option(1, "--N", min=0, help="Operations without penalty N."),
+    refresh_every: int = typer.Option(512, "--refresh-every", min=1,
+                                      help="Queries between refreshes of the rollout policy."),
+    lr: float = typer.Option(1e-4, "--lr", min=0.0),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.01, help="Rollout sampling temperature."),
+    max_turn_tokens: int = typer.Option(96, "--max-turn-tokens", min=1),
+    micro_batch: int = typer.Option(8, "--micro-batch", min=1, help="Rollouts per forward/backward pass."),
+    max_items: int | None = typer.Option(None, "--max-items", min=1, help="First N items of each --data."),
+    dev_items: int = typer.Option(64, "--dev-items", min=1),
+    eval_every: int = typer.Option(1, "--eval-every", min=1, help="Episodes between dev evaluations."),
+    seed: int = typer.Option(0, "--seed"),
+    run_name: str = typer.Option("", "--run-name", help="Names the run in its plots and config."),
+    log_dir: Path | None = typer.Option(None, "--log-dir", help="Also copy metrics.jsonl, rl_config.json "
+                                        "and plots here (e.g. docs/rl/<run>)."),
+) -> None:
+    """Curiosity-driven GRPO from an SFT model; saves a loadable model, metrics.jsonl and plots."""
+    from foveal.training.rewards import RewardConfig
+    from foveal.training.rl import RLConfig, run
+
+    config = RLConfig(model=model, data=data, out=out, dev=dev, run_name=run_name or out.name,
+                      log_dir=log_dir, episodes=episodes, queries_per_episode=queries_per_episode,
+                      queries_per_step=queries_per_step, group_size=rollouts, refresh_every=refresh_every,
+                      rewards=RewardConfig(alpha=alpha, beta=beta, rapr_target=rapr_target, n_free=n_free),
+                      lr=lr, temperature=temperature, max_turn_tokens=max_turn_tokens,
+                      micro_batch=micro_batch, max_items=max_items, dev_items=dev_items,
+                      eval_every=eval_every, seed=seed)
+    with _bar() as bar:
+        rows = run(config, _Phases(bar))
+    last = rows[-1] if rows else {}
+    console.print(f"{len(rows)} episodes; last: accuracy {last.get('accuracy', float('nan')):.3f}, "
+                  f"RaPR {last.get('rapr', float('nan')):.3f}, uniform groups "
+                  f"{last.get('uniform_share', float('nan')):.2f}; model in {out}")
 
 
 def eval_command(

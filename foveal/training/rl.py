@@ -1,0 +1,261 @@
+"""Curiosity-driven RL (`foveal train rl`): from a warm-start SFT model to one that keeps zooming
+where zooming pays.
+
+Reads top to bottom like nanochat's chat_rl: config -> init (policy, its frozen rollout copy,
+queries, optimizer, resumed state) -> per episode, step by step: rollouts (the loop sampling
+`group_size` times per query, from the rollout copy refreshed every `refresh_every` queries) ->
+rewards (`rewards.py`) -> selective sample replay and the GRPO update (`grpo.py`) -> log,
+optional greedy dev eval, checkpoint -> save the model (`loader.save`, loadable by eval and
+predict), `rl_config.json`, `metrics.jsonl` and `rl_curves.png`. The stage-0 backbone stays
+frozen, as in SFT (the merger and the decoder train), so each rollout's backbone maps are
+computed once. Resumable: `<out>/work/state.pt` after every episode.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from foveal.evaluation.bench import evaluate_model
+from foveal.model import loader
+from foveal.model.loader import VLM
+from foveal.reasoning.loop import LoopOptions
+from foveal.training import rl_log
+from foveal.training.forward import collate
+from foveal.training.grpo import clip_fraction, clipped_objective, group_advantages, replay, target_logprobs
+from foveal.training.rewards import RewardConfig
+from foveal.training.rollouts import (
+    Query,
+    RolloutPolicy,
+    Sample,
+    episode_queries,
+    queries_from,
+    roll_out,
+    score_old_logprobs,
+)
+from foveal.training.sft import trainable
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+STATE = "state.pt"
+
+
+@dataclass
+class RLConfig:
+    model: Path  # the SFT model directory to start from
+    data: list[Path]  # labelled dataset folders (generated FovealBench-style data, imported plant data)
+    out: Path
+    dev: Path | None = None  # FovealBench dev: greedy eval every `eval_every` episodes
+    run_name: str = ""
+    log_dir: Path | None = None  # also copy metrics, config and plots here (e.g. docs/rl/<run>)
+    episodes: int = 1
+    queries_per_episode: int = 512
+    queries_per_step: int = 16  # queries whose groups form one update batch
+    group_size: int = 8  # rollouts per query (G)
+    refresh_every: int = 512  # queries between refreshes of the rollout policy
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    eps_low: float = 0.2
+    eps_high: float = 0.35
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    micro_batch: int = 8  # rollouts per forward/backward pass (gradients accumulate over a step)
+    rollout_batch: int = 32  # inspections the loop runs as one batch
+    temperature: float = 1.0
+    max_turn_tokens: int = 96
+    max_turns: int = 6
+    max_operations: int = 4
+    max_items: int | None = None  # per data folder
+    eval_every: int = 1
+    dev_items: int = 64
+    seed: int = 0
+    version: str = ""  # recorded with the model ("" keeps the SFT model's with an `-rl` suffix)
+
+    def resolved(self) -> dict[str, Any]:
+        """JSON-ready, every default filled in: what `rl_config.json` and the checkpoint keep."""
+        out = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        out["data"] = [str(p) for p in self.data]
+        return out
+
+
+def _noop(phase: str, done: int, total: int) -> None:
+    del phase, done, total
+
+
+# -- the update ---------------------------------------------------------------------------------
+def _padded(samples: Sequence[Sample], length: int) -> torch.Tensor:
+    out = torch.zeros((len(samples), length))
+    for row, s in enumerate(samples):
+        assert s.old_logp is not None, "score_old_logprobs must run before the update"
+        out[row, :len(s.old_logp)] = s.old_logp
+    return out
+
+
+def policy_loss(policy: VLM, samples: Sequence[Sample], total_tokens: int, config: RLConfig
+                ) -> tuple[torch.Tensor, float]:
+    """The GRPO loss of a micro-batch, already divided by the step's token count, and its clip
+    fraction. Only tokens the chunks mark with loss (generated assistant text) enter."""
+    batch = collate([s.chunk for s in samples], policy.chat.pad, policy.chat.spec)
+    maps = [m for s in samples for m in s.maps or []] if all(s.maps is not None for s in samples) else None
+    logp, mask = target_logprobs(policy, batch, maps, config.temperature)  # (B, L)
+    old = _padded(samples, logp.shape[1])
+    advantages = torch.tensor([s.advantage for s in samples])  # (B,)
+    objective = clipped_objective(logp, old, advantages, mask, config.eps_low, config.eps_high)
+    return objective / max(1, total_tokens), clip_fraction(logp.detach(), old, mask, config.eps_low,
+                                                           config.eps_high)
+
+
+def update(policy: VLM, optimizer: torch.optim.Optimizer, samples: Sequence[Sample], config: RLConfig,
+           rng: random.Random) -> rl_log.StepStats:
+    """One optimizer step on one rollout step: drop uniform groups, refill, GRPO advantages,
+    the clipped objective as a token-level mean over the whole refilled batch."""
+    by_group: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_group.setdefault(s.group, []).append(s)
+    groups = list(by_group.values())
+    kept, uniform = replay(groups, [[s.reward.total for s in g] for g in groups], len(groups), rng)
+    stats = rl_log.StepStats(groups=len(groups), uniform=round(uniform * len(groups)))
+    if not kept:
+        return stats
+    for group in kept:
+        adv = group_advantages(torch.tensor([s.reward.total for s in group], dtype=torch.float64))
+        for s, a in zip(group, adv.tolist(), strict=True):
+            s.advantage = a
+    flat = sorted((s for g in kept for s in g), key=lambda s: len(s.chunk))
+    total_tokens = sum(s.tokens for s in flat)
+    params = trainable(policy)
+    policy.model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum, clipped = 0.0, 0.0
+    for start in range(0, len(flat), config.micro_batch):
+        part = flat[start:start + config.micro_batch]
+        loss, frac = policy_loss(policy, part, total_tokens, config)
+        loss.backward()  # type: ignore[no-untyped-call]
+        loss_sum += float(loss.detach())
+        clipped += frac * sum(s.tokens for s in part)
+    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    policy.model.train(False)
+    stats.updated, stats.loss, stats.clip_fraction = True, loss_sum, clipped / max(1, total_tokens)
+    return stats
+
+
+# -- state --------------------------------------------------------------------------------------
+def save_state(path: Path, policy: VLM, rollout: RolloutPolicy, optimizer: torch.optim.Optimizer,
+               episode: int, queries_seen: int, rng: random.Random, config: RLConfig) -> None:
+    tmp = path.with_suffix(".tmp")
+    stale = rollout.refreshed_at != queries_seen  # the copy differs from the policy: keep it too
+    torch.save({"model": policy.model.state_dict(), "optimizer": optimizer.state_dict(), "episode": episode,
+                "queries_seen": queries_seen, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                "rollout": rollout.vlm.model.state_dict() if stale else None,
+                "refreshed_at": rollout.refreshed_at, "config": config.resolved()}, tmp)
+    tmp.replace(path)
+
+
+def _restore(path: Path, policy: VLM, optimizer: torch.optim.Optimizer, rng: random.Random
+             ) -> tuple[RolloutPolicy, int, int]:
+    state = torch.load(path, weights_only=False)
+    policy.model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    rollout = RolloutPolicy(policy)
+    if state["rollout"] is not None:
+        rollout.vlm.model.load_state_dict(state["rollout"])
+    rollout.refreshed_at = int(state["refreshed_at"])
+    return rollout, int(state["episode"]), int(state["queries_seen"])
+
+
+# -- eval and save ------------------------------------------------------------------------------
+def dev_metrics(policy: VLM, config: RLConfig) -> dict[str, float | None]:
+    """The greedy loop on the first dev items: the FovealBench figures RL should move."""
+    assert config.dev is not None
+    metrics, _ = evaluate_model(policy, config.dev, limit=config.dev_items, batch_size=8)
+    o = metrics.overall
+    return {"overall_accuracy": o.overall_accuracy, "type_accuracy": o.type_accuracy, "rapr": o.rapr,
+            "false_reject_at_escape": o.false_reject_at_escape, "image_f1": o.image_f1}
+
+
+def _write_logs(config: RLConfig) -> None:
+    """The resolved config and the curves next to `metrics.jsonl`; all three copied to `log_dir`."""
+    (config.out / "rl_config.json").write_text(json.dumps(config.resolved(), indent=1) + "\n")
+    rows = rl_log.read(config.out / "metrics.jsonl")
+    if rows:
+        rl_log.plot(rows, config.out / "rl_curves.png", config.run_name, config.rewards.rapr_target)
+    if config.log_dir is not None:
+        config.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("rl_config.json", "metrics.jsonl", "rl_curves.png"):
+            if (config.out / name).is_file():
+                shutil.copyfile(config.out / name, config.log_dir / name)
+
+
+def save_model(policy: VLM, config: RLConfig) -> None:
+    policy.version = config.version or f"{policy.version}-rl"
+    loader.save(policy, config.out, meta={"trained_by": "foveal train rl", "rl": config.resolved()})
+
+
+# -- the run ------------------------------------------------------------------------------------
+def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> list[dict[str, Any]]:
+    """Train from `config.model`; returns the episodes' log rows (also `<out>/metrics.jsonl`)."""
+    # init
+    work = config.out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    policy = loader.load(config.model)
+    queries: list[Query] = queries_from(config.data, config.max_items)
+    optimizer = torch.optim.AdamW(trainable(policy), lr=config.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    rng = random.Random(config.seed)
+    metrics_file = config.out / "metrics.jsonl"
+    if resume and (work / STATE).is_file():
+        rollout, first, queries_seen = _restore(work / STATE, policy, optimizer, rng)
+        rows = rl_log.read(metrics_file)[:first]  # drop lines of an episode that never checkpointed
+        metrics_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        rollout, first, queries_seen = RolloutPolicy(policy), 0, 0
+        metrics_file.write_text("")
+    _write_logs(config)
+    options = LoopOptions(max_operations=config.max_operations, max_turn_tokens=config.max_turn_tokens,
+                          max_turns=config.max_turns, temperature=config.temperature)
+    for episode in range(first, config.episodes):
+        picked = episode_queries(queries, config.queries_per_episode, episode, config.seed)
+        samples: list[Sample] = []
+        steps: list[rl_log.StepStats] = []
+        seconds = {"rollout": 0.0, "update": 0.0}
+        phase = f"episode {episode + 1}/{config.episodes}"
+        for n, start in enumerate(range(0, len(picked), config.queries_per_step)):
+            # rollouts, from the frozen copy (refreshed on schedule)
+            if queries_seen - rollout.refreshed_at >= config.refresh_every:
+                rollout.refresh(policy, queries_seen)
+            clock = time.perf_counter()
+            step_seed = config.seed * 1_000_003 + episode * 10_007 + n
+            step = roll_out(rollout, picked[start:start + config.queries_per_step], config.group_size,
+                            replace(options, seed=step_seed), config.rewards,
+                            config.rollout_batch)
+            score_old_logprobs(rollout, step, config.temperature, config.micro_batch)
+            seconds["rollout"] += time.perf_counter() - clock
+            # update
+            clock = time.perf_counter()
+            steps.append(update(policy, optimizer, step, config, rng))
+            seconds["update"] += time.perf_counter() - clock
+            for s in step:  # the log keeps the scores; the maps and log-probs can go
+                s.maps, s.old_logp = None, None
+            samples += step
+            queries_seen += len(picked[start:start + config.queries_per_step])
+            progress(phase, min(len(picked), start + config.queries_per_step), len(picked))
+        # eval and log
+        log = rl_log.summarize(episode + 1, samples, steps, seconds, config.lr, queries_seen)
+        last = episode + 1 == config.episodes
+        if config.dev is not None and ((episode + 1) % config.eval_every == 0 or last):
+            log.dev = dev_metrics(policy, config)
+        rl_log.append(metrics_file, log)
+        # checkpoint
+        save_state(work / STATE, policy, rollout, optimizer, episode + 1, queries_seen, rng, config)
+        _write_logs(config)
+    # save
+    save_model(policy, config)
+    return rl_log.read(metrics_file)

@@ -1,0 +1,160 @@
+"""Rollouts of `foveal train rl`: queries from labelled datasets, the frozen rollout policy, and
+the reasoning loop run in sampling mode, G times per query, into scored samples.
+
+A `Query` is one labelled item (FovealBench-style generated data or imported plant data: the same
+dataset format) with its inspection. The rollout policy is a frozen copy of the policy that
+`RolloutPolicy.refresh` overwrites every `refresh_every` queries, so rollouts come from a
+slightly stale, near-policy model and the update's ratio is taken against it. Each rollout's
+conversation keeps its tokens and loss marks (generated assistant tokens only); its images are
+replaced by the frozen backbone's feature maps at once (a 448 px view is 5 MB of patches, its
+maps a few dozen kB), and its log-probabilities under the rollout policy are computed by the same
+teacher-forced pass the update uses, so a fresh copy gives a ratio of exactly 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from foveal.evaluation.bench import inspection_of
+from foveal.evaluation.metrics import correct_type, difficulty_key
+from foveal.model.chat import Chunk
+from foveal.model.loader import VLM
+from foveal.model.vision import ConvVisionTower
+from foveal.plant.dataset import Label, read_labels
+from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
+from foveal.training.forward import collate
+from foveal.training.grpo import target_logprobs
+from foveal.training.rewards import Outcome, Reward, RewardConfig, group_rewards
+
+
+@dataclass(frozen=True)
+class Query:
+    """One labelled item to roll out; `folder` is the dataset it comes from."""
+
+    label: Label
+    folder: Path
+
+    @property
+    def truth(self) -> str:
+        return self.label.defect_type
+
+    @property
+    def difficulty(self) -> str:
+        return difficulty_key(self.label)
+
+    def inspection(self) -> Inspection:
+        return inspection_of(self.label, self.folder, True)
+
+
+@dataclass
+class Sample:
+    """One rollout, scored, ready for the update."""
+
+    query_id: str
+    group: int  # index of its query within the step
+    chunk: Chunk  # tokens, types, loss marks; no pixels once `maps` are set
+    maps: list[torch.Tensor] | None  # per image backbone maps (None: the tower runs on patches)
+    outcome: Outcome
+    reward: Reward
+    difficulty: str
+    correct: bool  # the eval judgement of the answer alone (the accuracy the log reports)
+    old_logp: torch.Tensor | None = None  # (L,) under the rollout policy, at the loss tokens
+    advantage: float = 0.0
+    tokens: int = field(default=0)  # tokens that carry loss
+
+
+def queries_from(folders: Sequence[Path], limit: int | None = None) -> list[Query]:
+    """Every labelled item of every folder (the first `limit` of each when given)."""
+    out: list[Query] = []
+    for folder in folders:
+        out += [Query(label, folder) for label in read_labels(folder)[:limit]]
+    return out
+
+
+def episode_queries(queries: Sequence[Query], n: int, episode: int, seed: int) -> list[Query]:
+    """`n` queries for an episode: a fresh permutation per epoch over the pool, deterministic in
+    (seed, episode) so a resumed run sees the same ones."""
+    order: list[Query] = []
+    epoch = (episode * n) // max(1, len(queries))
+    offset = (episode * n) % max(1, len(queries))
+    while len(order) < offset + n:
+        pool = list(queries)
+        random.Random(seed * 7919 + epoch).shuffle(pool)
+        order += pool
+        epoch += 1
+    return order[offset:offset + n]
+
+
+class RolloutPolicy:
+    """A frozen copy of the policy: rollouts and the ratio's denominator come from it."""
+
+    def __init__(self, policy: VLM) -> None:
+        self.vlm = replace(policy, model=copy.deepcopy(policy.model))
+        self.vlm.model.train(False)
+        for p in self.vlm.model.parameters():
+            p.requires_grad_(False)
+        self.refreshed_at = 0  # queries seen by the policy when the copy was taken
+
+    def refresh(self, policy: VLM, queries_seen: int) -> None:
+        self.vlm.model.load_state_dict(policy.model.state_dict())
+        self.refreshed_at = queries_seen
+
+
+def outcome_of(trace: Trace, truth: str) -> Outcome:
+    ok = tuple(bool(s.ok) for s in trace.steps if s.ok is not None)  # `ok` is set on executed ones only
+    return Outcome(trace.defect_type, truth, ok)
+
+
+@torch.no_grad()
+def _maps_of(vlm: VLM, chunk: Chunk) -> tuple[Chunk, list[torch.Tensor] | None]:
+    """The chunk without pixels and its backbone maps (a convolutional tower), or as it is."""
+    tower = vlm.model.model.visual
+    if not isinstance(tower, ConvVisionTower):
+        return chunk, None
+    maps: list[torch.Tensor] = []
+    if chunk.patches:
+        pixels = torch.from_numpy(np.concatenate(chunk.patches))
+        maps = [m.half() for m in tower.feature_maps(tower.images(pixels, torch.tensor(chunk.grids)))]
+    return Chunk(chunk.ids, chunk.types, chunk.loss, [], chunk.grids), maps
+
+
+def roll_out(rollout: RolloutPolicy, queries: Sequence[Query], group_size: int, options: LoopOptions,
+             rewards: RewardConfig, batch_size: int = 32) -> list[Sample]:
+    """`group_size` sampled rollouts of each query, scored with the group's reward. The loop's
+    options must sample (temperature > 0); the seed in them makes the step reproducible."""
+    if options.temperature <= 0:
+        raise ValueError("rollouts need a sampling temperature > 0")
+    loop = Loop(rollout.vlm, options)
+    samples: list[Sample] = []
+    for g, query in enumerate(queries):
+        inspection = query.inspection()
+        copies = [replace(inspection, item_id=f"{query.label.id}#{k}") for k in range(group_size)]
+        traces = loop.run_batched(copies, batch_size=batch_size)
+        outcomes = [outcome_of(t, query.truth) for t in traces]
+        for trace, outcome, reward in zip(traces, outcomes, group_rewards(outcomes, rewards), strict=True):
+            chunk, maps = _maps_of(rollout.vlm, trace.conversation)
+            samples.append(Sample(query.label.id, g, chunk, maps, outcome, reward, query.difficulty,
+                                  correct_type(trace.defect_type, query.truth), tokens=sum(chunk.loss[1:])))
+    return samples
+
+
+@torch.no_grad()
+def score_old_logprobs(rollout: RolloutPolicy, samples: Sequence[Sample], temperature: float,
+                       batch_size: int = 8) -> None:
+    """Each sample's per-token log-probabilities under the rollout policy (the ratio's base)."""
+    vlm = rollout.vlm
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].chunk))
+    for start in range(0, len(order), batch_size):
+        part = [samples[i] for i in order[start:start + batch_size]]
+        batch = collate([s.chunk for s in part], vlm.chat.pad, vlm.chat.spec)
+        maps = [m for s in part for m in s.maps or []] if all(s.maps is not None for s in part) else None
+        logp, _ = target_logprobs(vlm, batch, maps, temperature)  # (B, L)
+        for row, s in enumerate(part):
+            s.old_logp = logp[row, :len(s.chunk)].clone()

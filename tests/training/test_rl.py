@@ -1,0 +1,217 @@
+"""`foveal train rl` on micro configs (seconds on a CPU): one GRPO step changes the trainable
+parameters and nothing else, only generated assistant tokens carry gradient (never the prompt or
+the tool output), rollouts come from the loop in sampling mode with their group's reward, and a
+run resumes from its checkpoint to the same place as a run that never stopped."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from foveal.domain import DEFECT_TYPES
+from foveal.model import loader
+from foveal.model.chat import IMAGE
+from foveal.model.loader import VLM, create
+from foveal.plant.generate import generate
+from foveal.reasoning.loop import LoopOptions
+from foveal.reasoning.prompts import inspection_prompt
+from foveal.training.examples import materialize, with_maps
+from foveal.training.forward import collate, token_logits
+from foveal.training.grpo import clipped_objective, logprobs_of
+from foveal.training.rewards import Outcome, Reward, RewardConfig, group_rewards
+from foveal.training.rl import RLConfig, run, update
+from foveal.training.rollouts import (
+    Query,
+    RolloutPolicy,
+    Sample,
+    _maps_of,
+    queries_from,
+    roll_out,
+    score_old_logprobs,
+)
+from foveal.training.sft import example_loss, trainable
+from foveal.training.trajectories import AssistantTurn, Trajectory, tool_call
+
+CROP = tool_call("crop_image_normalized", {"bbox_2d": [0.2, 0.2, 0.4, 0.4], "target_image": 1})
+TINY = dict(queries_per_episode=1, queries_per_step=1, group_size=4, refresh_every=1, max_turn_tokens=8,
+            max_turns=2, micro_batch=4, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("plant") / "data"
+    generate(out, 3, seed=5, workers=1, size=256, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def coin_data(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny data set's scratched item, as a dataset of its own."""
+    out = tmp_path_factory.mktemp("plant") / "one"
+    out.mkdir()
+    line = next(raw for raw in (tiny_data / "labels.jsonl").read_text().splitlines() if '"scratch"' in raw)
+    (out / "labels.jsonl").write_text(line + "\n")
+    for sub in ("images", "masks"):
+        (out / sub).symlink_to(tiny_data / sub)
+    return out
+
+
+@pytest.fixture(scope="module")
+def coin_dir(micro_tokenizer, coin_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """A micro model taught for a few steps to answer the item at once: sampled, it is right some
+    of the time and writes garbage otherwise, so its groups are mixed and RL steps really update."""
+    vlm = create(micro_tokenizer, "micro", seed=2)
+    query = queries_from([coin_data])[0]
+    inspection = query.inspection()
+    turn = AssistantTurn(f"\\boxed{{{query.truth}}}", True)
+    trajectory = Trajectory("coin", inspection.prompt, (turn,), query.truth, "direct")
+    chunk = materialize(trajectory, inspection.frames, vlm.chat, vlm.budget)
+    examples = [with_maps(chunk, vlm.model.model.visual, "coin", "direct")]
+    optimizer = torch.optim.AdamW(trainable(vlm), lr=1e-2)
+    vlm.model.train()
+    for _ in range(8):
+        loss = example_loss(vlm, examples)
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    out = tmp_path_factory.mktemp("sft") / "coin"
+    vlm.model.train(False)
+    loader.save(vlm, out)
+    return out
+
+
+def scripted(vlm: VLM, texts: list[str], group: int, total: float) -> Sample:
+    """A rollout as the loop records it: prompt, assistant turns, the crop's tool output."""
+    frames = [np.random.default_rng(0).integers(0, 256, (560, 700, 3), dtype=np.uint8)]
+    trajectory = Trajectory("t", inspection_prompt(None, DEFECT_TYPES, 1),
+                            tuple(AssistantTurn(t, True) for t in texts), "", "scripted")
+    chunk, maps = _maps_of(vlm, materialize(trajectory, frames, vlm.chat, vlm.budget))
+    ops = (True,) * (len(texts) - 1)
+    return Sample("t", group, chunk, maps, Outcome("scratch", "scratch", ops), Reward(total, 0, 0, total),
+                  "easy", True, tokens=sum(chunk.loss[1:]))
+
+
+def test_one_grpo_step_trains_the_policy_and_leaves_the_rollout_copy_and_backbone(micro_vlm: VLM) -> None:
+    zoom, direct = [f"A mark. {CROP}", "\\boxed{scratch}"], ["\\boxed{none}"]
+    samples = [scripted(micro_vlm, zoom, 0, 1.0), scripted(micro_vlm, direct, 0, 0.0),
+               scripted(micro_vlm, zoom, 1, 0.5), scripted(micro_vlm, direct, 1, 0.5)]  # group 1 uniform
+    rollout = RolloutPolicy(micro_vlm)
+    score_old_logprobs(rollout, samples, temperature=1.0)
+    optimizer = torch.optim.AdamW(trainable(micro_vlm), lr=1e-3)
+    before = {n: p.detach().clone() for n, p in micro_vlm.model.named_parameters()}
+    stats = update(micro_vlm, optimizer, samples, RLConfig(Path("m"), [], Path("o")), random.Random(0))
+    assert stats.updated and stats.groups == 2 and stats.uniform == 1
+    assert stats.clip_fraction == 0.0  # a fresh copy: every ratio is 1
+    assert [s.advantage for s in samples[:2]] == [0.5, -0.5]
+    trained = {id(p) for p in trainable(micro_vlm)}
+    changed = {n for n, p in micro_vlm.model.named_parameters() if not torch.equal(p, before[n])}
+    frozen = {n for n, p in micro_vlm.model.named_parameters() if id(p) not in trained}
+    assert changed and not changed & frozen and frozen  # the stage-0 backbone stays as it was
+    for name, p in rollout.vlm.model.named_parameters():
+        assert torch.equal(p, before[name])
+    rollout.refresh(micro_vlm, 1)
+    assert all(torch.equal(p, q) for p, q in zip(rollout.vlm.model.parameters(), micro_vlm.model.parameters(),
+                                                 strict=True))
+
+
+def test_prompt_and_tool_output_tokens_get_no_gradient(micro_vlm: VLM) -> None:
+    sample = scripted(micro_vlm, [f"A mark. {CROP}", "\\boxed{scratch}"], 0, 1.0)
+    chunk = sample.chunk
+    assert chunk.types.count(IMAGE) > 0 and len(chunk.grids) == 2  # the frame and the crop
+    text = [micro_vlm.tokenizer.decode(chunk.ids[:i]) for i in range(len(chunk) + 1)]
+    at = next(i for i, t in enumerate(text) if "Here is the cropped image" in t) - 1  # tool output
+    crop = [i for i, t in enumerate(chunk.types) if t == IMAGE and i > at]
+    assert crop and not any(chunk.loss[at:crop[-1] + 1])
+    batch = collate([chunk], micro_vlm.chat.pad, micro_vlm.chat.spec)
+    logits = token_logits(micro_vlm, batch, sample.maps)
+    logits.retain_grad()
+    logp, mask = logprobs_of(logits, batch)
+    clipped_objective(logp, logp.detach() - 0.1, torch.tensor([1.0]), mask).backward()  # type: ignore[no-untyped-call]
+    assert logits.grad is not None
+    grad = logits.grad[0].abs().sum(-1)  # (L,): position i predicts token i + 1
+    no_loss = [i for i in range(len(chunk) - 1) if not chunk.loss[i + 1]]
+    with_loss = [i for i in range(len(chunk) - 1) if chunk.loss[i + 1]]
+    assert float(grad[no_loss].sum()) == 0.0
+    assert all(float(grad[i]) > 0 for i in with_loss)
+    assert at - 1 in no_loss and chunk.types.index(IMAGE) - 1 in no_loss  # tool text and image slots
+    assert all(chunk.types[i + 1] != IMAGE for i in with_loss)
+
+
+def test_rollouts_sample_groups_from_the_loop_with_their_reward(micro_vlm: VLM, tiny_data: Path) -> None:
+    queries = queries_from([tiny_data])[:2]
+    rollout = RolloutPolicy(micro_vlm)
+    options = LoopOptions(max_turn_tokens=6, max_turns=2, temperature=1.0, seed=3)
+    samples = roll_out(rollout, queries, 3, options, RewardConfig())
+    assert [s.group for s in samples] == [0, 0, 0, 1, 1, 1]
+    assert [s.query_id for s in samples] == [q.label.id for q in queries for _ in range(3)]
+    for g, query in enumerate(queries):
+        group = [s for s in samples if s.group == g]
+        assert [s.reward for s in group] == group_rewards([s.outcome for s in group], RewardConfig())
+        assert all(s.outcome.truth == query.truth and s.difficulty == query.difficulty for s in group)
+    for s in samples:
+        assert s.maps is not None and not s.chunk.patches and s.tokens > 0
+        assert all(t != IMAGE for t, loss in zip(s.chunk.types, s.chunk.loss, strict=True) if loss)
+    again = roll_out(rollout, queries, 3, options, RewardConfig())  # the seed fixes the samples
+    assert [s.chunk.ids for s in again] == [s.chunk.ids for s in samples]
+    score_old_logprobs(rollout, samples, 1.0)
+    for s in samples:
+        assert s.old_logp is not None and s.old_logp.shape == (len(s.chunk),)
+        assert float(s.old_logp.max()) <= 0.0 and float(s.old_logp.min()) < 0.0
+    with pytest.raises(ValueError, match="temperature"):
+        roll_out(rollout, queries, 2, replace(options, temperature=0.0), RewardConfig())
+
+
+def _strip_timing(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [{k: v for k, v in r.items() if k not in ("rollout_s", "update_s")} for r in rows]
+
+
+def test_a_run_logs_saves_and_resumes_where_an_unbroken_run_would_be(coin_dir: Path, coin_data: Path,
+                                                                     tmp_path: Path) -> None:
+    straight = RLConfig(model=coin_dir, data=[coin_data], out=tmp_path / "straight", episodes=2, **TINY)
+    rows = run(straight)
+    broken = replace(straight, out=tmp_path / "broken", episodes=1, log_dir=tmp_path / "docs" / "run")
+    run(broken)
+    state = torch.load(broken.out / "work" / "state.pt", weights_only=False)
+    assert state["episode"] == 1 and state["config"]["episodes"] == 1
+    resumed = run(replace(broken, episodes=2))
+    assert _strip_timing(resumed) == _strip_timing(rows)
+    a, b = loader.load(straight.out), loader.load(broken.out)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True))
+    keys = {"episode", "accuracy", "rapr", "op_error_rate", "uniform_share", "curiosity", "penalty",
+            "rapr_by_difficulty", "rollout_s", "update_s"}
+    assert [r["episode"] for r in rows] == [1, 2] and all(keys <= set(r) for r in rows)
+    assert all(r["rollouts"] == 4 and 0 <= r["uniform_share"] <= 1 for r in rows)
+    assert json.loads((straight.out / "rl_config.json").read_text())["group_size"] == 4
+    assert (straight.out / "rl_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert a.meta["trained_by"] == "foveal train rl" and a.version.endswith("-rl")
+    assert sum(int(r["updates"]) for r in rows) > 0  # mixed groups: the resumed run really trained
+    copied = tmp_path / "docs" / "run" / "metrics.jsonl"
+    assert copied.read_text() == (broken.out / "metrics.jsonl").read_text()
+
+
+def test_the_command_line_trains_a_loadable_model(coin_dir: Path, coin_data: Path, tmp_path: Path) -> None:
+    from foveal.cli import app
+
+    out = tmp_path / "rl"
+    result = CliRunner().invoke(app, ["train", "rl", "--model", str(coin_dir), "--data", str(coin_data),
+                                      "--out", str(out), "--episodes", "1", "--queries-per-episode", "1",
+                                      "--rollouts", "2", "--max-turn-tokens", "8", "--alpha", "0",
+                                      "--H", "0.4", "--N", "2"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "rl_config.json").read_text())
+    assert config["rewards"] == {"alpha": 0.0, "beta": 0.05, "rapr_target": 0.4, "n_free": 2}
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert loader.load(out).meta["rl"]["group_size"] == 2
+
+
+def test_queries_cover_every_folder(tiny_data: Path) -> None:
+    queries = queries_from([tiny_data, tiny_data], limit=2)
+    assert [q.folder for q in queries] == [tiny_data] * 4
+    assert isinstance(queries[0], Query) and queries[0].inspection().frames
