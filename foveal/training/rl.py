@@ -158,7 +158,7 @@ def save_state(path: Path, policy: VLM, rollout: RolloutPolicy, optimizer: torch
     tmp.replace(path)
 
 
-def _restore(path: Path, policy: VLM, optimizer: torch.optim.Optimizer, rng: random.Random
+def restore(path: Path, policy: VLM, optimizer: torch.optim.Optimizer, rng: random.Random
              ) -> tuple[RolloutPolicy, int, int]:
     state = torch.load(path, weights_only=False)
     policy.model.load_state_dict(state["model"])
@@ -212,7 +212,7 @@ def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> li
     rng = random.Random(config.seed)
     metrics_file = config.out / "metrics.jsonl"
     if resume and (work / STATE).is_file():
-        rollout, first, queries_seen = _restore(work / STATE, policy, optimizer, rng)
+        rollout, first, queries_seen = restore(work / STATE, policy, optimizer, rng)
         rows = rl_log.read(metrics_file)[:first]  # drop lines of an episode that never checkpointed
         metrics_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     else:
@@ -228,9 +228,7 @@ def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> li
         seconds = {"rollout": 0.0, "update": 0.0}
         phase = f"episode {episode + 1}/{config.episodes}"
         for n, start in enumerate(range(0, len(picked), config.queries_per_step)):
-            # rollouts, from the frozen copy (refreshed on schedule)
-            if queries_seen - rollout.refreshed_at >= config.refresh_every:
-                rollout.refresh(policy, queries_seen)
+            # rollouts, from the frozen copy
             clock = time.perf_counter()
             step_seed = config.seed * 1_000_003 + episode * 10_007 + n
             step = roll_out(rollout, picked[start:start + config.queries_per_step], config.group_size,
@@ -246,6 +244,8 @@ def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> li
                 s.maps, s.old_logp = None, None
             samples += step
             queries_seen += len(picked[start:start + config.queries_per_step])
+            if queries_seen - rollout.refreshed_at >= config.refresh_every:  # near-policy again
+                rollout.refresh(policy, queries_seen)
             progress(phase, min(len(picked), start + config.queries_per_step), len(picked))
         # eval and log
         log = rl_log.summarize(episode + 1, samples, steps, seconds, config.lr, queries_seen)

@@ -132,13 +132,16 @@ def roll_out(rollout: RolloutPolicy, queries: Sequence[Query], group_size: int, 
     if options.temperature <= 0:
         raise ValueError("rollouts need a sampling temperature > 0")
     loop = Loop(rollout.vlm, options)
+    copies = []
+    for query in queries:  # a query's rollouts run side by side (and with other queries')
+        inspection = query.inspection()
+        copies += [replace(inspection, item_id=f"{query.label.id}#{k}") for k in range(group_size)]
+    traces = loop.run_batched(copies, batch_size=batch_size)
     samples: list[Sample] = []
     for g, query in enumerate(queries):
-        inspection = query.inspection()
-        copies = [replace(inspection, item_id=f"{query.label.id}#{k}") for k in range(group_size)]
-        traces = loop.run_batched(copies, batch_size=batch_size)
-        outcomes = [outcome_of(t, query.truth) for t in traces]
-        for trace, outcome, reward in zip(traces, outcomes, group_rewards(outcomes, rewards), strict=True):
+        group = traces[g * group_size:(g + 1) * group_size]
+        outcomes = [outcome_of(t, query.truth) for t in group]
+        for trace, outcome, reward in zip(group, outcomes, group_rewards(outcomes, rewards), strict=True):
             chunk, maps = _maps_of(rollout.vlm, trace.conversation)
             samples.append(Sample(query.label.id, g, chunk, maps, outcome, reward, query.difficulty,
                                   correct_type(trace.defect_type, query.truth), tokens=sum(chunk.loss[1:])))

@@ -26,7 +26,7 @@ from foveal.training.examples import materialize, with_maps
 from foveal.training.forward import collate, token_logits
 from foveal.training.grpo import clipped_objective, logprobs_of
 from foveal.training.rewards import Outcome, Reward, RewardConfig, group_rewards
-from foveal.training.rl import RLConfig, run, update
+from foveal.training.rl import RLConfig, restore, run, update
 from foveal.training.rollouts import (
     Query,
     RolloutPolicy,
@@ -40,7 +40,7 @@ from foveal.training.sft import example_loss, trainable
 from foveal.training.trajectories import AssistantTurn, Trajectory, tool_call
 
 CROP = tool_call("crop_image_normalized", {"bbox_2d": [0.2, 0.2, 0.4, 0.4], "target_image": 1})
-TINY = dict(queries_per_episode=1, queries_per_step=1, group_size=4, refresh_every=1, max_turn_tokens=8,
+TINY = dict(queries_per_episode=1, queries_per_step=1, group_size=4, refresh_every=2, max_turn_tokens=8,
             max_turns=2, micro_batch=4, lr=1e-3)
 
 
@@ -180,6 +180,15 @@ def test_a_run_logs_saves_and_resumes_where_an_unbroken_run_would_be(coin_dir: P
     run(broken)
     state = torch.load(broken.out / "work" / "state.pt", weights_only=False)
     assert state["episode"] == 1 and state["config"]["episodes"] == 1
+    assert state["rollout"] is not None and state["refreshed_at"] == 0  # stale copy, due after query 2
+    policy = loader.load(coin_dir)
+    rollout, episode, seen = restore(broken.out / "work" / "state.pt", policy,
+                                     torch.optim.AdamW(trainable(policy)), random.Random())
+    start = loader.load(coin_dir).model.parameters()
+    assert (episode, seen) == (1, 1) and rollout.refreshed_at == 0
+    assert all(torch.equal(p, q) for p, q in zip(rollout.vlm.model.parameters(), start, strict=True))
+    pairs = zip(policy.model.parameters(), rollout.vlm.model.parameters(), strict=True)
+    assert not all(torch.equal(p, q) for p, q in pairs)  # episode 1 updated the policy
     resumed = run(replace(broken, episodes=2))
     assert _strip_timing(resumed) == _strip_timing(rows)
     a, b = loader.load(straight.out), loader.load(broken.out)
