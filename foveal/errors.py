@@ -30,3 +30,11 @@ class CodecError(FovealError):
 
 class StorageError(FovealError):
     """The database rejected or could not complete an operation."""
+
+
+class DashboardError(FovealError):
+    """A review-dashboard request cannot be served; `status_code` is the HTTP status it becomes."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        self.status_code = status_code
+        super().__init__(message)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -109,6 +109,17 @@ class Settings(BaseSettings):
     ingest_shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight frames may finish "
                                                                    "at shutdown before they are abandoned.")
 
+    # The review dashboard (`foveal serve dashboard`).
+    dashboard_host: str = Field("127.0.0.1", min_length=1, description="Address the dashboard listens on.")
+    dashboard_port: int = Field(18080, ge=1, le=65535, description="HTTP port of the review dashboard.")
+    dashboard_secret_key: SecretStr | None = Field(
+        None, description="Key that signs CSRF tokens (32+ characters); unset: a random key kept in "
+                          "<home>/dashboard/secret_key.")
+    dashboard_session_hours: float = Field(12.0, gt=0, le=24 * 30,
+                                           description="How long a sign-in lasts (one shift by default).")
+    dashboard_secure_cookies: bool = Field(False, description="Cookies over HTTPS only (set behind TLS).")
+    dashboard_page_size: int = Field(50, ge=1, le=500, description="Inspections per queue page.")
+
     # How long `stack up` waits for each part to become healthy.
     start_timeout_s: float = Field(120.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
@@ -128,6 +139,17 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + value[len(prefix):]
         if not value.startswith("postgresql+psycopg://"):
             raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("dashboard_secret_key", mode="before")
+    @classmethod
+    def _secret_key_long_enough(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if len(raw) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))'`)")
         return value
 
     @property
@@ -196,5 +218,6 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            problems.append(f"FOVEAL_{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+            got = "***" if "secret" in field else repr(err.get("input"))  # never echo a secret
+            problems.append(f"FOVEAL_{field.upper()}: {err['msg']} (got {got})")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,7 +1,8 @@
 """The PostgreSQL schema of foveal as SQLAlchemy 2 typed declarative models.
 
 Frames, the one inspection per frame with its steps and evidence crops, QA reviews, model
-versions and dataset snapshots (DESIGN.md, "Contracts" → "Database"). Columns, constraints and
+versions and dataset snapshots, and the review dashboard's users, sign-in sessions and per-line
+thresholds (DESIGN.md, "Contracts" → "Database"). Columns, constraints and
 indexes only: no business logic, no I/O. Every constraint and index has a deterministic name
 (the naming convention on `Base.metadata`), so Alembic migrations can name what they change;
 `migrations/versions/` must create exactly this schema, which `tests/storage` checks. Targets
@@ -42,7 +43,10 @@ NAMING_CONVENTION: dict[str, str] = {
 }
 
 VERDICTS: tuple[str, ...] = ("ok", "defect", "uncertain")  # domain.Verdict values
-DECISIONS: tuple[str, ...] = ("confirm", "correct")
+DECISIONS: tuple[str, ...] = ("confirm", "correct", "comment")
+# What a reviewer did; `decision` is what it means for the label (reject/relabel/box correct it).
+REVIEW_ACTIONS: tuple[str, ...] = ("confirm", "reject", "relabel", "box", "comment")
+ROLES: tuple[str, ...] = ("reviewer", "admin")
 
 EMPTY_JSON = text("'{}'::jsonb")
 
@@ -144,8 +148,8 @@ class Inspection(Base):
         CheckConstraint("operations >= 0", name="operations_non_negative"),
         CheckConstraint("latency_ms >= 0", name="latency_non_negative"),
         *_box_checks("box_", nullable=True),
-        # The review queue: uncertain or low-confidence first.
-        Index("ix_inspections_verdict_confidence", "verdict", "confidence"),
+        # The review queue: one keyset scan per verdict, least confident first, id breaks ties.
+        Index("ix_inspections_verdict_confidence_id", "verdict", "confidence", "id"),
         Index("ix_inspections_model_name_model_version", "model_name", "model_version"),
     )
 
@@ -242,6 +246,7 @@ class Review(Base):
     __tablename__ = "reviews"
     __table_args__ = (
         CheckConstraint(_in("decision", DECISIONS), name="decision"),
+        CheckConstraint(_in("action", REVIEW_ACTIONS), name="action"),
         CheckConstraint(_in("corrected_verdict", VERDICTS), name="corrected_verdict"),
         *_box_checks("corrected_box_", nullable=True),
         # Serves the foreign key and "latest review of this inspection".
@@ -253,6 +258,7 @@ class Review(Base):
     reviewer: Mapped[str]
     reviewed_at: Mapped[datetime] = mapped_column(server_default=func.now())
     decision: Mapped[str]
+    # A correction carries the whole label after it (verdict, type, box), not only what changed.
     corrected_verdict: Mapped[str | None]
     corrected_type: Mapped[str | None]
     corrected_box_x1: Mapped[float | None]
@@ -262,6 +268,8 @@ class Review(Base):
     note: Mapped[str | None]
     # Idempotency key of the review form: a resubmission conflicts instead of adding a row.
     request_id: Mapped[uuid.UUID | None] = mapped_column(unique=True)
+    # Last column: added by revision 0002 (ALTER TABLE appends).
+    action: Mapped[str]
 
     inspection: Mapped[Inspection] = relationship(back_populates="reviews")
 
@@ -306,3 +314,49 @@ class DatasetSnapshot(Base):
     n_items: Mapped[int]
     content_sha256: Mapped[str]
     manifest_uri: Mapped[str]
+
+
+class User(Base):
+    """Someone who signs in to the review dashboard; `reviews.reviewer` holds the username."""
+
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint(_in("role", ROLES), name="role"),
+        CheckConstraint("username ~ '^[A-Za-z0-9_.@-]{1,64}$'", name="username_format"),
+    )
+
+    id: Mapped[int] = _id()
+    username: Mapped[str] = mapped_column(unique=True)
+    password_hash: Mapped[str]  # argon2id, in its PHC string form
+    role: Mapped[str]
+    # Disabled, never deleted: their reviews keep naming them.
+    active: Mapped[bool] = mapped_column(server_default=text("true"))
+    created_at: Mapped[datetime] = _created_at()
+    last_login_at: Mapped[datetime | None]
+
+
+class UserSession(Base):
+    """A signed-in browser: the cookie holds a random token, the table only its SHA-256."""
+
+    __tablename__ = "user_sessions"
+    __table_args__ = (CheckConstraint("token_sha256 ~ '^[0-9a-f]{64}$'", name="token_sha256_hex"),)
+
+    id: Mapped[int] = _id()
+    token_sha256: Mapped[str] = mapped_column(unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = _created_at()
+    expires_at: Mapped[datetime]
+
+    user: Mapped[User] = relationship()
+
+
+class LineThreshold(Base):
+    """Per production line: `ok` verdicts less confident than `review_below` join the review queue."""
+
+    __tablename__ = "line_thresholds"
+    __table_args__ = (CheckConstraint("review_below >= 0 AND review_below <= 1", name="review_below_unit"),)
+
+    line: Mapped[str] = mapped_column(primary_key=True)
+    review_below: Mapped[float]
+    updated_by: Mapped[str]
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -168,7 +168,7 @@ def test_resubmitted_review_with_the_same_request_id_adds_no_row(
         inspection = Inspection(**inspection_row(frame_id))
         session.add(inspection)
     review = {"inspection_id": inspection.id, "reviewer": "qa1", "decision": "confirm",
-              "request_id": uuid.uuid4()}
+              "action": "confirm", "request_id": uuid.uuid4()}
     statement = insert(Review).values(**review).on_conflict_do_nothing(index_elements=["request_id"])
     with sessions() as session, session.begin():
         session.execute(statement)
@@ -218,7 +218,7 @@ def test_frame_inspection_steps_crops_and_reviews_round_trip(
             EvidenceCrop(ordinal=0, image=crop_bytes, mime_type="image/png", width=256, height=192,
                          box_x1=0.0, box_y1=0.1, box_x2=0.4, box_y2=0.5)
         )
-        inspection.reviews.append(Review(reviewer="qa1", decision="correct",
+        inspection.reviews.append(Review(reviewer="qa1", decision="correct", action="relabel",
                                          corrected_verdict="defect", corrected_type="crack",
                                          corrected_box_x1=0.1, corrected_box_y1=0.1,
                                          corrected_box_x2=0.2, corrected_box_y2=0.2,
