@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from foveal.cli import bench, camera, data, db, demo, export, model, serve, stack
+from foveal.cli import bench, camera, data, db, demo, export, model, serve, stack, users
 from foveal.cli.context import AppState
 from foveal.errors import FovealError, StackError
 from foveal.settings import load_settings
@@ -36,6 +36,7 @@ app.command(name="eval")(model.eval_command)
 app.command(name="predict")(model.predict_command)
 app.add_typer(serve.app, name="serve")
 app.command(name="camera")(camera.camera)
+app.add_typer(users.app, name="users")
 
 
 @app.callback()

@@ -1,5 +1,7 @@
 """`foveal export onnx`: the compact model's vision encoder as ONNX for onnxruntime (the Triton
-model's `vision: onnx` path). Checked against the torch tower on random views before it is kept."""
+model's `vision: onnx` path). Checked against the torch tower on random views before it is kept.
+`foveal export reviews --format foveal|mvtec|coco --out DIR`: the reviewed data as a dataset for
+retraining (what the dashboard's Export page writes), recorded as a dataset snapshot."""
 
 from __future__ import annotations
 
@@ -40,3 +42,28 @@ def onnx_command(
         worst = max(worst, float((vision(pixels, grids) - expected).abs().max()))
     size_mb = target.stat().st_size / 1e6
     Console().print(f"wrote {target} ({size_mb:.1f} MB); max |onnx - torch| = {worst:.2e}")
+
+
+@app.command("reviews")
+def reviews_command(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", help="A new folder for the dataset."),
+    fmt: str = typer.Option("foveal", "--format", help="foveal (labels.jsonl), mvtec or coco."),
+    line: str | None = typer.Option(None, "--line", help="Only this production line."),
+    product: str | None = typer.Option(None, "--product", help="Only this product."),
+) -> None:
+    """Export reviewed inspections (the reviewer's labels, full frames) as a dataset."""
+    from foveal.dashboard.export import ExportFilters, export_reviews
+    from foveal.storage.database import make_engine, session_factory
+
+    state: AppState = ctx.obj
+    engine = make_engine(state.settings.postgres_url, pool_size=1, max_overflow=0)
+    try:
+        with session_factory(engine)() as session, session.begin():
+            done = export_reviews(session, state.settings, fmt, out, ExportFilters(line, product))
+    finally:
+        engine.dispose()
+    Console().print(f"wrote {done.items} items ({fmt}) to {done.path}; snapshot {done.snapshot_id}; "
+                    f"skipped {len(done.skipped)}")
+    for reason in done.skipped[:20]:
+        Console().print(f"  skipped {reason}")

@@ -1,5 +1,6 @@
 """`foveal serve reasoner`: run the Reasoner gRPC service against the configured Triton;
-`foveal serve ingest`: run the ingest worker (services/ingest/README.md) until SIGINT or SIGTERM.
+`foveal serve ingest`: run the ingest worker (services/ingest/README.md) until SIGINT or SIGTERM;
+`foveal serve dashboard`: run the review dashboard (services/dashboard/README.md).
 
 It listens on `FOVEAL_BIND_HOST:FOVEAL_REASONER_PORT` (metrics on `FOVEAL_REASONER_METRICS_PORT`),
 logs JSON lines to stderr, and runs until SIGINT or SIGTERM, then shuts down gracefully (health
@@ -57,6 +58,20 @@ def ingest(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: worker.stop())
     worker.run()
+
+
+@app.command("dashboard")
+def dashboard(
+    ctx: typer.Context,
+    host: str | None = typer.Option(None, "--host", help="Address (default: FOVEAL_DASHBOARD_HOST)."),
+    port: int | None = typer.Option(None, "--port", help="HTTP port (default: FOVEAL_DASHBOARD_PORT)."),
+    json_logs: bool = typer.Option(False, "--json-logs/--text-logs", help="JSON or text (default) logs."),
+) -> None:
+    """Serve the review dashboard for QA staff (sign in with a user from `foveal users add`)."""
+    from foveal.dashboard.app import serve
+
+    settings, _ = _prepare(ctx, json_logs)
+    serve(settings, host, port)
 
 
 def _prepare(ctx: typer.Context, json_logs: bool, **options: object) -> tuple[Settings, dict[str, object]]:
