@@ -28,6 +28,7 @@ from rich.table import Table
 
 from foveal.cli.context import settings_of
 from foveal.cli.stack import print_status
+from foveal.dashboard.process import DashboardProcess
 from foveal.ingest.process import IngestProcess
 from foveal.serving.process import ReasonerProcess
 from foveal.settings import Settings
@@ -56,6 +57,7 @@ def demo(
     services = _Services(settings)
     try:
         services.start_reasoner()
+        services.start_dashboard()
         _inspect_samples(services.reasoner_address)
         if frames:
             services.start_ingest()
@@ -89,6 +91,7 @@ class _Services:
         self.settings = settings
         self.reasoner: ReasonerProcess | None = None
         self.ingest: IngestProcess | None = None
+        self.dashboard: DashboardProcess | None = None
 
     @property
     def reasoner_address(self) -> str:
@@ -106,7 +109,15 @@ class _Services:
         with console.status("starting the ingest worker…"):
             self.ingest.wait_started()
 
+    def start_dashboard(self) -> None:
+        self.dashboard = DashboardProcess(self.settings, self.settings.home_dir / "logs" / "dashboard.log")
+        with console.status("starting the review dashboard…"):
+            self.dashboard.wait_started()
+
     def stop(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
+            self.dashboard = None
         if self.ingest is not None:
             self.ingest.stop()
             self.ingest = None
@@ -240,9 +251,17 @@ def _where_to_look(settings: Settings, services: _Services) -> None:
         f"  reasoner  gRPC {services.reasoner_address} (foveal.v1.Reasoner/Inspect), metrics "
         f"http://{host}:{s.reasoner_metrics_port}/metrics\n"
         f"{ingest}"
+        f"{_dashboard_line(services)}"
         f"  camera    [cyan]foveal camera --count 50 --rate 3[/] streams more frames\n"
         f"  logs      {s.home_dir / 'logs'}\n"
     )
+
+
+def _dashboard_line(services: _Services) -> str:
+    if services.dashboard is None:
+        return ""
+    return (f"  dashboard [bold cyan]{services.dashboard.url}[/]  (create a user first: "
+            f"[cyan]foveal users add NAME --role admin[/])\n")
 
 
 def _inspect_samples(address: str, count: int = 4) -> None:
