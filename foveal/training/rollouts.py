@@ -113,7 +113,7 @@ def outcome_of(trace: Trace, truth: str) -> Outcome:
 
 
 @torch.no_grad()
-def _maps_of(vlm: VLM, chunk: Chunk) -> tuple[Chunk, list[torch.Tensor] | None]:
+def backbone_maps(vlm: VLM, chunk: Chunk) -> tuple[Chunk, list[torch.Tensor] | None]:
     """The chunk without pixels and its backbone maps (a convolutional tower), or as it is."""
     tower = vlm.model.model.visual
     if not isinstance(tower, ConvVisionTower):
@@ -142,7 +142,7 @@ def roll_out(rollout: RolloutPolicy, queries: Sequence[Query], group_size: int, 
         group = traces[g * group_size:(g + 1) * group_size]
         outcomes = [outcome_of(t, query.truth) for t in group]
         for trace, outcome, reward in zip(group, outcomes, group_rewards(outcomes, rewards), strict=True):
-            chunk, maps = _maps_of(rollout.vlm, trace.conversation)
+            chunk, maps = backbone_maps(rollout.vlm, trace.conversation)
             samples.append(Sample(query.label.id, g, chunk, maps, outcome, reward, query.difficulty,
                                   correct_type(trace.defect_type, query.truth), tokens=sum(chunk.loss[1:])))
     return samples

@@ -31,7 +31,7 @@ from foveal.training.rollouts import (
     Query,
     RolloutPolicy,
     Sample,
-    _maps_of,
+    backbone_maps,
     queries_from,
     roll_out,
     score_old_logprobs,
@@ -92,7 +92,7 @@ def scripted(vlm: VLM, texts: list[str], group: int, total: float) -> Sample:
     frames = [np.random.default_rng(0).integers(0, 256, (560, 700, 3), dtype=np.uint8)]
     trajectory = Trajectory("t", inspection_prompt(None, DEFECT_TYPES, 1),
                             tuple(AssistantTurn(t, True) for t in texts), "", "scripted")
-    chunk, maps = _maps_of(vlm, materialize(trajectory, frames, vlm.chat, vlm.budget))
+    chunk, maps = backbone_maps(vlm, materialize(trajectory, frames, vlm.chat, vlm.budget))
     ops = (True,) * (len(texts) - 1)
     return Sample("t", group, chunk, maps, Outcome("scratch", "scratch", ops), Reward(total, 0, 0, total),
                   "easy", True, tokens=sum(chunk.loss[1:]))
