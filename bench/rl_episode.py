@@ -48,6 +48,7 @@ def main() -> None:
     total = row["rollout_s"] + row["update_s"]
     figures = dict(queries=row["queries"], rollouts=row["rollouts"], full_episode=args.queries >= 512,
                    rollout_s=round(row["rollout_s"], 1), update_s=round(row["update_s"], 1),
+                   old_logp_s=round(row.get("old_logp_s", 0.0), 1),
                    total_s=round(total, 1),
                    rollout_share=round(row["rollout_s"] / total, 3) if total else None,
                    updates=row["updates"], skipped_steps=row["skipped_steps"],

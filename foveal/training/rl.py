@@ -225,7 +225,7 @@ def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> li
         picked = episode_queries(queries, config.queries_per_episode, episode, config.seed)
         samples: list[Sample] = []
         steps: list[rl_log.StepStats] = []
-        seconds = {"rollout": 0.0, "update": 0.0}
+        seconds = {"rollout": 0.0, "old_logp": 0.0, "update": 0.0}
         phase = f"episode {episode + 1}/{config.episodes}"
         for n, start in enumerate(range(0, len(picked), config.queries_per_step)):
             # rollouts, from the frozen copy
@@ -234,7 +234,9 @@ def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> li
             step = roll_out(rollout, picked[start:start + config.queries_per_step], config.group_size,
                             replace(options, seed=step_seed), config.rewards,
                             config.rollout_batch)
+            looped = time.perf_counter()
             score_old_logprobs(rollout, step, config.temperature, config.micro_batch)
+            seconds["old_logp"] += time.perf_counter() - looped
             seconds["rollout"] += time.perf_counter() - clock
             # update
             clock = time.perf_counter()

@@ -50,10 +50,11 @@ class EpisodeLog:
     skipped_steps: int  # steps whose groups were all uniform
     clip_fraction: float
     loss: float
-    rollout_s: float
+    rollout_s: float  # the loop and the rollout policy's log-probabilities
     update_s: float
     lr: float
     queries_seen: int
+    old_logp_s: float = 0.0  # of rollout_s: the teacher-forced pass of the rollout policy
     dev: dict[str, float | None] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -88,7 +89,7 @@ def summarize(episode: int, samples: Sequence[Sample], steps: Sequence[StepStats
         clip_fraction=sum(st.clip_fraction for st in updated) / len(updated) if updated else 0.0,
         loss=sum(st.loss for st in updated) / len(updated) if updated else 0.0,
         rollout_s=seconds.get("rollout", 0.0), update_s=seconds.get("update", 0.0), lr=lr,
-        queries_seen=queries_seen)
+        queries_seen=queries_seen, old_logp_s=seconds.get("old_logp", 0.0))
 
 
 def append(path: Path, log: EpisodeLog) -> None:

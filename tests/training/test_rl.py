@@ -169,7 +169,7 @@ def test_rollouts_sample_groups_from_the_loop_with_their_reward(micro_vlm: VLM, 
 
 
 def _strip_timing(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    return [{k: v for k, v in r.items() if k not in ("rollout_s", "update_s")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("rollout_s", "update_s", "old_logp_s")} for r in rows]
 
 
 def test_a_run_logs_saves_and_resumes_where_an_unbroken_run_would_be(coin_dir: Path, coin_data: Path,
