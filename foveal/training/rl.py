@@ -26,6 +26,7 @@ import torch
 
 from foveal.evaluation.bench import evaluate_model
 from foveal.model import loader
+from foveal.model.chat import Chunk
 from foveal.model.loader import VLM
 from foveal.reasoning.loop import LoopOptions
 from foveal.training import rl_log
@@ -45,6 +46,7 @@ from foveal.training.sft import trainable
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 STATE = "state.pt"
+TIMERS = ("rollout", "old_logp", "update")  # seconds an episode logs (old_logp is part of rollout)
 
 
 @dataclass
@@ -201,6 +203,48 @@ def save_model(policy: VLM, config: RLConfig) -> None:
 
 
 # -- the run ------------------------------------------------------------------------------------
+@dataclass
+class EpisodeState:
+    """What the steps of an episode add up to, for its log line."""
+
+    samples: list[Sample] = field(default_factory=list)
+    steps: list[rl_log.StepStats] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMERS, 0.0))
+
+
+def run_episode(policy: VLM, rollout: RolloutPolicy, optimizer: torch.optim.Optimizer, episode: int,
+                queries: Sequence[Query], queries_seen: int, config: RLConfig, rng: random.Random,
+                progress: Progress) -> tuple[EpisodeState, int]:
+    """Rollouts and updates of one episode, step by step; the state and the queries seen after it."""
+    options = LoopOptions(max_operations=config.max_operations, max_turn_tokens=config.max_turn_tokens,
+                          max_turns=config.max_turns, temperature=config.temperature)
+    picked = episode_queries(queries, config.queries_per_episode, episode, config.seed)
+    state = EpisodeState()
+    for n, start in enumerate(range(0, len(picked), config.queries_per_step)):
+        batch = picked[start:start + config.queries_per_step]
+        # rollouts, from the frozen copy
+        clock = time.perf_counter()
+        seed = config.seed * 1_000_003 + episode * 10_007 + n
+        step = roll_out(rollout, batch, config.group_size, replace(options, seed=seed), config.rewards,
+                        config.rollout_batch)
+        looped = time.perf_counter()
+        score_old_logprobs(rollout, step, config.temperature, config.micro_batch)
+        state.seconds["old_logp"] += time.perf_counter() - looped
+        state.seconds["rollout"] += time.perf_counter() - clock
+        # update
+        clock = time.perf_counter()
+        state.steps.append(update(policy, optimizer, step, config, rng))
+        state.seconds["update"] += time.perf_counter() - clock
+        for s in step:  # the log keeps the scores; conversations, maps and log-probs can go
+            s.chunk, s.maps, s.old_logp = Chunk(), None, None
+        state.samples += step
+        queries_seen += len(batch)
+        if queries_seen - rollout.refreshed_at >= config.refresh_every:  # near-policy again
+            rollout.refresh(policy, queries_seen)
+        progress(f"episode {episode + 1}/{config.episodes}", start + len(batch), len(picked))
+    return state, queries_seen
+
+
 def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> list[dict[str, Any]]:
     """Train from `config.model`; returns the episodes' log rows (also `<out>/metrics.jsonl`)."""
     # init
@@ -219,44 +263,18 @@ def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> li
         rollout, first, queries_seen = RolloutPolicy(policy), 0, 0
         metrics_file.write_text("")
     _write_logs(config)
-    options = LoopOptions(max_operations=config.max_operations, max_turn_tokens=config.max_turn_tokens,
-                          max_turns=config.max_turns, temperature=config.temperature)
     for episode in range(first, config.episodes):
-        picked = episode_queries(queries, config.queries_per_episode, episode, config.seed)
-        samples: list[Sample] = []
-        steps: list[rl_log.StepStats] = []
-        seconds = {"rollout": 0.0, "old_logp": 0.0, "update": 0.0}
-        phase = f"episode {episode + 1}/{config.episodes}"
-        for n, start in enumerate(range(0, len(picked), config.queries_per_step)):
-            # rollouts, from the frozen copy
-            clock = time.perf_counter()
-            step_seed = config.seed * 1_000_003 + episode * 10_007 + n
-            step = roll_out(rollout, picked[start:start + config.queries_per_step], config.group_size,
-                            replace(options, seed=step_seed), config.rewards,
-                            config.rollout_batch)
-            looped = time.perf_counter()
-            score_old_logprobs(rollout, step, config.temperature, config.micro_batch)
-            seconds["old_logp"] += time.perf_counter() - looped
-            seconds["rollout"] += time.perf_counter() - clock
-            # update
-            clock = time.perf_counter()
-            steps.append(update(policy, optimizer, step, config, rng))
-            seconds["update"] += time.perf_counter() - clock
-            for s in step:  # the log keeps the scores; the maps and log-probs can go
-                s.maps, s.old_logp = None, None
-            samples += step
-            queries_seen += len(picked[start:start + config.queries_per_step])
-            if queries_seen - rollout.refreshed_at >= config.refresh_every:  # near-policy again
-                rollout.refresh(policy, queries_seen)
-            progress(phase, min(len(picked), start + config.queries_per_step), len(picked))
+        # rollouts and updates
+        state, queries_seen = run_episode(policy, rollout, optimizer, episode, queries, queries_seen, config,
+                                          rng, progress)
         # eval and log
-        log = rl_log.summarize(episode + 1, samples, steps, seconds, config.lr, queries_seen)
-        last = episode + 1 == config.episodes
-        if config.dev is not None and ((episode + 1) % config.eval_every == 0 or last):
+        done = episode + 1
+        log = rl_log.summarize(done, state.samples, state.steps, state.seconds, config.lr, queries_seen)
+        if config.dev is not None and (done % config.eval_every == 0 or done == config.episodes):
             log.dev = dev_metrics(policy, config)
         rl_log.append(metrics_file, log)
         # checkpoint
-        save_state(work / STATE, policy, rollout, optimizer, episode + 1, queries_seen, rng, config)
+        save_state(work / STATE, policy, rollout, optimizer, done, queries_seen, rng, config)
         _write_logs(config)
     # save
     save_model(policy, config)
