@@ -76,6 +76,9 @@ def train_sft(
     eval_every: int = typer.Option(100, "--eval-every", min=1, help="Steps between dev evaluations."),
     dev_loop_items: int = typer.Option(40, "--dev-loop-items", min=0,
                                        help="Dev items the loop inspects at each evaluation."),
+    self_correction: bool = typer.Option(True, "--self-correction/--no-self-correction",
+                                         help="Trajectories with wrong or over-large operations first "
+                                              "(off: every zoom is single pass; the RL ablation)."),
 ) -> None:
     """Stage 0 + warm-start SFT on synthetic expert trajectories; saves a loadable model."""
     from foveal.training.sft import SFTConfig, run
@@ -85,6 +88,8 @@ def train_sft(
                        pretrain_side=pretrain_side, max_items=max_items, trajectories_per_item=per_item,
                        vocab_size=vocab_size, seed=seed, version=version, decision_weight=decision_weight,
                        eval_every=eval_every, dev_loop_items=dev_loop_items)
+    if not self_correction:
+        config.mix = config.mix.without_correction()
     with _bar() as bar:
         report = run(config, _Phases(bar))
     last = report.dev_loss[-1][1] if report.dev_loss else float("nan")

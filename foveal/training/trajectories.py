@@ -14,6 +14,7 @@ label and rng seed give the same trajectory. Tests: `pytest -q tests/training/te
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -73,6 +74,11 @@ class Mix:
             raise ValueError(f"every share of {self} must lie in [0, 1]")
         if self.single + self.wrong1 + self.wrong2 + self.refine <= 0.0:
             raise ValueError("at least one zoom kind (single, wrong1, wrong2, refine) needs a share")
+
+    def without_correction(self) -> Mix:
+        """The same mix with every zoom single pass and no wrong frames first: the SFT model
+        without self-correction trajectories that #9's ablation starts RL from."""
+        return dataclasses.replace(self, single=1.0, wrong1=0.0, wrong2=0.0, refine=0.0, seq_wrong=0.0)
 
 
 # Sentence templates, 3-6 per slot. Whole-frame sentences of subtle defects never name the type.

@@ -312,6 +312,15 @@ def test_a_custom_mix_is_obeyed() -> None:
     assert shares(labels, Mix(easy_direct=0.0, single=1, wrong1=0, wrong2=0, refine=0)) == {"single": 100}
 
 
+def test_a_mix_without_correction_never_operates_wrongly_first() -> None:
+    rng = random.Random(13)
+    mix = Mix(none_direct=0.5).without_correction()
+    hard = shares([image_label(rng, i, difficulty=rng.choice(["hard", "tiny"])) for i in range(200)], mix)
+    sequences = shares([sequence_label(rng, i, difficulty="hard") for i in range(200)], mix)
+    assert set(hard) == {"single"} and "seq_wrong" not in sequences
+    assert mix.none_direct == 0.5  # everything else of the mix is kept
+
+
 def test_invalid_mix_is_rejected() -> None:
     with pytest.raises(ValueError, match="share"):
         Mix(single=1.5)
