@@ -66,6 +66,9 @@ def train_sft(
                                        help="Stage-0 vision steps (0: no stage 0)."),
     pretrain_batch: int = typer.Option(24, "--pretrain-batch", min=1, help="Stage-0 windows per step."),
     pretrain_side: int = typer.Option(224, "--pretrain-side", min=56, help="Stage-0 window side (px)."),
+    pretrain_lr: float = typer.Option(3e-3, "--pretrain-lr", min=0.0, help="Stage-0 peak learning rate."),
+    init: Path | None = typer.Option(None, "--init", help="Start from this saved model (tokenizer, tower, "
+                                     "decoder) instead of a fresh one; stage 0 continues on its backbone."),
     max_items: int | None = typer.Option(None, "--max-items", min=1, help="Use the first N items only."),
     per_item: int = typer.Option(2, "--trajectories-per-item", min=1),
     vocab_size: int = typer.Option(2048, "--vocab-size", min=300),
@@ -85,7 +88,8 @@ def train_sft(
 
     config = SFTConfig(data=data, out=out, dev=dev, preset=preset, steps=steps, batch_size=batch_size, lr=lr,
                        pretrain_steps=pretrain_steps, pretrain_batch=pretrain_batch,
-                       pretrain_side=pretrain_side, max_items=max_items, trajectories_per_item=per_item,
+                       pretrain_side=pretrain_side, pretrain_lr=pretrain_lr, init=init,
+                       max_items=max_items, trajectories_per_item=per_item,
                        vocab_size=vocab_size, seed=seed, version=version, decision_weight=decision_weight,
                        eval_every=eval_every, dev_loop_items=dev_loop_items)
     if not self_correction:

@@ -68,6 +68,9 @@ class SFTConfig:
     mix: Mix = field(default_factory=lambda: Mix(none_direct=0.5))
     name: str = "foveal-vl"
     version: str = "1"
+    # start from this saved model (its tokenizer, tower and decoder) instead of a fresh one:
+    # stage 0 then continues on its backbone (retraining, or a longer stage 0 in two runs)
+    init: Path | None = None
 
 
 @dataclass
@@ -254,8 +257,12 @@ def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], 
     trajectories = trajectories_for(labels, config.trajectories_per_item, config.mix, config.seed)
     dev_labels = read_labels(config.dev)[: config.dev_items] if config.dev else []
     dev_trajectories = trajectories_for(dev_labels, 1, config.mix, config.seed + 1)
-    tokenizer = train_tokenizer(corpus_lines(trajectories), config.vocab_size)
-    vlm = new_model(tokenizer, config.preset, name=config.name, version=config.version, seed=config.seed)
+    if config.init is not None:
+        vlm = loader.load(config.init)
+        vlm.name, vlm.version = config.name, config.version
+    else:
+        tokenizer = train_tokenizer(corpus_lines(trajectories), config.vocab_size)
+        vlm = new_model(tokenizer, config.preset, name=config.name, version=config.version, seed=config.seed)
     report.seconds["tokenizer"] = time.perf_counter() - clock
     if config.pretrain_steps > 0:
         clock = time.perf_counter()

@@ -93,3 +93,17 @@ def test_eval_and_predict_run_on_the_trained_model(micro_model: Path, tiny_data:
         assert row["bbox"] is None or (len(row["bbox"]) == 4 and all(0 <= v <= 1 for v in row["bbox"]))
         assert isinstance(row["steps"], list) and row["steps"]
         assert row["latency_ms"] > 0
+
+
+def test_a_run_from_a_saved_model_keeps_its_tokenizer_and_continues_stage_0(
+        micro_model: Path, tiny_data: Path, tmp_path: Path) -> None:
+    config = SFTConfig(data=tiny_data, out=tmp_path / "next", init=micro_model, preset="micro",
+                       vocab_size=300,
+                       pretrain_steps=3, pretrain_batch=2, steps=2, batch_size=2, dev_loop_items=0,
+                       version="2")
+    run(config)
+    before, after = loader.load(micro_model), loader.load(tmp_path / "next")
+    assert after.tokenizer.get_vocab() == before.tokenizer.get_vocab()  # not retrained (vocab_size ignored)
+    assert after.version == "2"
+    stem = "model.visual.stem.0.0.weight"
+    assert not torch.equal(before.model.state_dict()[stem], after.model.state_dict()[stem])
