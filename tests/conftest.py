@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,20 +17,12 @@ from sqlalchemy.engine import make_url
 
 from foveal.settings import Settings, load_settings
 from foveal.stack import Stack
+from foveal.stack.process import free_ports
 
 TEST_MODEL_REPOSITORY = Path(__file__).parent / "integration" / "model_repository"
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel says are free now (held open together so they differ)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+__all__ = ["free_ports"]  # tests import it from here
 
 
 def embedded_settings(home: Path, **overrides: object) -> Settings:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import time
 import uuid
 from collections import Counter
@@ -50,6 +49,7 @@ from foveal.errors import FovealError
 from foveal.ingest.lag import LagSample, LagSampler, lag_slope_per_s, plot_lag
 from foveal.ingest.process import IngestProcess
 from foveal.settings import Settings
+from foveal.stack.process import free_ports
 
 log = logging.getLogger(__name__)
 BAR_RATIO = 0.85
@@ -126,7 +126,7 @@ def run_pipeline(settings: Settings, options: PipelineOptions, plot_path: Path,
             ingest_verdicts_topic=topics[1], ingest_dlq_topic=topics[2],
             ingest_max_in_flight=options.in_flight or settings.ingest_max_in_flight))
         logs = settings.home_dir / "logs"
-        port, metrics_port = _free_ports(2)
+        port, metrics_port = free_ports(2)
         say(f"reasoner on :{port} against Triton {settings.triton_address}")
         reasoner = ReasonerProcess(settings, port, metrics_port, logs / f"bench-pipeline-reasoner-{tag}.log")
         cleanup.callback(reasoner.stop)
@@ -352,7 +352,7 @@ def _start_workers(settings: Settings, count: int, logs: Path, tag: str,
                    cleanup: contextlib.ExitStack) -> list[IngestProcess]:
     """`count` × `foveal serve ingest` spawned (not waited for), each stopped on cleanup."""
     workers = []
-    for index, port in enumerate(_free_ports(count)):
+    for index, port in enumerate(free_ports(count)):
         worker = IngestProcess(settings, logs / f"bench-pipeline-ingest-{tag}-{index}.log", port)
         cleanup.callback(worker.stop)
         workers.append(worker)
@@ -457,17 +457,6 @@ def _avg_batch(before: tuple[float, float] | None, after: tuple[float, float] | 
     if before is None or after is None or after[1] <= before[1]:
         return None
     return (after[0] - before[0]) / (after[1] - before[1])
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
