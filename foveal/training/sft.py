@@ -29,7 +29,8 @@ from foveal.model import loader
 from foveal.model.loader import VLM
 from foveal.model.tokenizer import train_tokenizer
 from foveal.model.vision import ConvVisionTower
-from foveal.plant.dataset import Label, read_labels
+from foveal.plant.dataset import Label, load_image, read_labels
+from foveal.training.captions import caption_chunks
 from foveal.training.examples import Example, corpus_lines, frames_of, materialize, with_maps
 from foveal.training.forward import collate, decision_weights, sft_loss, token_logits
 from foveal.training.pretrain import PretrainReport, pretrain, samples_for
@@ -71,6 +72,9 @@ class SFTConfig:
     # start from this saved model (its tokenizer, tower and decoder) instead of a fresh one:
     # stage 0 then continues on its backbone (retraining, or a longer stage 0 in two runs)
     init: Path | None = None
+    # caption examples per single image (whole view, zoom on the defect, zoom elsewhere; see
+    # `captions`): short answers only the pixels decide, so the decoder must read the image
+    captions: bool = True
 
 
 @dataclass
@@ -106,18 +110,25 @@ def new_model(tokenizer: PreTrainedTokenizerBase, preset: str, *, name: str, ver
 
 
 def build_examples(vlm: VLM, labels: Sequence[Label], trajectories: Sequence[Trajectory], folder: Path,
-                   progress: Progress, phase: str, decision_weight: float = 1.0) -> list[Example]:
-    """Materialize every trajectory on its frames (each frame file read once) and cache maps."""
+                   progress: Progress, phase: str, decision_weight: float = 1.0,
+                   captions: bool = False, seed: int = 0) -> list[Example]:
+    """Materialize every trajectory on its frames (each frame file read once), add the item's
+    caption examples when asked, and cache maps."""
     tower = vlm.model.model.visual
     assert isinstance(tower, ConvVisionTower)
     by_item: dict[str, list[Trajectory]] = {}
     for t in trajectories:
         by_item.setdefault(t.item_id, []).append(t)
+    rng = random.Random(seed)
     examples: list[Example] = []
     for n, label in enumerate(labels):
         frames = frames_of(label, folder)
-        for t in by_item.get(label.id, []):
-            example = with_maps(materialize(t, frames, vlm.chat, vlm.budget), tower, t.item_id, t.kind)
+        chunks = [(materialize(t, frames, vlm.chat, vlm.budget), t.kind) for t in by_item.get(label.id, [])]
+        if captions and label.image is not None:
+            mask = load_image(folder, label.mask)[:, :, 0] > 0 if label.mask else None
+            chunks += [(c, "caption") for c in caption_chunks(label, frames, mask, vlm.chat, vlm.budget, rng)]
+        for chunk, kind in chunks:
+            example = with_maps(chunk, tower, label.id, kind)
             if decision_weight != 1.0:
                 example.weights = decision_weights(example.chunk, vlm.tokenizer, decision_weight)
             examples.append(example)
@@ -271,13 +282,13 @@ def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], 
         report.seconds["stage0"] = time.perf_counter() - clock
     clock = time.perf_counter()
     train = build_examples(vlm, labels, trajectories, config.data, progress, "examples",
-                           config.decision_weight)
+                           config.decision_weight, config.captions, config.seed)
     dev = build_examples(vlm, dev_labels, dev_trajectories, config.dev, progress, "dev examples") \
         if config.dev else []
     report.seconds["examples"] = time.perf_counter() - clock
     report.examples = len(train)
-    for t in trajectories:
-        report.kinds[t.kind] = report.kinds.get(t.kind, 0) + 1
+    for e in train:
+        report.kinds[e.kind] = report.kinds.get(e.kind, 0) + 1
     work.mkdir(parents=True, exist_ok=True)
     loader.save(vlm, work / "stage0")
     torch.save({"train": train, "dev": dev, "report": asdict(report)}, cache)

@@ -198,10 +198,10 @@ def _round_up(value: float, grid: float) -> float:
     return min(1.0, snapped if snapped >= value - _EPS else math.ceil(value * 100 - _EPS) / 100)
 
 
-def _location(box: Sequence[float]) -> str:
+def location(box: Sequence[float]) -> str:
     """Where a box's centre lies, in words.
 
-    >>> _location((0.1, 0.1, 0.2, 0.2)), _location((0.4, 0.45, 0.6, 0.55)), _location((0.8, 0.5, 0.9, 0.6))
+    >>> location((0.1, 0.1, 0.2, 0.2)), location((0.4, 0.45, 0.6, 0.55)), location((0.8, 0.5, 0.9, 0.6))
     ('upper left', 'centre', 'right edge')
     """
     x1, y1, x2, y2 = box
@@ -305,7 +305,7 @@ def _away(item: _Item, avoid: Sequence[str]) -> BoxN | None:
         box = _grow(_random_box(item.rng, 10, 30), item.size)
         left, top, right, bottom = _padded_px(box, item.size)
         apart = right < bbox[0] * w or left > bbox[2] * w or bottom < bbox[1] * h or top > bbox[3] * h
-        if apart and _location(box) not in avoid:
+        if apart and location(box) not in avoid:
             return box
     return None
 
@@ -335,26 +335,26 @@ def _opening(item: _Item, loc: str) -> str:
 def _direct(item: _Item) -> Turns:
     if item.label.defect_type == NO_DEFECT:
         return (_answer(item.say(_NONE_DIRECT), NO_DEFECT),)
-    loc = _location(_target(item))
+    loc = location(_target(item))
     return (_answer(item.say(_DIRECT, loc=loc, app=item.appearance()), item.label.defect_type),)
 
 
 def _single(item: _Item) -> Turns:
     box = _target(item)
-    loc = _location(box)
+    loc = location(box)
     return (_crop(f"{_opening(item, loc)} {item.say(_BRIDGE, loc=loc)}", box, 1), _final(item))
 
 
 def _wrong(item: _Item, count: int) -> Turns | None:
     box = _target(item)
-    loc = _location(box)
+    loc = location(box)
     wrong: list[BoxN] = []
     for _ in range(count):
-        found = _away(item, [loc, *(_location(b) for b in wrong)])
+        found = _away(item, [loc, *(location(b) for b in wrong)])
         if found is None:
             return None
         wrong.append(found)
-    places = [_location(b) for b in wrong]
+    places = [location(b) for b in wrong]
     turns = [_crop(f"{item.say(_FAINT, loc=places[0])} {item.say(_BRIDGE, loc=places[0])}", wrong[0], 1,
                    loss=False)]
     for seen, place, other in zip(places, places[1:], wrong[1:], strict=False):
@@ -376,14 +376,14 @@ def _refine(item: _Item) -> Turns | None:
     w, h = item.label.width, item.label.height
     inside = ((x1 * w - left) / (right - left), (y1 * h - top) / (bottom - top),
               (x2 * w - left) / (right - left), (y2 * h - top) / (bottom - top))
-    loc = _location(box)
+    loc = location(box)
     return (_crop(f"{_opening(item, loc)} {item.say(_BRIDGE, loc=loc)}", big, 1, loss=False),
             _crop(item.say(_TOO_SMALL), _grow(crop_box(inside), region), 2), _final(item))
 
 
 def _look_none(item: _Item) -> Turns:
     box = _grow(_random_box(item.rng, 10, 30), item.size)
-    loc = _location(box)
+    loc = location(box)
     return (_crop(item.say(_LOOK_NONE, loc=loc), box, 1),
             _answer(item.say(_LOOK_NONE_END, loc=loc), NO_DEFECT))
 
@@ -404,7 +404,7 @@ def _pick_defect_frames(item: _Item) -> list[int]:
 
 def _seq_loc(item: _Item, frames: Sequence[int]) -> str | None:
     boxes = [b for b in (_frame_box(item, f) for f in frames) if b is not None]
-    return _location(boxes[0]) if boxes else None
+    return location(boxes[0]) if boxes else None
 
 
 def _seq_direct(item: _Item) -> Turns | None:
@@ -438,7 +438,7 @@ def _seq_zoom_turns(item: _Item, frames: list[int], first_image: int) -> Turns |
         return None
     position, frame, frame_box = boxed[0]
     box = _grow(crop_box(frame_box), item.size)
-    loc, image = _location(box), first_image + position
+    loc, image = location(box), first_image + position
     text = f"{item.say(_SEQ_ZOOM, frame=frame + 1, image=image, loc=loc)} {item.say(_ZOOM_IT)}"
     return (_crop(text, box, image), _final(item))
 

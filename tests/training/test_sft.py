@@ -37,7 +37,9 @@ def micro_model(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_sft_on_a_few_dozen_examples_lowers_the_loss(micro_model: Path) -> None:
     report = json.loads((micro_model / "train.json").read_text())
     losses = [loss for _, loss in report["train_loss"]]
-    assert report["examples"] == 32  # 16 items x 2 trajectories
+    trajectories = sum(n for kind, n in report["kinds"].items() if kind != "caption")
+    assert trajectories == 32 and report["kinds"]["caption"] > 0  # 16 items x 2 trajectories + captions
+    assert report["examples"] == trajectories + report["kinds"]["caption"]
     assert report["dev_eval"] and all(0 <= acc <= 1 and 0 <= rapr <= 1 and 0 <= separation <= 1
                                       for _, acc, rapr, separation in report["dev_eval"])
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5

@@ -268,7 +268,7 @@ def test_location_words_match_the_crop_coordinates() -> None:
             assert parsed is not None and not isinstance(parsed, OperationResult)
             box = parsed.arguments["bbox_2d"]
             assert isinstance(box, list)
-            assert f"the {trajectories._location(box)}" in trajectory.turns[0].text
+            assert f"the {trajectories.location(box)}" in trajectory.turns[0].text
 
 
 def test_same_label_and_seed_give_the_same_trajectory() -> None:
