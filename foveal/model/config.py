@@ -39,6 +39,7 @@ class FovealVisionConfig(Qwen2_5_VLVisionConfig):  # type: ignore[no-untyped-cal
     blocks: int = 2
     fourier_bands: int = 4
     cell_classes: int = 0
+    merger_norm: bool = False  # LayerNorm on the merger's input, as Qwen2.5-VL's `ln_q`
     norm_groups: int = 8
     depth: int = 0
     hidden_size: int = 128
@@ -68,12 +69,13 @@ class Preset:
     mrope_section: tuple[int, int, int]
     merge: int = 2  # spatial merge: one token per (14 * merge) px cell
     cell_head: bool = False  # stage 0's cell classifier inside the tower, its output in every token
+    merger_norm: bool = False  # LayerNorm on the merger's input (v3 on)
 
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=768,
                       conv_channels=(24, 48, 128), blocks=2, mrope_section=(8, 12, 12),
-                      merge=4, cell_head=True),
+                      merge=4, cell_head=True, merger_norm=True),
     "v1": Preset(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=768,
                  conv_channels=(24, 48, 128), blocks=2, mrope_section=(8, 12, 12)),
     "micro": Preset(hidden=64, layers=2, heads=2, kv_heads=1, intermediate=128,
@@ -104,7 +106,8 @@ def compact_config(preset: str | Preset, special_ids: dict[str, int], vocab_size
     vision: dict[str, Any] = dict(conv_channels=list(p.conv_channels), blocks=p.blocks,
                                   hidden_size=p.conv_channels[-1], out_hidden_size=p.hidden,
                                   spatial_merge_size=p.merge,
-                                  cell_classes=len(DEFECT_TYPES) if p.cell_head else 0)
+                                  cell_classes=len(DEFECT_TYPES) if p.cell_head else 0,
+                                  merger_norm=p.merger_norm)
     return FovealVLConfig(
         text_config=text, vision_config=vision, tie_word_embeddings=True,
         image_token_id=special_ids["image"], video_token_id=special_ids["video"],

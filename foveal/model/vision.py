@@ -116,6 +116,11 @@ class ConvVisionTower(nn.Module):
         self.head: CellHead | None = CellHead(c3, classes) if classes else None
         self.position_dim = 2 + 4 * config.fourier_bands
         extra = 2 * classes + 1 + self.position_dim if classes else 0  # cell + view summary
+        # Qwen2.5-VL's merger normalizes its input (`ln_q`); without it raw features (|x| up to
+        # ~20), positions and the cell head's probabilities enter at unequal scales and the
+        # merger's output grew to norm ~245 against the text embeddings' ~1.8 (v3, measured)
+        self.merger_in: nn.Module = nn.LayerNorm(c3 + self.position_dim + extra) \
+            if getattr(config, "merger_norm", False) else nn.Identity()
         self.merger = nn.Sequential(nn.Linear(c3 + self.position_dim + extra, config.out_hidden_size),
                                     nn.GELU(), nn.Linear(config.out_hidden_size, config.out_hidden_size))
         self.feature_dim = c3
@@ -167,7 +172,7 @@ class ConvVisionTower(nn.Module):
             parts = [flat, pos]
             if self.head is not None:
                 parts += self.summary(fmap, pos)
-            rows_out.append(self.merger(torch.cat(parts, dim=-1)))
+            rows_out.append(self.merger(self.merger_in(torch.cat(parts, dim=-1))))
         return torch.cat(rows_out)
 
     def summary(self, fmap: torch.Tensor, pos: torch.Tensor) -> list[torch.Tensor]:

@@ -134,3 +134,20 @@ def test_the_cell_head_summary_reaches_every_token_of_a_view(micro_vlm: loader.V
     assert cell.shape == (12, 7) and torch.allclose(cell.exp().sum(-1), torch.ones(12))
     assert summary.shape == (12, 7 + 1 + tower.position_dim)
     assert torch.equal(summary[0], summary[-1])
+
+
+def test_the_default_preset_normalizes_the_merger_input_and_old_layouts_load_without(
+        micro_tokenizer: object, tmp_path: Path) -> None:
+    from foveal.training.sft import new_model
+
+    default = new_model(micro_tokenizer, "default", name="m", version="0", seed=0)  # type: ignore[arg-type]
+    tower = default.model.model.visual
+    assert isinstance(tower.merger_in, torch.nn.LayerNorm)
+    maps = [torch.randn(tower.feature_dim, 4, 5) * scale for scale in (1.0, 30.0)]
+    with torch.no_grad():
+        small, large = (tower.tokens([m]).norm(dim=-1).mean() for m in maps)
+    assert float(large) < 3 * float(small)  # a 30x larger feature map does not give 30x larger tokens
+    loader.save(default, tmp_path / "d")
+    assert isinstance(loader.load(tmp_path / "d").model.model.visual.merger_in, torch.nn.LayerNorm)
+    v1 = new_model(micro_tokenizer, "v1", name="m", version="0", seed=0)  # type: ignore[arg-type]
+    assert isinstance(v1.model.model.visual.merger_in, torch.nn.Identity)
