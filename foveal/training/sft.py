@@ -75,6 +75,10 @@ class SFTConfig:
     # caption examples per single image (whole view, zoom on the defect, zoom elsewhere; see
     # `captions`): short answers only the pixels decide, so the decoder must read the image
     captions: bool = True
+    # keep the merger at its initialisation: measured on v3, a trained merger collapsed the image
+    # tokens to one constant vector (between-image spread ~2 % of their norm) before the decoder
+    # had learned to read them
+    freeze_merger: bool = False
 
 
 @dataclass
@@ -177,10 +181,13 @@ def dev_loss(vlm: VLM, examples: Sequence[Example], batch_size: int) -> float:
     return sum(losses) / max(1, len(losses))
 
 
-def trainable(vlm: VLM) -> list[torch.nn.Parameter]:
-    """Merger and decoder; the stage-0 backbone (and its cell head) stays frozen."""
+def trainable(vlm: VLM, freeze_merger: bool = False) -> list[torch.nn.Parameter]:
+    """Merger and decoder; the stage-0 backbone (and its cell head) stays frozen, and with
+    `freeze_merger` the merger too (its random projection keeps images apart)."""
     tower = vlm.model.model.visual
     frozen = {id(p) for p in tower.backbone_parameters()} if isinstance(tower, ConvVisionTower) else set()
+    if freeze_merger and isinstance(tower, ConvVisionTower):
+        frozen |= {id(p) for m in (tower.merger_in, tower.merger) for p in m.parameters()}
     return [p for p in vlm.model.parameters() if id(p) not in frozen]
 
 
@@ -214,7 +221,7 @@ def train_steps(vlm: VLM, train: Sequence[Example], dev: Sequence[Example], conf
                 report: SFTReport, progress: Progress, state_file: Path | None = None,
                 start: int = 0, optimizer: torch.optim.Optimizer | None = None,
                 dev_loop: DevLoop | None = None) -> None:
-    params = trainable(vlm)
+    params = trainable(vlm, config.freeze_merger)
     optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.95))
     rng = random.Random(config.seed + start)
     by_length = sorted(range(len(train)), key=lambda i: len(train[i].chunk))
@@ -305,7 +312,8 @@ def run(config: SFTConfig, progress: Progress = _noop, resume: bool = True) -> S
     if resume and state_file.is_file():
         state = torch.load(state_file, weights_only=False)
         vlm.model.load_state_dict(state["model"])
-        optimizer = torch.optim.AdamW(trainable(vlm), lr=config.lr, weight_decay=0.01, betas=(0.9, 0.95))
+        optimizer = torch.optim.AdamW(trainable(vlm, config.freeze_merger), lr=config.lr, weight_decay=0.01,
+                                      betas=(0.9, 0.95))
         optimizer.load_state_dict(state["optimizer"])
         report, start = SFTReport(**state["report"]), int(state["step"])
     clock = time.perf_counter()

@@ -109,3 +109,15 @@ def test_a_run_from_a_saved_model_keeps_its_tokenizer_and_continues_stage_0(
     assert after.version == "2"
     stem = "model.visual.stem.0.0.weight"
     assert not torch.equal(before.model.state_dict()[stem], after.model.state_dict()[stem])
+
+
+def test_freeze_merger_leaves_only_the_decoder_trainable(micro_vlm) -> None:  # type: ignore[no-untyped-def]
+    from foveal.training.sft import trainable
+
+    tower = micro_vlm.model.model.visual
+    merger = {id(p) for p in tower.merger.parameters()}
+    backbone = {id(p) for p in tower.backbone_parameters()}
+    trained = {id(p) for p in trainable(micro_vlm)}
+    frozen_merger = {id(p) for p in trainable(micro_vlm, freeze_merger=True)}
+    assert merger <= trained and not backbone & trained
+    assert not merger & frozen_merger and frozen_merger == trained - merger
