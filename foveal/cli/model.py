@@ -79,6 +79,8 @@ def train_sft(
     eval_every: int = typer.Option(100, "--eval-every", min=1, help="Steps between dev evaluations."),
     dev_loop_items: int = typer.Option(40, "--dev-loop-items", min=0,
                                        help="Dev items the loop inspects at each evaluation."),
+    caption_warmup: int = typer.Option(0, "--caption-warmup", min=0,
+                                       help="First SFT steps on caption examples alone."),
     freeze_merger: bool = typer.Option(False, "--freeze-merger/--train-merger",
                                        help="Keep the vision merger at its initialisation."),
     self_correction: bool = typer.Option(True, "--self-correction/--no-self-correction",
@@ -91,7 +93,7 @@ def train_sft(
     config = SFTConfig(data=data, out=out, dev=dev, preset=preset, steps=steps, batch_size=batch_size, lr=lr,
                        pretrain_steps=pretrain_steps, pretrain_batch=pretrain_batch,
                        pretrain_side=pretrain_side, pretrain_lr=pretrain_lr, init=init,
-                       freeze_merger=freeze_merger,
+                       freeze_merger=freeze_merger, caption_warmup=caption_warmup,
                        max_items=max_items, trajectories_per_item=per_item,
                        vocab_size=vocab_size, seed=seed, version=version, decision_weight=decision_weight,
                        eval_every=eval_every, dev_loop_items=dev_loop_items)

@@ -79,6 +79,9 @@ class SFTConfig:
     # tokens to one constant vector (between-image spread ~2 % of their norm) before the decoder
     # had learned to read them
     freeze_merger: bool = False
+    # the first steps train on caption examples alone: their few words are learned at once, so
+    # what is left of the loss is the image (LLaVA's alignment stage before instruction tuning)
+    caption_warmup: int = 0
 
 
 @dataclass
@@ -225,11 +228,13 @@ def train_steps(vlm: VLM, train: Sequence[Example], dev: Sequence[Example], conf
     optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.95))
     rng = random.Random(config.seed + start)
     by_length = sorted(range(len(train)), key=lambda i: len(train[i].chunk))
+    captions_only = [i for i in by_length if train[i].kind == "caption"] or by_length
     for step in range(start, config.steps):
         vlm.model.train()
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, config)
-        batch = [train[i] for i in length_batch(by_length, config.batch_size, rng)]
+        pool = captions_only if step < config.caption_warmup else by_length
+        batch = [train[i] for i in length_batch(pool, config.batch_size, rng)]
         loss = example_loss(vlm, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]

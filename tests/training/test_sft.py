@@ -121,3 +121,26 @@ def test_freeze_merger_leaves_only_the_decoder_trainable(micro_vlm) -> None:  # 
     frozen_merger = {id(p) for p in trainable(micro_vlm, freeze_merger=True)}
     assert merger <= trained and not backbone & trained
     assert not merger & frozen_merger and frozen_merger == trained - merger
+
+
+def test_caption_warmup_steps_train_on_captions_alone(micro_model: Path, tiny_data: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from foveal.training import sft
+
+    saved = torch.load(micro_model / "work" / "prepared.pt", weights_only=False)
+    kinds: list[set[str]] = []
+    real = sft.example_loss
+
+    def spy(vlm, batch, weighted=True):  # type: ignore[no-untyped-def]
+        kinds.append({e.kind for e in batch})
+        return real(vlm, batch, weighted)
+
+    monkeypatch.setattr(sft, "example_loss", spy)
+    for warmup in (8, 0):
+        config = SFTConfig(data=tiny_data, out=micro_model, preset="micro", steps=8, batch_size=2,
+                           caption_warmup=warmup, eval_every=100, checkpoint_every=100)
+        vlm = loader.load(micro_model)
+        sft.train_steps(vlm, saved["train"], [], config, sft.SFTReport(), lambda *_: None)
+    assert len(kinds) == 16
+    assert all(k == {"caption"} for k in kinds[:8])
+    assert any(k != {"caption"} for k in kinds[8:])  # without warm-up the trajectories come in
