@@ -107,6 +107,10 @@ class Metrics(BaseModel):
     by_kind: dict[str, GroupMetrics]
     curve: list[tuple[float, float]]  # (escape, false_reject), one point per distinct threshold
     threshold: float | None  # = overall.threshold
+    # 95 % percentile-bootstrap intervals of the headline overall metrics over the items
+    # (`bootstrap_intervals`); greedy decoding makes a rerun give the same numbers, so this is the
+    # spread a comparison between two models must beat. Empty in reports written before it existed.
+    intervals: dict[str, tuple[float, float]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists) with keys in a stable order."""
@@ -330,8 +334,37 @@ def _breakdown(pairs: Sequence[tuple[Label, Prediction]], key: Callable[[Label],
     return {k: group_metrics(groups[k], max_escape) for k in keys}
 
 
+INTERVAL_METRICS = ("image_f1", "type_accuracy", "false_reject_at_escape", "overall_accuracy", "rapr")
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def bootstrap_intervals(pairs: Sequence[tuple[Label, Prediction]], *, max_escape: float = DEFAULT_MAX_ESCAPE,
+                        resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
+                        seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap intervals of `INTERVAL_METRICS` over the items: resample the items
+    with replacement `resamples` times (seeded, so a report is reproducible), recompute each
+    metric, keep the central `level` of its values. A metric undefined in a resample (no
+    defective item drawn) is left out of that metric's values."""
+    if not pairs:
+        return {}
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {name: [] for name in INTERVAL_METRICS}
+    for _ in range(resamples):
+        drawn = [pairs[i] for i in rng.integers(0, len(pairs), len(pairs))]
+        group = group_metrics(drawn, max_escape)
+        for name in INTERVAL_METRICS:
+            value = getattr(group, name)
+            if value is not None:
+                values[name].append(float(value))
+    tail = (1.0 - level) / 2.0 * 100.0
+    return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail)))
+            for name, v in values.items() if v}
+
+
 def evaluate(labels: Sequence[Label], predictions: Sequence[Prediction], *,
-             max_escape: float = DEFAULT_MAX_ESCAPE) -> Metrics:
+             max_escape: float = DEFAULT_MAX_ESCAPE, resamples: int = BOOTSTRAP_RESAMPLES) -> Metrics:
     """Join predictions to labels by id and compute all metrics, overall and per product,
     difficulty ('none' for defect-free items) and kind ('image' / 'sequence')."""
     if not labels:
@@ -350,4 +383,5 @@ def evaluate(labels: Sequence[Label], predictions: Sequence[Prediction], *,
         by_kind=_breakdown(pairs, kind_key, (IMAGE, SEQUENCE), max_escape),
         curve=curve,
         threshold=overall.threshold,
+        intervals=bootstrap_intervals(pairs, max_escape=max_escape, resamples=resamples) if resamples else {},
     )

@@ -154,6 +154,15 @@ def render_markdown(metrics: Metrics, *, title: str, meta: Mapping[str, str],
     lines += ["## Overall", ""]
     lines += _table(["Metric", *runs],
                     [[name, *(read(run.overall) for run in runs.values())] for name, read in _OVERALL_ROWS])
+    if metrics.intervals:
+        lines += ["## Spread (95 % bootstrap intervals over the items)", "",
+                  "Greedy decoding repeats itself, so a rerun of this evaluation gives the same "
+                  "numbers; the spread that matters is which items were drawn. A difference between "
+                  "two models smaller than these intervals is not a measured difference.", ""]
+        overall = metrics.overall.model_dump()
+        lines += _table(["Metric", "Value", "95 % interval"],
+                        [[name.replace("_", " "), _fmt(overall.get(name)), f"{low:.3f} – {high:.3f}"]
+                         for name, (low, high) in metrics.intervals.items()])
     lines += ["## Per product", "", *_breakdown_table("Product", metrics.by_product)]
     lines += ["## Per difficulty", "", "Defect-free items are the group `none`.", ""]
     lines += _breakdown_table("Difficulty", metrics.by_difficulty)

@@ -256,7 +256,8 @@ def test_prediction_rejects_bad_values() -> None:
 def test_json_round_trip_with_stable_keys(result: Metrics) -> None:
     data = json.loads(result.to_json())
     assert list(data) == [
-        "max_escape", "overall", "by_product", "by_difficulty", "by_kind", "curve", "threshold"]
+        "max_escape", "overall", "by_product", "by_difficulty", "by_kind", "curve", "threshold",
+        "intervals"]
     assert list(data["overall"])[:3] == ["n", "n_defective", "n_good"]
     assert data["curve"][1] == [0.0, approx(2 / 3)]
     assert data == result.to_dict()
@@ -281,3 +282,28 @@ def test_metrics_module_does_not_import_matplotlib() -> None:
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not any(name.startswith("matplotlib") for name in imported)
+
+
+def test_bootstrap_intervals_hold_the_point_value_and_repeat(result: Metrics, labels: list[Label],
+                                                             predictions: list[Prediction]) -> None:
+    assert set(result.intervals) == set(metrics_module.INTERVAL_METRICS)
+    for name, (low, high) in result.intervals.items():
+        value = getattr(result.overall, name)
+        assert low <= value <= high, name
+    low, high = result.intervals["image_f1"]
+    assert high - low > 0.1  # ten items: a wide interval, not a point
+    assert evaluate(labels, predictions).intervals == result.intervals  # seeded
+
+
+def test_perfect_answers_have_a_point_interval(labels: list[Label]) -> None:
+    perfect = [prediction(label.id, label.defect_type, 0.9 if label.defect_type != "none" else 0.1)
+               for label in labels]
+    intervals = evaluate(labels, perfect).intervals
+    assert intervals["image_f1"] == (1.0, 1.0) and intervals["type_accuracy"] == (1.0, 1.0)
+
+
+def test_reports_without_intervals_still_load(result: Metrics) -> None:
+    data = json.loads(result.to_json())
+    del data["intervals"]
+    assert Metrics.from_json(json.dumps(data)).intervals == {}
+    assert evaluate(hand_labels(), hand_predictions(), resamples=0).intervals == {}

@@ -82,3 +82,10 @@ def test_undefined_values_fail_their_bar() -> None:
     assert not bars["RaPR tiny"].passed and bars["RaPR tiny"].shown == "n/a"  # no tiny items
     assert not bars["Box hit rate"].passed  # no evidence boxes at all
     assert bars["RaPR easy"].passed
+
+
+def test_report_shows_the_bootstrap_spread(result: Metrics) -> None:
+    text = render_markdown(result, title="t", meta={})
+    low, high = result.intervals["type_accuracy"]
+    assert "## Spread (95 % bootstrap intervals over the items)" in text
+    assert f"| type accuracy | {result.overall.type_accuracy:.3f} | {low:.3f} – {high:.3f} |" in text
