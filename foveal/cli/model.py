@@ -9,6 +9,7 @@ curiosity-driven GRPO (`foveal.training.rl`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -86,6 +87,10 @@ def train_sft(
     self_correction: bool = typer.Option(True, "--self-correction/--no-self-correction",
                                          help="Trajectories with wrong or over-large operations first "
                                               "(off: every zoom is single pass; the RL ablation)."),
+    none_direct: float = typer.Option(0.2, "--none-direct", min=0.0, max=1.0,
+                                      help="Share of defect-free images answered without a zoom."),
+    easy_direct: float = typer.Option(0.8, "--easy-direct", min=0.0, max=1.0,
+                                      help="Share of easy defect images answered without a zoom."),
 ) -> None:
     """Stage 0 + warm-start SFT on synthetic expert trajectories; saves a loadable model."""
     from foveal.training.sft import SFTConfig, run
@@ -97,6 +102,7 @@ def train_sft(
                        max_items=max_items, trajectories_per_item=per_item,
                        vocab_size=vocab_size, seed=seed, version=version, decision_weight=decision_weight,
                        eval_every=eval_every, dev_loop_items=dev_loop_items)
+    config.mix = dataclasses.replace(config.mix, none_direct=none_direct, easy_direct=easy_direct)
     if not self_correction:
         config.mix = config.mix.without_correction()
     with _bar() as bar:
