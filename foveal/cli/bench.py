@@ -42,7 +42,8 @@ def serve_command(
     requests = [b.request_of(label, bench) for label in labels]
     console.print(f"{len(labels)} items from {bench}; in-process reference first")
     vision = b.served_vision(settings)
-    rows = [b.in_process(settings, inspections, vision)]
+    rows = [b.in_process(settings, inspections, vision),
+            b.in_process_same_work(settings, requests, inspections, vision)]
     service = ReasonerProcess(settings, port, port + 1, settings.home_dir / "logs" / "bench-reasoner.log")
     try:
         service.wait_serving()
@@ -65,13 +66,15 @@ def serve_command(
         f"vision encoder per whole-frame view: torch {e['vision_torch_ms']} ms, onnxruntime "
         f"{e['vision_onnxruntime_ms']} ms (max |diff| {e['vision_max_abs_diff']:.1e}); "
         f"Triton's model uses {vision}")
-    reference = rows[0]
+    reference, same_work = rows[0], rows[1]
     by_c = {level.concurrency: level for level in rows if level.name.startswith("service")}
     kept, resent = rows[-2], rows[-1]
     summary = {
         "throughput_ratio_c16": round(by_c[16].throughput / reference.throughput, 3) if 16 in by_c else None,
         "overhead_pct": round((np.mean(by_c[1].latencies_ms) / np.mean(reference.latencies_ms) - 1) * 100, 1)
         if 1 in by_c else None,
+        "overhead_same_work_pct": round((np.mean(by_c[1].latencies_ms) / np.mean(same_work.latencies_ms) - 1)
+                                        * 100, 1) if 1 in by_c else None,
         "triton_kept_vs_resent_speedup": round(resent.seconds / kept.seconds, 3),
         **encoder, "served_vision": vision,
         "levels": [level.row() for level in rows], "items": len(labels), "bench": str(bench),

@@ -1,7 +1,9 @@
 """`foveal bench serve`: Inspect calls through the real reasoning service and the real
 tritonserver, against the in-process loop on the same frames.
 
-1. reference: the in-process loop (`LocalEngine`) at batch 1, one inspection after another;
+1. reference: the in-process loop (`LocalEngine`) at batch 1, one inspection after another, on
+   frames decoded in advance; and the same loop doing the service's whole job (decode the
+   encoded frames, run, build the result with its PNG evidence crops);
 2. the reasoning service is started as its own process (`foveal serve reasoner`) against
    Triton, and each concurrency level sends every item once from that many client threads;
    Triton's `nv_inference_count / nv_inference_exec_count` over the level is its average batch;
@@ -10,7 +12,9 @@ tritonserver, against the in-process loop on the same frames.
 
 Figures: throughput, latency p50/p95/p99; `throughput_ratio_c16` = concurrency-16 throughput
 over the sequential in-process batch-1 throughput; `overhead_pct` = the service's mean latency at
-concurrency 1 over the in-process batch-1 mean, minus 1 (equal batching: none).
+concurrency 1 over the in-process batch-1 mean, minus 1 (equal batching: none);
+`overhead_same_work_pct` the same against the reference that also decodes and encodes, i.e. what
+gRPC, Triton and the process boundary add.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from foveal.model.loader import load
 from foveal.plant.dataset import Label, read_labels
 from foveal.reasoning.engine import LocalEngine
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions
+from foveal.rpc.convert import FrameGeometry, Timing, inspect_result
+from foveal.serving.images import read_frames
 from foveal.serving.process import ReasonerProcess
 from foveal.serving.triton_engine import connect
 from foveal.settings import Settings
@@ -141,6 +147,28 @@ def in_process(settings: Settings, inspections: Sequence[Inspection], vision: st
     loop.run(list(inspections[:2]))  # warm-up
     seconds, latencies = timed_each(inspections, lambda item: loop.run([item]), 1)  # type: ignore[list-item]
     return Level(f"in-process loop, batch 1 ({vision})", 1, seconds, latencies)
+
+
+def in_process_same_work(settings: Settings, requests: Sequence[inspection_pb2.InspectRequest],
+                         inspections: Sequence[Inspection], vision: str = "torch") -> Level:
+    """The in-process loop doing the service's whole job at batch 1: decode the request's encoded
+    frames (`read_frames`, with its checks), run the loop, build the `InspectResult` with its
+    PNG-encoded evidence crops. Against this, what the service adds is gRPC, Triton and the
+    process boundary; against `in_process` (frames decoded outside the timing) it also pays the
+    decoding and encoding."""
+    loop = reference_loop(settings, vision)
+    prompts = {item.item_id: item for item in inspections}
+
+    def one(request: inspection_pb2.InspectRequest) -> inspection_pb2.InspectResult:
+        frames = read_frames(request.image if request.HasField("image") else None, request.sequence)
+        known = prompts[request.frame_id]
+        trace = loop.run([Inspection(frames, known.prompt, known.taxonomy, request.frame_id)])[0]
+        return inspect_result(request.frame_id, trace, FrameGeometry.of(frames), Timing(0.0, 0.0))
+
+    for request in requests[:2]:
+        one(request)  # warm-up
+    seconds, latencies = timed_each(requests, one, 1)  # type: ignore[arg-type]
+    return Level(f"in-process loop, batch 1, from encoded bytes ({vision})", 1, seconds, latencies)
 
 
 def through_service(settings: Settings, service: ReasonerProcess,

@@ -1,0 +1,47 @@
+"""`foveal bench serve`'s same-work reference: the in-process loop that also decodes the request's
+encoded frames and encodes the evidence, so the service's overhead can be read against equal work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from foveal.model.loader import VLM, save
+from foveal.reasoning.loop import Inspection
+from foveal.reasoning.prompts import inspection_prompt
+from foveal.serving import benchmark
+from foveal.serving.images import InvalidInput
+from foveal.v1 import inspection_pb2
+from tests.conftest import embedded_settings
+from tests.serving.helpers import frame, inline, png
+
+
+def _requests(count: int) -> tuple[list[inspection_pb2.InspectRequest], list[Inspection]]:
+    requests, inspections = [], []
+    for i in range(count):
+        pixels = frame(seed=i)
+        request = inspection_pb2.InspectRequest(frame_id=f"f{i}", product="tile")
+        request.image.CopyFrom(inline(png(pixels)))
+        requests.append(request)
+        inspections.append(Inspection([pixels], inspection_prompt(None, None, 1), item_id=f"f{i}"))
+    return requests, inspections
+
+
+def test_same_work_reference_times_every_request(tmp_path: Path, taught_vlm: VLM) -> None:
+    save(taught_vlm, tmp_path / "model")
+    settings = embedded_settings(tmp_path / "home", model_dir=tmp_path / "model")
+    requests, inspections = _requests(4)
+    level = benchmark.in_process_same_work(settings, requests, inspections)
+    assert level.concurrency == 1 and len(level.latencies_ms) == 4
+    assert all(ms > 0 for ms in level.latencies_ms) and level.seconds >= sum(level.latencies_ms) / 1000 * 0.99
+    assert "from encoded bytes" in level.name
+
+
+def test_same_work_reference_really_decodes(tmp_path: Path, taught_vlm: VLM) -> None:
+    save(taught_vlm, tmp_path / "model")
+    settings = embedded_settings(tmp_path / "home", model_dir=tmp_path / "model")
+    requests, inspections = _requests(3)
+    requests[2].image.inline = b"not a png"
+    with pytest.raises(InvalidInput, match="not an image"):
+        benchmark.in_process_same_work(settings, requests, inspections)
