@@ -1,6 +1,7 @@
 """The PostgreSQL schema of foveal as SQLAlchemy 2 typed declarative models.
 
-Frames, the one inspection per frame with its steps and evidence crops, QA reviews, model
+Frames (and where each of their images is kept), the one inspection per frame with its steps
+and evidence crops, QA reviews, model
 versions and dataset snapshots, and the review dashboard's users, sign-in sessions and per-line
 thresholds (DESIGN.md, "Contracts" → "Database"). Columns, constraints and
 indexes only: no business logic, no I/O. Every constraint and index has a deterministic name
@@ -131,6 +132,34 @@ class Frame(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(server_default=EMPTY_JSON)
 
     inspection: Mapped[Inspection | None] = relationship(back_populates="frame")
+    blobs: Mapped[list[FrameBlob]] = relationship(
+        back_populates="frame", order_by="FrameBlob.position",
+        cascade="all, delete-orphan", passive_deletes=True,
+    )
+
+
+class FrameBlob(Base):
+    """Where image `position` (0-based) of a frame is kept in the blob store: one row for a single
+    image, one per frame of a sequence. `frames.blob_key` stays the first image's key."""
+
+    __tablename__ = "frame_blobs"
+    __table_args__ = (
+        CheckConstraint("position >= 0", name="position_non_negative"),
+        CheckConstraint("width IS NULL OR width > 0", name="width_positive"),
+        CheckConstraint("height IS NULL OR height > 0", name="height_positive"),
+    )
+
+    frame_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("frames.frame_id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(primary_key=True)
+    blob_key: Mapped[str]
+    mime_type: Mapped[str]
+    # NULL when the producer did not know the size (the wire format's 0), as on frames.
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+
+    frame: Mapped[Frame] = relationship(back_populates="blobs")
 
 
 class Inspection(Base):

@@ -3,8 +3,9 @@ call inside a transaction the caller owns (`with factory() as s, s.begin(): ...`
 commits.
 
 Every write is idempotent on the frame's `frame_id`: the frame and its inspection are inserted
-with `ON CONFLICT DO NOTHING`, and the steps and evidence crops are written only by the
-transaction whose inspection insert won, so a replayed frame adds no rows. `notify_inspection`
+with `ON CONFLICT DO NOTHING`, the frame's blob keys (one per image, in order) only by the
+transaction whose frame insert won, and the steps and evidence crops only by the one whose
+inspection insert won, so a replayed frame adds no rows. `notify_inspection`
 queues a PostgreSQL `NOTIFY` that is delivered when (and only if) the transaction commits.
 Arguments are plain dataclasses; converting protobuf messages to them is the caller's job.
 """
@@ -20,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from foveal.domain import FrameMeta
-from foveal.storage.models import EvidenceCrop, Frame, Inspection, Step
+from foveal.storage.models import EvidenceCrop, Frame, FrameBlob, Inspection, Step
 
 # The channel the dashboard LISTENs on; the payload is the inspected frame's id.
 INSPECTIONS_CHANNEL = "foveal_inspections"
@@ -36,14 +37,25 @@ class KafkaSource:
 
 
 @dataclass(frozen=True)
+class NewBlob:
+    """One image of a frame as kept in the blob store."""
+
+    blob_key: str
+    mime_type: str
+    width: int | None
+    height: int | None
+
+
+@dataclass(frozen=True)
 class NewFrame:
     meta: FrameMeta  # who made it, where, when
     mime_type: str
     width: int | None
     height: int | None
-    blob_key: str | None
+    blob_key: str | None  # the first image's, as `blobs[0]`
     sequence_length: int
     source: KafkaSource | None
+    blobs: tuple[NewBlob, ...] = ()  # every image in order: one, or each frame of a sequence
 
     @property
     def frame_id(self) -> uuid.UUID:
@@ -91,7 +103,8 @@ def find_inspection(session: Session, frame_id: uuid.UUID) -> Inspection | None:
 
 
 def insert_frame(session: Session, frame: NewFrame) -> bool:
-    """Insert the frame row; False when a row for its `frame_id` already exists (left as it is)."""
+    """Insert the frame row and its blob rows; False when a row for its `frame_id` already exists
+    (then it and its blob rows are left as they are)."""
     source, meta = frame.source, frame.meta
     values: dict[str, Any] = dict(
         frame_id=meta.frame_id, line=meta.line, station=meta.station, camera=meta.camera,
@@ -103,7 +116,16 @@ def insert_frame(session: Session, frame: NewFrame) -> bool:
         kafka_offset=source.offset if source else None,
     )
     statement = insert(Frame).values(values).on_conflict_do_nothing(index_elements=[Frame.frame_id])
-    return session.execute(statement.returning(Frame.frame_id)).first() is not None
+    if session.execute(statement.returning(Frame.frame_id)).first() is None:
+        return False
+    kept = frame.blobs
+    if not kept and frame.blob_key is not None:  # position 0 is always the frame's own key
+        kept = (NewBlob(frame.blob_key, frame.mime_type, frame.width, frame.height),)
+    if kept:
+        rows = [dict(frame_id=meta.frame_id, position=position, blob_key=b.blob_key, mime_type=b.mime_type,
+                     width=b.width, height=b.height) for position, b in enumerate(kept)]
+        session.execute(insert(FrameBlob).on_conflict_do_nothing(), rows)
+    return True
 
 
 def insert_inspection(session: Session, frame_id: uuid.UUID, inspection: NewInspection) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,37 @@ def test_upgrade_downgrade_round_trip(fresh_database_url: str) -> None:
 
     assert migrate.upgrade(fresh_database_url) == _head()
     assert _tables(fresh_database_url) == foveal_tables | {"alembic_version"}
+
+
+def test_0003_copies_each_frames_blob_key_to_position_0_and_its_downgrade_keeps_the_frames(
+        fresh_database_url: str) -> None:
+    kept, unkept = uuid.uuid4(), uuid.uuid4()
+    insert_frame = text(
+        "INSERT INTO frames (frame_id, line, station, camera, part_serial, product, captured_at, mime_type,"
+        " width, height, blob_key, sequence_length) VALUES (:id, 'L1', 'S1', 'top', 'P-1', 'pcb', now(),"
+        " 'image/png', 640, 480, :key, :n)")
+    key = "file:///blobs/ab/first-frame.png"
+    migrate.upgrade(fresh_database_url, "0002")
+    engine = create_engine(fresh_database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:  # a sequence as 0002 stored it (first frame only), a frame with no blob
+            conn.execute(insert_frame, {"id": kept, "key": key, "n": 4})
+            conn.execute(insert_frame, {"id": unkept, "key": None, "n": 1})
+        assert migrate.upgrade(fresh_database_url) == _head()
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT frame_id, position, blob_key, mime_type, width, height"
+                                     " FROM frame_blobs")).all()
+        assert [tuple(r) for r in rows] == [(kept, 0, key, "image/png", 640, 480)]
+
+        assert migrate.downgrade(fresh_database_url, "0002") == "0002"
+        assert "frame_blobs" not in _tables(fresh_database_url)
+        with engine.connect() as conn:
+            assert conn.scalar(text("SELECT blob_key FROM frames WHERE frame_id = :id"), {"id": kept}) == key
+        assert migrate.upgrade(fresh_database_url) == _head()
+        with engine.connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM frame_blobs")) == 1
+    finally:
+        engine.dispose()
 
 
 def test_concurrent_upgrades_apply_each_revision_once(fresh_database_url: str) -> None:

@@ -1,8 +1,9 @@
 """The schema's guarantees, checked on a real PostgreSQL through the ORM and raw SQL.
 
-One inspection per frame, idempotent writes keyed on `frame_id` and on a review's
-`request_id`, CHECK constraints on verdicts, confidences and boxes, server defaults for raw
-inserts, cascades from inspections to steps and crops, and a full ORM round trip.
+One inspection per frame, idempotent writes keyed on `frame_id` (a frame's blob keys, one per
+image in order, written once by the insert that wins) and on a review's `request_id`, CHECK
+constraints on verdicts, confidences and boxes, server defaults for raw inserts, cascades from
+inspections to steps and crops and from frames to their blob keys, and a full ORM round trip.
 Run: `.venv/bin/python -m pytest tests/storage -q`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,9 +22,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from foveal.domain import FrameMeta
 from foveal.storage import migrate
+from foveal.storage import repository as repo
 from foveal.storage.database import make_engine, session_factory
-from foveal.storage.models import EvidenceCrop, Frame, Inspection, Review, Step
+from foveal.storage.models import EvidenceCrop, Frame, FrameBlob, Inspection, Review, Step
 
 CAPTURED_AT = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
 
@@ -95,6 +99,47 @@ def test_frame_insert_is_idempotent_on_frame_id(sessions: sessionmaker[Session])
         session.execute(statement)
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Frame)) == 1
+
+
+def _new_frame(keys: list[str]) -> repo.NewFrame:
+    meta = FrameMeta(uuid.uuid4(), "L1", "S3", "top", "P-0001", "bracket", CAPTURED_AT)
+    kept = tuple(repo.NewBlob(key, "image/png", 640, 480) for key in keys)
+    return repo.NewFrame(meta, "image/png", 640, 480, keys[0], len(keys), None, kept)
+
+
+def _blob_rows(sessions: sessionmaker[Session], frame_id: uuid.UUID) -> list[tuple[int, str]]:
+    with sessions() as session:
+        rows = session.execute(select(FrameBlob.position, FrameBlob.blob_key)
+                               .where(FrameBlob.frame_id == frame_id).order_by(FrameBlob.position))
+        return [(position, key) for position, key in rows]
+
+
+def test_a_sequence_keeps_every_blob_key_once_in_order(sessions: sessionmaker[Session]) -> None:
+    keys = [f"file:///blobs/{k}{k}/frame-{k}.png" for k in "3172"]  # not in sorted order
+    frame = _new_frame(keys)
+    with sessions() as session, session.begin():
+        assert repo.insert_frame(session, frame) is True
+    # Written again (a replay, a second worker that lost the race): nothing changes, even when
+    # the second writer names other keys.
+    with sessions() as session, session.begin():
+        assert repo.insert_frame(session, frame) is False
+        assert repo.insert_frame(session, replace(frame, blobs=frame.blobs[::-1])) is False
+    assert _blob_rows(sessions, frame.frame_id) == list(enumerate(keys))
+    with sessions() as session:
+        stored = session.get(Frame, frame.frame_id)
+        assert stored is not None and stored.blob_key == keys[0] and stored.sequence_length == 4
+        assert [b.blob_key for b in stored.blobs] == keys
+    # The rows belong to the frame: deleting it (plain SQL, as a retention job would) takes them.
+    with sessions() as session, session.begin():
+        session.execute(text("DELETE FROM frames WHERE frame_id = :id"), {"id": frame.frame_id})
+    assert _blob_rows(sessions, frame.frame_id) == []
+
+
+def test_a_frame_given_only_its_blob_key_keeps_it_at_position_0(sessions: sessionmaker[Session]) -> None:
+    frame = replace(_new_frame(["file:///blobs/ab/one.png"]), blobs=())
+    with sessions() as session, session.begin():
+        repo.insert_frame(session, frame)
+    assert _blob_rows(sessions, frame.frame_id) == [(0, "file:///blobs/ab/one.png")]
 
 
 @pytest.mark.parametrize("verdict", ["maybe", "OK", ""])
