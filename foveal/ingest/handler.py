@@ -2,14 +2,15 @@
 
 Stages, in order: `size` and `decode` (the envelope), `lookup` (an inspection already stored
 for this frame_id: a replay, answered from the database), `fetch` (claim checks read and
-verified), `inspect` (Reasoner.Inspect with a deadline), `blob` (the full frame into the
-content-addressed blob store), `store` (frame, inspection, steps, crops and a NOTIFY in one
-transaction, idempotent on frame_id), `verdict` (a `Verdict` on the verdicts topic, acknowledged
-by all replicas). A record ends either handled (verdict produced) or on the DLQ with the stage
-that refused it. Poison input (`Poison`) goes to the DLQ at once; transient faults (`Transient`:
-reasoner UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED, database connection errors,
-broker errors) are retried with capped exponential backoff for as long as it takes; any other
-failure is retried `max_attempts` times, then goes to the DLQ.
+verified), `inspect` (Reasoner.Inspect with a deadline), `blob` (every full frame, each frame of
+a sequence too, into the content-addressed blob store), `store` (frame, its blob keys in order,
+inspection, steps, crops and a NOTIFY in one transaction, idempotent on frame_id), `verdict` (a
+`Verdict` on the verdicts topic, acknowledged by all replicas). A record ends either handled
+(verdict produced) or on the DLQ with the stage that refused it. Poison input (`Poison`) goes to
+the DLQ at once; transient faults (`Transient`: reasoner UNAVAILABLE / DEADLINE_EXCEEDED /
+RESOURCE_EXHAUSTED, database connection errors, broker errors) are retried with capped
+exponential backoff for as long as it takes; any other failure is retried `max_attempts` times,
+then goes to the DLQ.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ class FrameHandler:
         images = self._fetch(envelope)
         result = self._inspect(envelope)
         decided = decided_from_result(result)
-        blob_uri = self._keep(images)
-        self._write(record, envelope, result, blob_uri)
+        blob_uris = self._keep(images)
+        self._write(record, envelope, result, blob_uris)
         self._publish(record, envelope, decided, consumed_at)
         self.metrics.inspected.inc()
         log.info("frame %s at %s: %s %s (%.2f)", frame_id, record.where, decided.verdict, decided.defect_type,
@@ -235,19 +236,20 @@ class FrameHandler:
             raise IngestError("inspect", f"frame {envelope.frame_id}: the result has no verdict")
         return result
 
-    def _keep(self, images: list[tuple[bytes, str]]) -> str | None:
-        """Put every image in the blob store (idempotent); the URI of the first is the frame's."""
+    def _keep(self, images: list[tuple[bytes, str]]) -> list[str]:
+        """Put every image in the blob store (idempotent); their URIs in order."""
         uris = []
         for data, mime_type in images:
             try:
                 uris.append(self.store.put(data, mime_type).uri)
             except blobs.BlobError as exc:
                 raise Transient("blob", str(exc)) from exc
-        return uris[0] if uris else None
+        return uris
 
     def _write(self, record: Record, envelope: frame_pb2.FrameEnvelope,
-               result: inspection_pb2.InspectResult, blob_uri: str | None) -> None:
-        frame = new_frame(envelope, blob_uri, repo.KafkaSource(record.topic, record.partition, record.offset))
+               result: inspection_pb2.InspectResult, blob_uris: list[str]) -> None:
+        source = repo.KafkaSource(record.topic, record.partition, record.offset)
+        frame = new_frame(envelope, blob_uris, source)
         inspection = new_inspection(result)
         with _database("store"), self.sessions() as session, session.begin():
             repo.insert_frame(session, frame)
@@ -319,13 +321,20 @@ def _images(envelope: frame_pb2.FrameEnvelope) -> list[frame_pb2.Image]:
 
 
 # -- conversions at the edge: protobuf → repository dataclasses → protobuf ---------------
-def new_frame(envelope: frame_pb2.FrameEnvelope, blob_uri: str | None,
+def new_frame(envelope: frame_pb2.FrameEnvelope, blob_uris: list[str],
               source: repo.KafkaSource | None) -> repo.NewFrame:
+    """The frame row and one blob row per image: `blob_uris[k]` is where image k was kept."""
     meta = messaging.frame_meta(envelope)
-    first = _images(envelope)[0]
+    images = _images(envelope)
+    if blob_uris and len(blob_uris) != len(images):
+        raise ValueError(f"frame {envelope.frame_id}: {len(blob_uris)} blob URIs for {len(images)} images")
+    first = images[0]
+    kept = tuple(repo.NewBlob(uri, image.mime_type, image.width or None, image.height or None)
+                 for uri, image in zip(blob_uris, images, strict=False))
     return repo.NewFrame(
         meta=meta, mime_type=first.mime_type, width=first.width or None, height=first.height or None,
-        blob_key=blob_uri, sequence_length=max(1, len(envelope.sequence)), source=source,
+        blob_key=blob_uris[0] if blob_uris else None, sequence_length=max(1, len(envelope.sequence)),
+        source=source, blobs=kept,
     )
 
 

@@ -3,10 +3,11 @@ in-process (`ServerThread` on a random micro model: the answers are noise, the p
 is checked). Each test has its own topics, consumer group and empty database.
 
 Proved here: every frame from the camera ends as exactly one inspection (steps and crops
-consistent, full frame in the blob store, a NOTIFY, a verdict) with offsets committed to the
-end; a replay by a new group adds no rows; each kind of poison lands on the DLQ with its reason
-while good frames on the same partition flow; a reasoner that is down blocks commits until it
-is back, then nothing is lost or duplicated.
+consistent, full frame in the blob store, every frame of a sequence too, a NOTIFY, a verdict)
+with offsets committed to the end; a replay by a new group adds no rows; a sequence of inline
+and claim-check frames handled twice at once keeps each frame's blob key once, in order; each
+kind of poison lands on the DLQ with its reason while good frames on the same partition flow; a
+reasoner that is down blocks commits until it is back, then nothing is lost or duplicated.
 Run: `.venv/bin/python -m pytest -q tests/pipeline/test_ingest.py` (≈ 1–2 min).
 """
 
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -31,18 +33,21 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from foveal import messaging
+from foveal import blobs, messaging
 from foveal.camera import Bank, Camera, CameraConfig, SentFrame
 from foveal.ingest import IngestConfig, IngestWorker, Limits, Topics
+from foveal.ingest.handler import FrameHandler, Record
+from foveal.ingest.metrics import IngestMetrics
 from foveal.reasoning.engine import LocalEngine
 from foveal.reasoning.loop import LoopOptions
 from foveal.serving.service import ServerThread, ServiceConfig
 from foveal.settings import Settings
 from foveal.stack import Stack
 from foveal.storage import migrate
-from foveal.storage.models import EvidenceCrop, Frame, Inspection, Step
+from foveal.storage.database import make_engine, session_factory
+from foveal.storage.models import EvidenceCrop, Frame, FrameBlob, Inspection, Step
 from foveal.storage.repository import INSPECTIONS_CHANNEL
-from foveal.v1 import frame_pb2
+from foveal.v1 import frame_pb2, reasoner_pb2_grpc
 from tests.serving.helpers import ControlledEngine
 
 pytestmark = pytest.mark.slow
@@ -156,7 +161,7 @@ def counts(url: str) -> dict[str, int]:
     try:
         with Session(engine) as s:
             return {model.__tablename__: s.scalar(select(func.count()).select_from(model)) or 0
-                    for model in (Frame, Inspection, Step, EvidenceCrop)}
+                    for model in (Frame, FrameBlob, Inspection, Step, EvidenceCrop)}
     finally:
         engine.dispose()
 
@@ -256,6 +261,9 @@ def test_camera_frames_become_one_inspection_each_and_a_replay_adds_nothing(
         assert {str(f.frame_id) for f in frames} == frame_ids
         for f in frames:
             assert f.blob_key and Path(f.blob_key.removeprefix("file://")).is_file()
+            assert [b.position for b in f.blobs] == list(range(f.sequence_length))  # every frame kept
+            assert f.blobs[0].blob_key == f.blob_key
+            assert all(Path(b.blob_key.removeprefix("file://")).is_file() for b in f.blobs)
             assert f.kafka_topic == names.frames and f.kafka_offset is not None
             assert (f.sequence_length > 1) == sequences[str(f.frame_id)]
             assert f.inspection is not None
@@ -336,3 +344,66 @@ def test_a_reasoner_outage_blocks_commits_then_recovers_without_loss_or_duplicat
     verdicts = [messaging.decode_verdict(r.value).frame_id for r in read_all(settings, names.verdicts)]
     assert sorted(verdicts) == sorted(e.frame_id for e in sent)
     assert not read_all(settings, names.dlq)
+
+
+def test_a_sequence_handled_twice_at_once_keeps_each_frame_once_in_order(
+        settings: Settings, tiny_dataset: Path, engine: ControlledEngine, reasoner: ServerThread) -> None:
+    # Two frames inline, two by claim check; both handlers pass the lookup before either writes
+    # (the model is held at its first turn until both are there), so both write.
+    names = make_names(settings, frames_partitions=1)
+    pngs = sorted((tiny_dataset / "sequences").rglob("*.png"))[:4]  # frames of one sequence: one size
+    data = [p.read_bytes() for p in pngs]
+    store = blobs.store_for(settings)
+    env = envelope(frame_pb2.Image(mime_type="image/png", inline=data[0]))
+    env.ClearField("image")
+    for k, frame in enumerate(data):
+        if k < 2:
+            env.sequence.append(frame_pb2.Image(mime_type="image/png", inline=frame))
+        else:
+            ref = store.put(frame, "image/png")
+            env.sequence.append(frame_pb2.Image(mime_type="image/png", blob=frame_pb2.BlobRef(
+                uri=ref.uri, sha256=ref.sha256, size_bytes=ref.size_bytes)))
+    record = Record(names.frames, 0, 0, b"st-1", messaging.encode_frame(env), [])
+    db = make_engine(str(settings.database_url))
+    channel = grpc.insecure_channel(reasoner.address)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_address, acks="all")
+    stub = reasoner_pb2_grpc.ReasonerStub(channel)  # type: ignore[no-untyped-call]
+    handler = FrameHandler(settings, session_factory(db), stub, producer, IngestMetrics(),
+                           Topics(verdicts=names.verdicts, dlq=names.dlq), Limits(retry_initial_s=0.1))
+    cancelled = threading.Event()
+    outcomes: list[str] = []
+    try:
+        engine.gate = threading.Event()
+        threads = [threading.Thread(target=lambda: outcomes.append(handler.handle(record, cancelled)))
+                   for _ in range(2)]
+        threads[0].start()
+        assert engine.entered.wait(30), "the first handler never reached the model"
+        engine.entered.clear()
+        threads[1].start()
+        assert engine.entered.wait(30), "the second handler never reached the model"
+        engine.gate.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert outcomes == ["inspected", "inspected"]
+        assert handler.handle(record, cancelled) == "replayed"  # and once more, after both
+    finally:
+        cancelled.set()
+        producer.close()
+        channel.close()
+        db.dispose()
+    url = str(settings.database_url)
+    stored = counts(url)
+    assert (stored["frames"], stored["frame_blobs"], stored["inspections"]) == (1, 4, 1)
+    check = create_engine(url)
+    try:
+        with Session(check) as s:
+            frame = s.get(Frame, uuid.UUID(env.frame_id))
+            assert frame is not None and frame.sequence_length == 4
+            assert [b.position for b in frame.blobs] == [0, 1, 2, 3]
+            assert frame.blob_key == frame.blobs[0].blob_key
+            for blob, original in zip(frame.blobs, data, strict=True):
+                assert blob.blob_key.endswith(blobs.blob_key(blobs.sha256_hex(original), "image/png"))
+                assert blobs.fetch(settings, blob.blob_key) == original
+    finally:
+        check.dispose()
+    assert len(read_all(settings, names.verdicts)) == 3
