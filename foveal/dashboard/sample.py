@@ -1,10 +1,12 @@
 """Sample review data for the dashboard's screenshots, tests and paging benchmark.
 
-`write_inspection` stores one frame and its inspection exactly as the ingest worker does (the
-frame image into the blob store; frame, inspection, steps, crops and the NOTIFY in one
-transaction, through `foveal.storage.repository`). `scripted` turns a rendered plant frame into
-an inspection that follows the model protocol (whole-frame look, zooms cropped from the original
-around the true defect, sometimes a wrong zoom first, a boxed answer): realistic to look at, but
+`write_inspection` stores one frame (or sequence) and its inspection exactly as the ingest worker
+does (every image into the blob store; frame, its blob keys, inspection, steps, crops and the
+NOTIFY in one transaction, through `foveal.storage.repository`). `scripted` turns a rendered plant
+frame into an inspection that follows the model protocol (whole-frame look, zooms cropped from
+the original around the true defect, sometimes a wrong zoom first, a boxed answer);
+`scripted_sequence` does the same for a rendered sequence (select_frames on frames that show the
+defect, in no particular order, then a zoom into one of them): realistic to look at, but
 scripted, not a model's output. `bulk_seed` inserts N light inspections (no images, no steps)
 with one SQL statement per table, for the 100,000-row paging benchmark.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from foveal.blobs import BlobStore
 from foveal.domain import NO_DEFECT, FrameMeta
 from foveal.plant.render import RenderedFrame
+from foveal.plant.sequence import RenderedSequence
 from foveal.storage import repository as repo
 
 CROP_PX = 336
@@ -60,10 +64,13 @@ def _zoom_step(
     box: repo.Box4,
     text_before: str,
     rng: random.Random,
+    *,
+    target_image: int = 1,
+    frame_index: int = -1,
 ) -> repo.NewStep:
     region = _padded(box)
     data, w, h = crop(pixels, region)
-    args = {"bbox_2d": [round(v, 3) for v in box], "target_image": 1}
+    args = {"bbox_2d": [round(v, 3) for v in box], "target_image": target_image}
     return repo.NewStep(
         index=index,
         operation="crop_image_normalized",
@@ -71,7 +78,7 @@ def _zoom_step(
         text=text_before,
         error=None,
         duration_ms=rng.uniform(8, 30),
-        crops=(repo.NewCrop(data, "image/png", w, h, region),),
+        crops=(repo.NewCrop(data, "image/png", w, h, region, frame_index),),
     )
 
 
@@ -152,6 +159,81 @@ def scripted(
     )
 
 
+def scripted_sequence(
+    rendered: RenderedSequence, rng: random.Random, *, model_version: str = "1"
+) -> repo.NewInspection:
+    """An inspection of a rendered sequence in the model protocol: select 2-3 frames in a shuffled
+    order (ones that show the defect; any, for a clean part), zoom into the first of them when it
+    shows the defect, answer the true type."""
+    truth, frames = rendered.spec.defect_type, rendered.frames
+    shown = list(rendered.defect_frames) or list(range(len(frames)))
+    chosen = rng.sample(shown, min(len(shown), rng.randint(2, 3)))  # selection order, not sorted
+    numbers = ", ".join(str(k + 1) for k in chosen)
+    whole = (0.0, 0.0, 1.0, 1.0)
+    views = []
+    for k in chosen:
+        data, w, h = crop(frames[k], whole)
+        views.append(repo.NewCrop(data, "image/png", w, h, whole, k))
+    steps = [
+        repo.NewStep(
+            index=0,
+            operation="select_frames",
+            arguments={"target_frames": [k + 1 for k in chosen]},
+            text=f"A sequence of {len(frames)} frames of a {rendered.spec.product} part. Frames {numbers} "
+            "deserve a closer look. Now I will select them.",
+            error=None,
+            duration_ms=rng.uniform(8, 30),
+            crops=tuple(views),
+        )
+    ]
+    box = rendered.boxes[chosen[0]]
+    if box is not None:
+        steps.append(
+            _zoom_step(
+                1,
+                frames[chosen[0]],
+                box,
+                f"In frame {chosen[0] + 1} a faint mark near {_area(box)}. Now I will zoom in to look "
+                "clearer at it.",
+                rng,
+                target_image=2,
+                frame_index=chosen[0],
+            )
+        )
+    closing = {NO_DEFECT: "None of the frames shows a defect."}.get(
+        truth, f"In the crop the mark reads as a {truth}."
+    )
+    steps.append(
+        repo.NewStep(
+            index=len(steps),
+            operation="answer",
+            arguments={},
+            text=f"{closing} \\boxed{{{truth}}}",
+            error=None,
+            duration_ms=rng.uniform(20, 60),
+        )
+    )
+    ops = len(steps) - 1
+    model_ms = rng.uniform(400, 900) + 120 * ops
+    return repo.NewInspection(
+        verdict="ok" if truth == NO_DEFECT else "defect",
+        defect_type=truth,
+        confidence=rng.uniform(0.62, 0.99),
+        box=box if truth != NO_DEFECT else None,
+        model_name="foveal_vl",
+        model_version=model_version,
+        operations=ops,
+        latency_ms=model_ms + 15,
+        timings={
+            "total_ms": model_ms + 15,
+            "model_ms": model_ms,
+            "operations_ms": 12.0 * ops,
+            "queue_ms": 3.0,
+        },
+        steps=tuple(steps),
+    )
+
+
 def _area(box: repo.Box4) -> str:
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     row = "upper" if cy < 0.33 else "lower" if cy > 0.66 else "middle"
@@ -176,18 +258,21 @@ class Where:
 def write_inspection(
     sessions: sessionmaker[Session],
     store: BlobStore,
-    image_png: bytes,
+    image_png: bytes | Sequence[bytes],
     width: int,
     height: int,
     product: str,
     where: Where,
     inspection: repo.NewInspection,
     captured_at: datetime | None = None,
-    sequence_length: int = 1,
 ) -> uuid.UUID:
-    """The ingest worker's write path for one frame; returns its frame id."""
+    """The ingest worker's write path for one frame (`image_png`), or for a sequence (a list of
+    its frames' PNGs, all `width` x `height`); returns its frame id."""
     frame_id = uuid.uuid4()
-    blob = store.put(image_png, "image/png")
+    images = [image_png] if isinstance(image_png, bytes) else list(image_png)
+    kept = tuple(
+        repo.NewBlob(store.put(data, "image/png").uri, "image/png", width, height) for data in images
+    )
     meta = FrameMeta(
         frame_id=frame_id,
         line=where.line,
@@ -202,9 +287,10 @@ def write_inspection(
         mime_type="image/png",
         width=width,
         height=height,
-        blob_key=blob.uri,
-        sequence_length=sequence_length,
+        blob_key=kept[0].blob_key,
+        sequence_length=len(kept),
         source=None,
+        blobs=kept,
     )
     with sessions() as session, session.begin():
         repo.insert_frame(session, frame)

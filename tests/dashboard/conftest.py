@@ -1,8 +1,8 @@
 """Fixtures of the dashboard tests: a real embedded PostgreSQL (the `postgres` part of the stack,
 started by the same code as `foveal stack up`, on a free port under a temporary home), a fresh
 migrated database per module, the dashboard app in process (`TestClient`) or as a real uvicorn
-server on a free port (live feed, browser), users, and inspections written through the
-pipeline's write path (`foveal.dashboard.sample.write_inspection`).
+server on a free port (live feed, browser), users, and inspections of frames and of sequences
+written through the pipeline's write path (`foveal.dashboard.sample.write_inspection`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from foveal import blobs
 from foveal.dashboard import create_app, sample, users
 from foveal.plant.render import FrameSpec, render_frame
+from foveal.plant.sequence import RenderedSequence, SequenceSpec, render_sequence
 from foveal.settings import Settings, load_settings
 from foveal.stack import Stack
 from foveal.storage import migrate
@@ -101,6 +102,36 @@ class Env:
             sample.Where(line, station),
             inspection,
         )
+        return self._inspection_of(frame_id)
+
+    def sequence(
+        self,
+        product: str = "brushed_metal",
+        defect: str = "scratch",
+        *,
+        line: str = "line-seq",
+        seed: int = 0,
+        frames: int = 8,
+        size: int = 256,
+    ) -> tuple[int, RenderedSequence, repo.NewInspection]:
+        """A rendered sequence, a scripted inspection (select_frames, a zoom, the answer), written
+        as ingest writes; returns the inspection id, what was rendered and what was written."""
+        rendered = render_sequence(SequenceSpec(product, defect, "easy", frames=frames, size=size, seed=seed))
+        inspection = sample.scripted_sequence(rendered, random.Random(seed))
+        h, w = rendered.frames[0].shape[:2]
+        frame_id = sample.write_inspection(
+            self.sessions,
+            self.store,
+            [sample.png(f) for f in rendered.frames],
+            w,
+            h,
+            product,
+            sample.Where(line, "station-seq"),
+            inspection,
+        )
+        return self._inspection_of(frame_id), rendered, inspection
+
+    def _inspection_of(self, frame_id: uuid.UUID) -> int:
         with self.sessions() as session, session.begin():
             found = repo.find_inspection(session, frame_id)
             assert found is not None

@@ -1,8 +1,9 @@
 """The dashboard in a real browser: Playwright driving Debian's chromium (`/usr/bin/chromium`,
 headless, through `executable_path`; installed with apt when missing) against a real uvicorn
 server and the real PostgreSQL. Sign in, open the queue, review inspections with the keyboard
-only and find the reviews in PostgreSQL; a frame written through the pipeline's write path
-appears in the live feed within 2 s; an anonymous write and a forged cross-site form are refused.
+only and find the reviews in PostgreSQL; a sequence's strip shows every frame, the selected ones
+numbered, and a click enlarges one; a frame written through the pipeline's write path appears in
+the live feed within 2 s; an anonymous write and a forged cross-site form are refused.
 Run: `.venv/bin/python -m pytest -q tests/dashboard/test_browser.py`.
 """
 
@@ -143,3 +144,31 @@ def test_anonymous_write_and_forged_form_are_refused(env: Env, page: object, ser
         page.evaluate("document.getElementById('f').submit()")
     assert answer.value.status == 403
     assert _reviews(env, inspection) == []
+
+
+def test_sequence_strip_shows_every_frame_and_a_click_enlarges_it(env: Env, page: object) -> None:
+    from playwright.sync_api import Page
+
+    assert isinstance(page, Page)
+    env.add_user("strip-viewer")
+    inspection, _, written = env.sequence(defect="scratch", seed=3, line="line-strip")
+    chosen = [crop.frame_index for crop in written.steps[0].crops]
+    _sign_in(page, "strip-viewer")
+    page.goto(f"/inspections/{inspection}")
+    figures = page.locator("#strip figure")
+    assert figures.count() == 8
+    marks = page.locator("#strip figure.selected")
+    numbered = {int(mark.get_attribute("data-selection") or 0): int(mark.get_attribute("data-frame") or 0)
+                for mark in marks.all()}  # selection number → frame
+    assert [numbered[n] for n in sorted(numbered)] == chosen
+    assert page.locator("#strip figure.selected .pick").all_inner_texts() == [
+        str(n) for n in sorted(numbered, key=lambda n: numbered[n])]
+    last = figures.nth(7).locator("img")
+    last.scroll_into_view_if_needed()
+    last.click()
+    lightbox = page.locator("#lightbox")
+    lightbox.wait_for(state="visible")
+    assert (lightbox.locator("img").get_attribute("src") or "").endswith(f"/media/frames/{inspection}/7")
+    page.wait_for_function("document.querySelector('#lightbox img').naturalWidth > 0")
+    page.keyboard.press("Escape")
+    lightbox.wait_for(state="hidden")
