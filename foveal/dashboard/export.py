@@ -1,9 +1,19 @@
 """Reviewed data as a dataset for retraining: every inspection whose latest decisive review gives
-it a label, with its full frame from the blob store, written in foveal's dataset format
-(`foveal/plant/dataset.py`, source `reviews`) and, when asked, converted to MVTec AD folders or a
-COCO file (`foveal/plant/exporters.py`). Each export is recorded as a `dataset_snapshots` row
-(name, filters, item count, the labels' SHA-256, where it lives) in the caller's transaction.
-Sequences are skipped (the blob store keeps their frames, the frames row only the first).
+it a label, with its full frame (every frame, for a sequence) from the blob store, written in
+foveal's dataset format (`foveal/plant/dataset.py`, source `reviews`) and, when asked, converted
+to MVTec AD folders or a COCO file (`foveal/plant/exporters.py`). Each export is recorded as a
+`dataset_snapshots` row (name, filters, item count, the labels' SHA-256, where it lives) in the
+caller's transaction. Images are copied byte for byte.
+
+A sequence becomes a sequence item (`sequences/review-<id>/<k>.<ext>`, one file per frame in
+order). A review labels the sequence, not each frame: an ok sequence is written with
+`defect_frames: []` (no frame shows a defect); a defect sequence with the reviewed type and,
+when the label has a box, `bbox` in the frame the dashboard showed it on (`bbox_frame`: the
+frame of the model's last zoom, else the first frame it selected, else frame 1;
+`inspection.shown_frame`); which other frames show the defect is not known, so `defect_frames`
+and `frame_boxes` are left out. The MVTec and COCO exports make each frame an image of its own
+and keep only the frames whose state is known (`foveal/plant/exporters.py`). A sequence
+ingested before every frame's blob key was stored (revision 0003) is skipped and counted.
 """
 
 from __future__ import annotations
@@ -19,15 +29,16 @@ from typing import Any
 
 import cv2
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from foveal import blobs
+from foveal.dashboard.inspection import crop_frames, shown_frame
 from foveal.domain import NO_DEFECT
 from foveal.plant.dataset import MANIFEST_FILE, DatasetWriter
 from foveal.plant.exporters import EXPORTERS, round_out
 from foveal.settings import Settings
-from foveal.storage.models import DatasetSnapshot
+from foveal.storage.models import DatasetSnapshot, FrameBlob
 
 FORMATS: tuple[str, ...] = ("foveal", "mvtec", "coco")
 REVIEWED = """
@@ -36,7 +47,7 @@ WITH latest AS (
            corrected_box_x1 AS x1, corrected_box_y1 AS y1, corrected_box_x2 AS x2, corrected_box_y2 AS y2,
            reviewer
     FROM reviews WHERE decision <> 'comment' ORDER BY inspection_id, reviewed_at DESC, id DESC)
-SELECT i.id, f.product, f.line, f.blob_key, f.mime_type, f.sequence_length, l.*
+SELECT i.id, f.frame_id, f.product, f.line, f.blob_key, f.mime_type, f.sequence_length, l.*
 FROM latest l JOIN inspections i ON i.id = l.inspection_id JOIN frames f ON f.frame_id = i.frame_id
 WHERE (CAST(:line AS text) IS NULL OR f.line = :line)
   AND (CAST(:product AS text) IS NULL OR f.product = :product)
@@ -76,28 +87,35 @@ def _write_native(session: Session, settings: Settings, filters: ExportFilters, 
     meta = {"format": "foveal", "filters": filters.as_json()}
     with DatasetWriter(out, source="reviews", meta=meta) as writer:
         for row in rows:
-            reason = _add(writer, settings, row)
+            reason = (_add_sequence(writer, settings, session, row) if row.sequence_length > 1
+                      else _add_image(writer, settings, row))
             if reason:
                 skipped.append(f"inspection {row.id}: {reason}")
         return len(writer.labels)
 
 
-def _add(writer: DatasetWriter, settings: Settings, row: Any) -> str | None:
-    if row.sequence_length > 1:
-        return "a sequence"
-    if row.blob_key is None:
-        return "no stored frame image"
-    defect = row.corrected_verdict == "defect"
-    if defect and row.x1 is None:
-        return "a defect without a box (draw one to export it)"
+def _read(settings: Settings, blob_key: str) -> tuple[bytes, tuple[int, int]] | str:
+    """The stored image's bytes and (height, width), or why it cannot be exported."""
     try:
-        data = blobs.fetch(settings, row.blob_key)
+        data = blobs.fetch(settings, blob_key)
     except blobs.BlobError as exc:
         return str(exc)
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
         return "the stored frame is not a readable image"
-    height, width = pixels.shape[:2]
+    return data, (int(pixels.shape[0]), int(pixels.shape[1]))
+
+
+def _add_image(writer: DatasetWriter, settings: Settings, row: Any) -> str | None:
+    if row.blob_key is None:
+        return "no stored frame image"
+    defect = row.corrected_verdict == "defect"
+    if defect and row.x1 is None:
+        return "a defect without a box (draw one to export it)"
+    read = _read(settings, row.blob_key)
+    if isinstance(read, str):
+        return read
+    data, (height, width) = read
     item_id = f"review-{row.id}"
     rel = f"images/{item_id}{blobs.EXTENSIONS.get(row.mime_type, '.png')}"
     writer.stage_path(rel).write_bytes(data)  # byte for byte: plant images are never re-encoded
@@ -106,6 +124,42 @@ def _add(writer: DatasetWriter, settings: Settings, row: Any) -> str | None:
     if defect:  # the pixel box too, as the importers keep it
         box = (row.x1, row.y1, row.x2, row.y2)
         fields.update(bbox=box, bbox_px=round_out(box, width, height))
+    writer.add_label(**fields)
+    return None
+
+
+def _add_sequence(writer: DatasetWriter, settings: Settings, session: Session, row: Any) -> str | None:
+    length = row.sequence_length
+    kept = session.execute(select(FrameBlob.position, FrameBlob.blob_key, FrameBlob.mime_type)
+                           .where(FrameBlob.frame_id == row.frame_id).order_by(FrameBlob.position)).all()
+    if [k.position for k in kept] != list(range(length)):
+        return (f"a sequence of {length} frames with {len(kept)} in the blob store "
+                "(ingested before every frame was kept)")
+    frames: list[tuple[bytes, str]] = []
+    sizes: set[tuple[int, int]] = set()
+    for blob in kept:  # every frame read before any is written: a skipped sequence leaves no files
+        read = _read(settings, blob.blob_key)
+        if isinstance(read, str):
+            return f"frame {blob.position + 1}: {read}"
+        frames.append((read[0], blob.mime_type))
+        sizes.add(read[1])
+    if len(sizes) != 1:
+        return f"frames of different sizes ({', '.join(f'{w}x{h}' for h, w in sorted(sizes))})"
+    ((height, width),) = sizes
+    item_id = f"review-{row.id}"
+    rels = []
+    for k, (data, mime_type) in enumerate(frames):
+        rels.append(f"sequences/{item_id}/{k:02d}{blobs.EXTENSIONS.get(mime_type, '.png')}")
+        writer.stage_path(rels[-1]).write_bytes(data)
+    fields: dict[str, Any] = dict(id=item_id, frames=rels, product=row.product, width=width, height=height)
+    if row.corrected_verdict != "defect":
+        fields.update(defect_type=NO_DEFECT, defect_frames=[], frame_boxes=[None] * length)
+    else:
+        fields.update(defect_type=row.corrected_type)
+        if row.x1 is not None:
+            box = (row.x1, row.y1, row.x2, row.y2)
+            fields.update(bbox=box, bbox_px=round_out(box, width, height),
+                          bbox_frame=shown_frame(crop_frames(session, row.id), length, range(length)))
     writer.add_label(**fields)
     return None
 

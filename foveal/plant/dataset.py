@@ -55,6 +55,9 @@ class Label(BaseModel):
     # Sequences: which frames (0-based) show the defect, and the box in each frame (None where hidden).
     defect_frames: list[int] | None = None
     frame_boxes: list[BoxN | None] | None = None
+    # Sequences known in part (reviewed plant data): `bbox` is in frame `bbox_frame` (0-based);
+    # without `defect_frames`, which other frames show the defect is not known.
+    bbox_frame: int | None = Field(None, ge=0)
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     seed: int | None = None
@@ -76,6 +79,10 @@ class Label(BaseModel):
         if self.frames is not None and self.frame_boxes is not None \
                 and len(self.frame_boxes) != len(self.frames):
             raise ValueError("frame_boxes needs one entry per frame")
+        if self.frames is not None and (self.bbox is None) != (self.bbox_frame is None):
+            raise ValueError("on a sequence, bbox and bbox_frame (the frame it is in) go together")
+        if self.bbox_frame is not None and (self.frames is None or self.bbox_frame >= len(self.frames)):
+            raise ValueError("bbox_frame must be a frame of the sequence")
         return self
 
     @property
