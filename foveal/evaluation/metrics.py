@@ -233,11 +233,16 @@ def box_covers(evidence: BoxN, truth: BoxN, tolerance: float = BOX_TOLERANCE) ->
 
 def labelled_box(label: Label, prediction: Prediction) -> BoxN | None:
     """The labelled box the evidence box is judged against: the image's bbox, or for a sequence
-    the box in the frame the evidence is in (None when that frame shows no defect or is unknown)."""
+    the box in the frame the evidence is in (None when that frame shows no defect or is unknown;
+    a reviewed sequence knows only its `bbox` in frame `bbox_frame`)."""
     if not label.is_sequence:
         return label.bbox
     frame = prediction.bbox_frame
-    if frame is None or label.frame_boxes is None or not 0 <= frame < len(label.frame_boxes):
+    if frame is None:
+        return None
+    if label.frame_boxes is None:  # a reviewed sequence: one box, in frame bbox_frame
+        return label.bbox if frame == label.bbox_frame else None
+    if not 0 <= frame < len(label.frame_boxes):
         return None
     return label.frame_boxes[frame]
 

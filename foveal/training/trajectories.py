@@ -389,14 +389,20 @@ def _look_none(item: _Item) -> Turns:
 
 
 def _frame_box(item: _Item, frame: int) -> BoxN | None:
+    """The labelled box in `frame`: from `frame_boxes` (rendered data), or the one reviewed box
+    `bbox` in frame `bbox_frame` (a sequence reviewed on the dashboard)."""
     boxes = item.label.frame_boxes or []
-    return boxes[frame] if frame < len(boxes) else None
+    if frame < len(boxes):
+        return boxes[frame]
+    return item.label.bbox if item.label.bbox_frame == frame else None
 
 
 def _pick_defect_frames(item: _Item) -> list[int]:
-    """2-4 defect frames (0-based, sorted), preferring frames whose box is known."""
+    """2-4 defect frames (0-based, sorted), preferring frames whose box is known; a reviewed
+    sequence knows one frame only (`bbox_frame`), and that is the one selected."""
     count = len(item.label.frames or ())
-    shown = [f for f in item.label.defect_frames or () if 0 <= f < count]
+    known = item.label.defect_frames or ([item.label.bbox_frame] if item.label.bbox_frame is not None else [])
+    shown = [f for f in known if 0 <= f < count]
     boxed = [f for f in shown if _frame_box(item, f) is not None]
     pool = boxed or shown or list(range(count))
     return sorted(item.rng.sample(pool, min(len(pool), item.rng.randint(2, 4))))

@@ -307,3 +307,13 @@ def test_reports_without_intervals_still_load(result: Metrics) -> None:
     del data["intervals"]
     assert Metrics.from_json(json.dumps(data)).intervals == {}
     assert evaluate(hand_labels(), hand_predictions(), resamples=0).intervals == {}
+
+
+def test_a_reviewed_sequence_is_judged_against_its_one_box() -> None:
+    box = (0.4, 0.4, 0.5, 0.5)
+    label = Label(id="r1", frames=[f"sequences/r1/{k:02d}.png" for k in range(4)], product="tile",
+                  defect_type="crack", width=100, height=100, bbox=box, bbox_frame=2)
+    evidence = (0.38, 0.38, 0.52, 0.52)
+    hit = evaluate([label], [prediction("r1", "crack", 0.9, ops=1, bbox=evidence, frame=2)])
+    elsewhere = evaluate([label], [prediction("r1", "crack", 0.9, ops=1, bbox=evidence, frame=1)])
+    assert hit.overall.box_hit_rate == 1.0 and elsewhere.overall.box_hit_rate == 0.0

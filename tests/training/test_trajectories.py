@@ -340,3 +340,18 @@ def test_sft_mix_answers_most_clean_looking_images_after_a_look() -> None:
     subtle = shares([image_label(rng, i, difficulty=rng.choice(["hard", "tiny"])) for i in range(200)], mix)
     assert abs(clean["direct"] / 400 - 0.2) < 0.06 and clean["direct"] + clean["look_none"] == 400
     assert "direct" not in subtle
+
+
+def test_a_reviewed_sequence_selects_its_one_known_frame() -> None:
+    """Dashboard exports know one box of a defect sequence (`bbox` in frame `bbox_frame`), not
+    per-frame truth: the trajectory selects that frame and zooms on that box."""
+    box = (0.40, 0.40, 0.46, 0.47)
+    label = Label(id="review-1", frames=[f"sequences/r/{k:02d}.png" for k in range(6)], product="cast_part",
+                  defect_type="crack", width=1024, height=768, difficulty="hard", bbox=box, bbox_frame=3)
+    for seed in range(20):
+        trajectory = synthesize(label, random.Random(seed), Mix(seq_wrong=0.0))
+        calls = [re.search(r"<tool_call>(.*)</tool_call>", t.text, re.S) for t in trajectory.turns[:-1]]
+        assert calls and all(calls)
+        assert '"target_frames": [4]' in trajectory.turns[0].text, trajectory.turns[0].text  # 1-based
+        assert trajectory.answer == "crack"
+        run(label, trajectory)
