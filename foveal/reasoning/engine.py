@@ -7,7 +7,9 @@ A conversation is a *session* with an id. Each turn appends only the tokens the 
 seen (the environment's message and images, or the prompt at the start) at their 3D rotary
 positions, so nothing is encoded twice. Sessions are batched per call: their caches are stacked
 (left-padded, masked) into one batch, and after the turn each session keeps only its real
-positions again, so sessions of any length and age can share a batch.
+positions again, so sessions of any length and age can share a batch. New sessions of a call that
+start with the same chunk (an RL query's G rollouts: one prompt, one frame) are encoded once and
+their cache copied to each before they sample apart (`share_prefill`).
 """
 
 from __future__ import annotations
@@ -103,8 +105,9 @@ class LocalEngine:
     """Runs turns on a loaded model in this process. Thread-safe: calls run one at a time."""
 
     def __init__(self, vlm: VLM, seed: int | None = None, idle_timeout_s: float | None = None,
-                 vision: ImageFeatures | None = None) -> None:
+                 vision: ImageFeatures | None = None, share_prefill: bool = True) -> None:
         self.vlm = vlm
+        self.share_prefill = share_prefill  # False: every row encodes its own chunk (the baseline)
         self.vision = vision  # None: the model's own (torch) vision tower
         self.chat = vlm.chat
         self.budget = vlm.budget
@@ -146,9 +149,16 @@ class LocalEngine:
             if r.restart:
                 self.sessions.pop(r.session, None)
         states = [self.sessions.get(r.session) or _Session([], 0, 0.0) for r in requests]
-        batch = _Batch.stack(states, self._empty_cache(), self.device)
+        source = _twins(requests, states) if self.share_prefill else list(range(len(requests)))
+        unique = sorted(set(source))  # the rows that encode their chunk
+        batch = _Batch.stack([states[i] for i in unique], self._empty_cache(), self.device)
+        logits = self._append(batch, [requests[i].chunk for i in unique])  # (U, V)
+        if len(unique) < len(requests):  # each twin takes a copy of its source's cache
+            at = {i: k for k, i in enumerate(unique)}
+            rows = [at[i] for i in source]
+            batch.select(rows)
+            logits = logits[rows]  # (B, V)
         replies = [TurnReply() for _ in requests]
-        logits = self._append(batch, [r.chunk for r in requests])  # (B, V)
         generating = [r.max_new_tokens > 0 for r in requests]
         while True:
             logprobs = torch.log_softmax(logits, dim=-1)  # (B, V)
@@ -248,6 +258,28 @@ class LocalEngine:
         return next(self.vlm.model.parameters()).device
 
 
+def _twins(requests: Sequence[TurnRequest], states: Sequence[_Session]) -> list[int]:
+    """For each row, the first row whose encoding it can share (itself if none): both start new
+    sessions with the same chunk, images included."""
+    seen: dict[tuple[int, ...], list[int]] = {}
+    out = list(range(len(requests)))
+    for b, (r, state) in enumerate(zip(requests, states, strict=True)):
+        if state.length or state.next_pos:
+            continue
+        candidates = seen.setdefault(tuple(r.chunk.ids), [])
+        twin = next((c for c in candidates if _same_images(requests[c].chunk, r.chunk)), None)
+        if twin is None:
+            candidates.append(b)
+        else:
+            out[b] = twin
+    return out
+
+
+def _same_images(a: Chunk, b: Chunk) -> bool:
+    return a.types == b.types and a.grids == b.grids and len(a.patches) == len(b.patches) and all(
+        p is q or np.array_equal(p, q) for p, q in zip(a.patches, b.patches, strict=True))
+
+
 @dataclass
 class _Batch:
     """Sessions stacked into one cache: row b is left-padded by `pad[b]` masked positions."""
@@ -275,6 +307,13 @@ class _Batch:
                 values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
             layers.append((torch.cat(keys), torch.cat(values)))
         return cls(DynamicCache(ddp_cache_data=layers), mask, [s.next_pos for s in states])
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep (and repeat) the given rows, in that order."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.next_pos = [self.next_pos[i] for i in rows]
 
     def split(self) -> list[_Session]:
         """Each row's real positions only, as its own session again."""

@@ -12,6 +12,7 @@ probabilities; the defect score is 1 - P(none) at the answer slot.
 
 from __future__ import annotations
 
+import copy
 import secrets
 import time
 from collections.abc import Sequence
@@ -146,7 +147,8 @@ class Loop:
         """Inspect `items` as one batch; one trace per item, in order. `deadline` (a
         `time.monotonic()` value) bounds the whole batch: past it, `DeadlineExceeded`."""
         started = time.perf_counter()
-        rows = [self._start(item, started) for item in items]
+        firsts: dict[tuple[int, str], tuple[Workspace, Chunk]] = {}
+        rows = [self._start(item, started, firsts) for item in items]
         live = list(rows)
         try:
             while live:
@@ -170,11 +172,23 @@ class Loop:
         return traces
 
     # -- set-up -------------------------------------------------------------------------------
-    def _start(self, item: Inspection, started: float) -> _Row:
-        ws = Workspace(item.frames, self.budget, self.options.max_images)
-        prompt = self.fmt.prompt([ws.views[0].pixels], item.prompt)
+    def _start(self, item: Inspection, started: float, firsts: dict[tuple[int, str], tuple[Workspace, Chunk]]
+               ) -> _Row:
+        """The row of an inspection. Copies of one inspection (the same frames object and prompt,
+        as an RL query's G rollouts) share its first view and prompt, pixels included, so the
+        engine encodes that prompt once and the rollouts' backbone maps are computed once."""
+        key = (id(item.frames), item.prompt)
+        if key in firsts:
+            first, prompt = firsts[key]
+            ws = copy.copy(first)
+            ws.views = list(first.views[:1])
+        else:
+            ws = Workspace(item.frames, self.budget, self.options.max_images)
+            prompt = self.fmt.prompt([ws.views[0].pixels], item.prompt)
+            firsts[key] = ws, prompt
         trace = Trace(item.item_id, conversation=Chunk().extend(prompt))
-        return _Row(item, ws, trace, session=secrets.randbits(63), pending=prompt, started=started)
+        return _Row(item, ws, trace, session=secrets.randbits(63), pending=Chunk().extend(prompt),
+                    started=started)
 
     def _request(self, row: _Row) -> TurnRequest:
         """The row's next turn: append what the model has not seen, then generate (or, when an
