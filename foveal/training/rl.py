@@ -29,9 +29,8 @@ from foveal.model import loader
 from foveal.model.chat import Chunk
 from foveal.model.loader import VLM
 from foveal.reasoning.loop import LoopOptions
-from foveal.training import rl_log
-from foveal.training.forward import collate
-from foveal.training.grpo import clip_fraction, clipped_objective, group_advantages, replay, target_logprobs
+from foveal.training import prefix, rl_log
+from foveal.training.grpo import clip_fraction, clipped_objective, group_advantages, replay
 from foveal.training.rewards import RewardConfig
 from foveal.training.rollouts import (
     Query,
@@ -103,9 +102,8 @@ def policy_loss(policy: VLM, samples: Sequence[Sample], total_tokens: int, confi
                 ) -> tuple[torch.Tensor, float]:
     """The GRPO loss of a micro-batch, already divided by the step's token count, and its clip
     fraction. Only tokens the chunks mark with loss (generated assistant text) enter."""
-    batch = collate([s.chunk for s in samples], policy.chat.pad, policy.chat.spec)
-    maps = [m for s in samples for m in s.maps or []] if all(s.maps is not None for s in samples) else None
-    logp, mask = target_logprobs(policy, batch, maps, config.temperature)  # (B, L)
+    logp, mask = prefix.logprobs(policy, [s.chunk for s in samples], [s.maps for s in samples],
+                                 [s.group for s in samples], config.temperature)  # (B, L)
     old = _padded(samples, logp.shape[1])
     advantages = torch.tensor([s.advantage for s in samples])  # (B,)
     objective = clipped_objective(logp, old, advantages, mask, config.eps_low, config.eps_high)
@@ -129,7 +127,8 @@ def update(policy: VLM, optimizer: torch.optim.Optimizer, samples: Sequence[Samp
         adv = group_advantages(torch.tensor([s.reward.total for s in group], dtype=torch.float64))
         for s, a in zip(group, adv.tolist(), strict=True):
             s.advantage = a
-    flat = sorted((s for g in kept for s in g), key=lambda s: len(s.chunk))
+    # a group's rollouts side by side, so a micro-batch runs their shared prompt once
+    flat = [s for g in kept for s in sorted(g, key=lambda s: len(s.chunk))]
     total_tokens = sum(s.tokens for s in flat)
     params = trainable(policy)
     policy.model.train()

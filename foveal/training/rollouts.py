@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from foveal.evaluation.bench import inspection_of
@@ -29,8 +30,7 @@ from foveal.model.loader import VLM
 from foveal.model.vision import ConvVisionTower
 from foveal.plant.dataset import Label, read_labels
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
-from foveal.training.forward import collate
-from foveal.training.grpo import target_logprobs
+from foveal.training import prefix
 from foveal.training.rewards import Outcome, Reward, RewardConfig, group_rewards
 
 
@@ -112,16 +112,26 @@ def outcome_of(trace: Trace, truth: str) -> Outcome:
     return Outcome(trace.defect_type, truth, ok)
 
 
+MapMemo = dict[int, tuple[npt.NDArray[np.float32], torch.Tensor]]  # id(patches) -> (the patches, their maps)
+
+
 @torch.no_grad()
-def backbone_maps(vlm: VLM, chunk: Chunk) -> tuple[Chunk, list[torch.Tensor] | None]:
-    """The chunk without pixels and its backbone maps (a convolutional tower), or as it is."""
+def backbone_maps(vlm: VLM, chunk: Chunk, memo: MapMemo | None = None
+                  ) -> tuple[Chunk, list[torch.Tensor] | None]:
+    """The chunk without pixels and its backbone maps (a convolutional tower), or as it is.
+    Images already in `memo` (the same patches object: a query's prompt, shared by its rollouts)
+    are not computed again; the same maps tensor is handed out."""
     tower = vlm.model.model.visual
     if not isinstance(tower, ConvVisionTower):
         return chunk, None
-    maps: list[torch.Tensor] = []
-    if chunk.patches:
-        pixels = torch.from_numpy(np.concatenate(chunk.patches))
-        maps = [m.half() for m in tower.feature_maps(tower.images(pixels, torch.tensor(chunk.grids)))]
+    memo = {} if memo is None else memo
+    todo = [i for i, p in enumerate(chunk.patches) if memo.get(id(p), (None,))[0] is not p]
+    if todo:
+        pixels = torch.from_numpy(np.concatenate([chunk.patches[i] for i in todo]))
+        grids = torch.tensor([chunk.grids[i] for i in todo])
+        for i, fmap in zip(todo, tower.feature_maps(tower.images(pixels, grids)), strict=True):
+            memo[id(chunk.patches[i])] = chunk.patches[i], fmap.half()
+    maps = [memo[id(p)][1] for p in chunk.patches]
     return Chunk(chunk.ids, chunk.types, chunk.loss, [], chunk.grids), maps
 
 
@@ -138,11 +148,12 @@ def roll_out(rollout: RolloutPolicy, queries: Sequence[Query], group_size: int, 
         copies += [replace(inspection, item_id=f"{query.label.id}#{k}") for k in range(group_size)]
     traces = loop.run_batched(copies, batch_size=batch_size)
     samples: list[Sample] = []
+    memo: MapMemo = {}
     for g, query in enumerate(queries):
         group = traces[g * group_size:(g + 1) * group_size]
         outcomes = [outcome_of(t, query.truth) for t in group]
         for trace, outcome, reward in zip(group, outcomes, group_rewards(outcomes, rewards), strict=True):
-            chunk, maps = backbone_maps(rollout.vlm, trace.conversation)
+            chunk, maps = backbone_maps(rollout.vlm, trace.conversation, memo)
             samples.append(Sample(query.label.id, g, chunk, maps, outcome, reward, query.difficulty,
                                   correct_type(trace.defect_type, query.truth), tokens=sum(chunk.loss[1:])))
     return samples
@@ -153,11 +164,11 @@ def score_old_logprobs(rollout: RolloutPolicy, samples: Sequence[Sample], temper
                        batch_size: int = 8) -> None:
     """Each sample's per-token log-probabilities under the rollout policy (the ratio's base)."""
     vlm = rollout.vlm
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i].chunk))
+    # a group's rollouts side by side, so a batch runs their shared prompt once
+    order = sorted(range(len(samples)), key=lambda i: (samples[i].group, len(samples[i].chunk)))
     for start in range(0, len(order), batch_size):
         part = [samples[i] for i in order[start:start + batch_size]]
-        batch = collate([s.chunk for s in part], vlm.chat.pad, vlm.chat.spec)
-        maps = [m for s in part for m in s.maps or []] if all(s.maps is not None for s in part) else None
-        logp, _ = target_logprobs(vlm, batch, maps, temperature)  # (B, L)
+        logp, _ = prefix.logprobs(vlm, [s.chunk for s in part], [s.maps for s in part],
+                                  [s.group for s in part], temperature)  # (B, L)
         for row, s in enumerate(part):
             s.old_logp = logp[row, :len(s.chunk)].clone()
