@@ -66,9 +66,10 @@ def replay(groups: Sequence[G], rewards: Sequence[Sequence[float]], size: int,
 def clipped_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                       mask: torch.Tensor, eps_low: float = 0.2, eps_high: float = 0.35) -> torch.Tensor:
     """Sum over masked tokens of the negated PPO surrogate; divide by the token count of the
-    whole update batch for the token-level mean. `logp`, `old_logp`, `mask`: (B, L); `advantages`:
-    (B,), one per rollout. Where the ratio is clipped (above 1 + eps_high with a positive advantage,
-    below 1 - eps_low with a negative one) the token has no gradient."""
+    whole update batch for the token-level mean. `logp`, `old_logp`, `mask`: (B, L) (`mask` bool,
+    or per-token weights); `advantages`: (B,), one per rollout. Where the ratio is clipped (above
+    1 + eps_high with a positive advantage, below 1 - eps_low with a negative one) the token has no
+    gradient."""
     ratio = torch.exp(logp - old_logp)  # (B, L)
     adv = advantages[:, None].to(logp.dtype)  # (B, 1)
     unclipped = ratio * adv
@@ -79,9 +80,10 @@ def clipped_objective(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
 
 def clip_fraction(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor,
                   eps_low: float = 0.2, eps_high: float = 0.35) -> float:
-    """Share of masked tokens whose ratio is outside [1 - eps_low, 1 + eps_high] (a health log)."""
+    """Share of masked tokens (weighted, when `mask` holds weights) whose ratio is outside
+    [1 - eps_low, 1 + eps_high] (a health log)."""
     ratio = torch.exp(logp - old_logp)
-    outside = ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)) & mask
+    outside = ((ratio < 1.0 - eps_low) | (ratio > 1.0 + eps_high)).to(mask.dtype) * mask
     return float(outside.sum()) / max(1.0, float(mask.sum()))
 
 

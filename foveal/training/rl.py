@@ -17,6 +17,7 @@ import json
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +31,7 @@ from foveal.model.chat import Chunk
 from foveal.model.loader import VLM
 from foveal.reasoning.loop import LoopOptions
 from foveal.training import prefix, rl_log
-from foveal.training.grpo import clip_fraction, clipped_objective, group_advantages, replay
+from foveal.training.grpo import clip_fraction, clipped_objective, group_advantages, is_uniform, replay
 from foveal.training.rewards import RewardConfig
 from foveal.training.rollouts import (
     Query,
@@ -98,23 +99,34 @@ def _padded(samples: Sequence[Sample], length: int) -> torch.Tensor:
     return out
 
 
-def policy_loss(policy: VLM, samples: Sequence[Sample], total_tokens: int, config: RLConfig
-                ) -> tuple[torch.Tensor, float]:
+def policy_loss(policy: VLM, samples: Sequence[Sample], total_tokens: int, config: RLConfig,
+                times: Sequence[int] | None = None) -> tuple[torch.Tensor, float]:
     """The GRPO loss of a micro-batch, already divided by the step's token count, and its clip
-    fraction. Only tokens the chunks mark with loss (generated assistant text) enter."""
+    fraction. Only tokens the chunks mark with loss (generated assistant text) enter; a row's
+    terms count `times[row]` times (the replay drew its group that often)."""
     logp, mask = prefix.logprobs(policy, [s.chunk for s in samples], [s.maps for s in samples],
                                  [s.group for s in samples], config.temperature)  # (B, L)
     old = _padded(samples, logp.shape[1])
     advantages = torch.tensor([s.advantage for s in samples])  # (B,)
-    objective = clipped_objective(logp, old, advantages, mask, config.eps_low, config.eps_high)
-    return objective / max(1, total_tokens), clip_fraction(logp.detach(), old, mask, config.eps_low,
+    weight = mask * torch.tensor(times or [1] * len(samples))[:, None]  # (B, L)
+    objective = clipped_objective(logp, old, advantages, weight, config.eps_low, config.eps_high)
+    return objective / max(1, total_tokens), clip_fraction(logp.detach(), old, weight, config.eps_low,
                                                            config.eps_high)
+
+
+def informative(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples of groups whose rewards differ: the only ones the update reads."""
+    rewards: dict[int, list[float]] = {}
+    for s in samples:
+        rewards.setdefault(s.group, []).append(s.reward.total)
+    return [s for s in samples if not is_uniform(rewards[s.group])]
 
 
 def update(policy: VLM, optimizer: torch.optim.Optimizer, samples: Sequence[Sample], config: RLConfig,
            rng: random.Random) -> rl_log.StepStats:
     """One optimizer step on one rollout step: drop uniform groups, refill, GRPO advantages,
-    the clipped objective as a token-level mean over the whole refilled batch."""
+    the clipped objective as a token-level mean over the whole refilled batch. A group the
+    refill drew k times runs once with its terms counted k times (the same sum, 1/k the passes)."""
     by_group: dict[int, list[Sample]] = {}
     for s in samples:
         by_group.setdefault(s.group, []).append(s)
@@ -123,23 +135,25 @@ def update(policy: VLM, optimizer: torch.optim.Optimizer, samples: Sequence[Samp
     stats = rl_log.StepStats(groups=len(groups), uniform=round(uniform * len(groups)))
     if not kept:
         return stats
-    for group in kept:
+    times = Counter(g[0].group for g in kept)
+    distinct = list({g[0].group: g for g in kept}.values())
+    for group in distinct:
         adv = group_advantages(torch.tensor([s.reward.total for s in group], dtype=torch.float64))
         for s, a in zip(group, adv.tolist(), strict=True):
             s.advantage = a
     # a group's rollouts side by side, so a micro-batch runs their shared prompt once
-    flat = [s for g in kept for s in sorted(g, key=lambda s: len(s.chunk))]
-    total_tokens = sum(s.tokens for s in flat)
+    flat = [s for g in distinct for s in sorted(g, key=lambda s: len(s.chunk))]
+    total_tokens = sum(s.tokens * times[s.group] for s in flat)
     params = trainable(policy)
     policy.model.train()
     optimizer.zero_grad(set_to_none=True)
     loss_sum, clipped = 0.0, 0.0
     for start in range(0, len(flat), config.micro_batch):
         part = flat[start:start + config.micro_batch]
-        loss, frac = policy_loss(policy, part, total_tokens, config)
+        loss, frac = policy_loss(policy, part, total_tokens, config, [times[s.group] for s in part])
         loss.backward()  # type: ignore[no-untyped-call]
         loss_sum += float(loss.detach())
-        clipped += frac * sum(s.tokens for s in part)
+        clipped += frac * sum(s.tokens * times[s.group] for s in part)
     torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
     optimizer.step()
     policy.model.train(False)
@@ -227,7 +241,7 @@ def run_episode(policy: VLM, rollout: RolloutPolicy, optimizer: torch.optim.Opti
         step = roll_out(rollout, batch, config.group_size, replace(options, seed=seed), config.rewards,
                         config.rollout_batch)
         looped = time.perf_counter()
-        score_old_logprobs(rollout, step, config.temperature, config.micro_batch)
+        score_old_logprobs(rollout, informative(step), config.temperature, config.micro_batch)
         state.seconds["old_logp"] += time.perf_counter() - looped
         state.seconds["rollout"] += time.perf_counter() - clock
         # update

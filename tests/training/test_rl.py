@@ -5,6 +5,7 @@ run resumes from its checkpoint to the same place as a run that never stopped.""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from dataclasses import replace
@@ -24,7 +25,7 @@ from foveal.reasoning.loop import LoopOptions
 from foveal.reasoning.prompts import inspection_prompt
 from foveal.training.examples import materialize, with_maps
 from foveal.training.forward import collate, token_logits
-from foveal.training.grpo import clipped_objective, logprobs_of
+from foveal.training.grpo import clipped_objective, logprobs_of, target_logprobs
 from foveal.training.rewards import Outcome, Reward, RewardConfig, group_rewards
 from foveal.training.rl import RLConfig, restore, run, update
 from foveal.training.rollouts import (
@@ -119,6 +120,39 @@ def test_one_grpo_step_trains_the_policy_and_leaves_the_rollout_copy_and_backbon
     rollout.refresh(micro_vlm, 1)
     assert all(torch.equal(p, q) for p, q in zip(rollout.vlm.model.parameters(), micro_vlm.model.parameters(),
                                                  strict=True))
+
+
+def test_a_group_the_replay_draws_twice_counts_twice_in_one_pass(micro_vlm: VLM) -> None:
+    zoom, direct = [f"A mark. {CROP}", "\\boxed{scratch}"], ["\\boxed{none}"]
+    samples = [scripted(micro_vlm, zoom, 0, 1.0), scripted(micro_vlm, direct, 0, 0.0),
+               scripted(micro_vlm, zoom, 1, 0.5), scripted(micro_vlm, direct, 1, 0.5)]  # group 0 refills
+    score_old_logprobs(RolloutPolicy(micro_vlm), samples, temperature=1.0)
+    reference = replace(micro_vlm, model=copy.deepcopy(micro_vlm.model))
+    before = {n: p.detach().clone() for n, p in micro_vlm.model.named_parameters()}
+    optimizer = torch.optim.SGD(trainable(micro_vlm), lr=1.0)  # the step is the gradient itself
+    stats = update(micro_vlm, optimizer, samples, RLConfig(Path("m"), [], Path("o"), grad_clip=1e9),
+                   random.Random(0))
+    # the refilled batch as it reads: group 0 twice, every conversation run whole
+    twice = samples[:2] * 2
+    batch = collate([s.chunk for s in twice], micro_vlm.chat.pad, micro_vlm.chat.spec)
+    reference.model.train()
+    logp, mask = target_logprobs(reference, batch, [m for s in twice for m in s.maps or []])
+    old = torch.zeros(logp.shape)
+    for row, s in enumerate(twice):
+        assert s.old_logp is not None
+        old[row, :len(s.old_logp)] = s.old_logp
+    loss = clipped_objective(logp, old, torch.tensor([s.advantage for s in twice]), mask)
+    loss = loss / sum(s.tokens for s in twice)
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert stats.updated and stats.loss == pytest.approx(float(loss.detach()), rel=1e-4, abs=1e-7)
+    trained = {id(p) for p in trainable(micro_vlm)}
+    moved = 0
+    for (name, p), q in zip(micro_vlm.model.named_parameters(), reference.model.parameters(), strict=True):
+        if id(p) in trained:
+            assert q.grad is not None
+            torch.testing.assert_close(before[name] - p.detach(), q.grad, rtol=1e-3, atol=1e-6)
+            moved += int(bool(q.grad.abs().sum() > 0))
+    assert moved > 0
 
 
 def test_prompt_and_tool_output_tokens_get_no_gradient(micro_vlm: VLM) -> None:
