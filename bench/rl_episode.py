@@ -7,6 +7,10 @@ loading and saving excluded. `--queries` smaller than 512 gives a partial episod
 such in the output. Prints a table and, as its last line, one JSON object with the figures, the
 git commit and the machine.
 
+`--threads N` sets torch's intra-op threads (default: torch's choice, one per core); on a machine
+another job keeps busy, 1 thread is several times faster than 2 fighting over the cores
+(docs/rl.md).
+
 Run: `.venv/bin/python bench/rl_episode.py --model runs/sft --data data/train [--queries 512] [--rollouts 8]`
 """
 
@@ -19,6 +23,7 @@ import platform
 import tempfile
 from pathlib import Path
 
+import torch
 from render_throughput import git_commit  # type: ignore[import-not-found]
 
 from foveal.training.rl import RLConfig, run
@@ -36,7 +41,10 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--rollout-batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "rl"
         config = RLConfig(model=args.model, data=args.data, out=out, episodes=1,
@@ -59,7 +67,7 @@ def main() -> None:
     print(f"{row['queries']:>7}  {row['rollouts']:>8}  {row['rollout_s']:>9.1f}  {row['update_s']:>8.1f}  "
           f"{total:>7.1f}  {row['updates']:>7}")
     machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version(),
-                   load_avg_1m=round(os.getloadavg()[0], 2))
+                   load_avg_1m=round(os.getloadavg()[0], 2), torch_threads=torch.get_num_threads())
     print(json.dumps(dict(benchmark="rl_episode", model=str(args.model), data=[str(d) for d in args.data],
                           **figures, commit=git_commit(), machine=machine)))
 
