@@ -80,6 +80,8 @@ def test_a_shared_prompt_gives_the_log_probs_and_gradients_of_whole_passes(micro
     first_loss = [c.loss.index(True) for c in chunks]
     assert prefix.prefix_length(chunks[:3], maps[:3]) == first_loss[0] - 1  # the whole prompt, frame included
     assert prefix.prefix_length(chunks[3:], maps[3:]) == first_loss[3] - 1 != first_loss[0] - 1
+    own = sorted(len(c) - f + 1 for c, f in zip(chunks, first_loss, strict=True))
+    assert len(prefix.buckets(own, prefix.BUCKET_OVERHEAD)) > 1  # the rows' own tokens run in several passes
     micro_vlm.model.train()
     want, want_mask = independent(micro_vlm, chunks, maps)
     got, mask = prefix.logprobs(micro_vlm, chunks, maps, groups)
