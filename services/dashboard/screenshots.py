@@ -29,6 +29,7 @@ from sqlalchemy import text
 from foveal import blobs
 from foveal.dashboard import create_app, sample, users
 from foveal.plant.render import FrameSpec, render_frame
+from foveal.plant.sequence import SequenceSpec, render_sequence
 from foveal.settings import load_settings
 from foveal.stack import Stack
 from foveal.storage.database import make_engine, session_factory
@@ -80,8 +81,9 @@ FROM inspections i,
 WHERE i.verdict <> 'ok' OR random() < 0.15"""
 
 
-def seed(settings_home: Path, url: str) -> Callable[[int], None]:
-    """Seed the database; returns a function that writes `n` more frames (for the live feed)."""
+def seed(settings_home: Path, url: str) -> tuple[Callable[[int], None], str]:
+    """Seed the database; returns a function that writes `n` more frames (for the live feed) and
+    the inspection id of the one sequence."""
     settings = load_settings(home=settings_home, database_url=url, kafka_bootstrap="", triton_url="")
     engine = make_engine(url)
     sessions = session_factory(engine)
@@ -117,10 +119,19 @@ def seed(settings_home: Path, url: str) -> Callable[[int], None]:
 
     for k in range(48):
         add(k)
-    return lambda n: [add(48 + k) for k in range(n)] and None
+    # one sequence, written last so it opens the pending queue's defects by recency
+    rendered_seq = render_sequence(SequenceSpec("cast_part", "crack", "easy", frames=8, size=768, seed=5))
+    height, width = rendered_seq.frames[0].shape[:2]
+    frame_id = sample.write_inspection(sessions, store, [sample.png(f) for f in rendered_seq.frames], width,
+                                       height, "cast_part", sample.Where("line-1", "station-2"),
+                                       sample.scripted_sequence(rendered_seq, random.Random(3)))
+    with sessions() as session:
+        sequence_id = str(session.execute(text("SELECT id FROM inspections WHERE frame_id = :f"),
+                                          {"f": frame_id}).scalar_one())
+    return (lambda n: [add(48 + k) for k in range(n)] and None), sequence_id
 
 
-def shoot(base: str, out: Path, add: Callable[[int], None]) -> None:
+def shoot(base: str, out: Path, add: Callable[[int], None], sequence_id: str) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -140,6 +151,7 @@ def shoot(base: str, out: Path, add: Callable[[int], None]) -> None:
         defect_row = (
             page.locator("#queue tbody tr", has=page.locator(".badge.defect"))
             .filter(has=page.locator("td:nth-child(8)", has_text="2"))
+            .filter(has_not=page.locator(".tag", has_text="seq"))  # the sequence gets its own shot
             .first
         )
         defect_row.click()
@@ -147,6 +159,11 @@ def shoot(base: str, out: Path, add: Callable[[int], None]) -> None:
         page.wait_for_function("document.querySelector('#frame-img').complete")
         page.wait_for_timeout(500)
         page.screenshot(path=str(out / "dashboard-inspection.jpg"), type="jpeg", quality=88, full_page=True)
+        page.goto(f"{base}/inspections/{sequence_id}")
+        page.wait_for_selector("#frame-img")
+        page.wait_for_function("document.querySelector('#frame-img').complete")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out / "dashboard-sequence.jpg"), type="jpeg", quality=88, full_page=True)
         page.goto(f"{base}/stats")
         page.wait_for_selector("svg.chart")
         page.screenshot(path=str(out / "dashboard-stats.jpg"), type="jpeg", quality=88, full_page=True)
@@ -183,7 +200,7 @@ def main() -> None:
         stack.up()
         try:
             url = pg_settings.postgres_url
-            add = seed(Path(home), url)
+            add, sequence_id = seed(Path(home), url)
             settings = load_settings(home=Path(home), database_url=url, kafka_bootstrap="", triton_url="")
             server = uvicorn.Server(
                 uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
@@ -194,7 +211,7 @@ def main() -> None:
                 time.sleep(0.05)
             try:
                 args.out.mkdir(parents=True, exist_ok=True)
-                shoot(f"http://127.0.0.1:{port}", args.out, add)
+                shoot(f"http://127.0.0.1:{port}", args.out, add, sequence_id)
             finally:
                 server.should_exit = True
                 thread.join(timeout=10)
