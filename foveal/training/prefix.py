@@ -11,6 +11,7 @@ prefix through every row that reads it. The RL update and the rollout policy's s
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -113,9 +114,8 @@ def logprobs(vlm: VLM, chunks: Sequence[Chunk], maps: Sequence[Maps], groups: Se
     order = sorted(range(len(chunks)), key=lambda b: lengths[b])
     picked: list[torch.Tensor] = [torch.zeros(0)] * len(chunks)
     for run in buckets([lengths[b] for b in order], BUCKET_OVERHEAD):
-        rows = [order[i] for i in run]
-        cache = DynamicCache(ddp_cache_data=[(k[[owner[b] for b in rows]], v[[owner[b] for b in rows]])
-                                             for k, v in layers]) if layers else None
+        rows = sorted((order[i] for i in run), key=lambda b: owner[b])
+        cache = DynamicCache(ddp_cache_data=_repeat(layers, [owner[b] for b in rows])) if layers else None
         own = _own_pass(vlm, batch, [(b, starts[b], lengths[b]) for b in rows], [chunks[b] for b in rows],
                         [maps[b] for b in rows], prefix_mask[[owner[b] for b in rows]], cache, temperature)
         for b, values in zip(rows, own, strict=True):
@@ -150,6 +150,16 @@ def buckets(lengths: Sequence[int], overhead: int) -> list[range]:
         runs.append(range(cut[j], j))
         j = cut[j]
     return runs[::-1]
+
+
+def _repeat(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], owners: Sequence[int]
+            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Prefix rows repeated for rows whose (sorted) owners are `owners`. Expanded and
+    concatenated rather than indexed: the gradient then sums each prefix's copies in a fixed
+    order (an indexing backward accumulates them in whatever order the threads run)."""
+    runs = [(o, len(list(same))) for o, same in itertools.groupby(owners)]
+    return [(torch.cat([k[o:o + 1].expand(n, -1, -1, -1) for o, n in runs]),
+             torch.cat([v[o:o + 1].expand(n, -1, -1, -1) for o, n in runs])) for k, v in layers]
 
 
 def _prefix_pass(vlm: VLM, batch: Batch, chunks: Sequence[Chunk], maps: Sequence[Maps], heads: Sequence[int],
