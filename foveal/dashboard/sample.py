@@ -127,16 +127,7 @@ def scripted(
     closing = {NO_DEFECT: "The surface looks uniform; no defect."}.get(
         answer, f"In the crop the mark reads as a {answer}: its shape and contrast match."
     )
-    steps.append(
-        repo.NewStep(
-            index=len(steps),
-            operation="answer",
-            arguments={},
-            text=f"{closing} \\boxed{{{answer}}}",
-            error=None,
-            duration_ms=rng.uniform(20, 60),
-        )
-    )
+    steps.append(_answer_step(len(steps), closing, answer, rng))
     confidence = rng.uniform(0.35, 0.6) if uncertain else rng.uniform(0.62, 0.995)
     ops = len(steps) - 1
     model_ms = rng.uniform(180, 420) + 90 * ops
@@ -157,6 +148,12 @@ def scripted(
         },
         steps=tuple(steps),
     )
+
+
+def _answer_step(index: int, closing: str, answer: str, rng: random.Random) -> repo.NewStep:
+    """The last step of a scripted inspection: the closing sentence and `\\boxed{answer}`."""
+    return repo.NewStep(index=index, operation="answer", arguments={}, text=f"{closing} \\boxed{{{answer}}}",
+                        error=None, duration_ms=rng.uniform(20, 60))
 
 
 def scripted_sequence(
@@ -203,16 +200,7 @@ def scripted_sequence(
     closing = {NO_DEFECT: "None of the frames shows a defect."}.get(
         truth, f"In the crop the mark reads as a {truth}."
     )
-    steps.append(
-        repo.NewStep(
-            index=len(steps),
-            operation="answer",
-            arguments={},
-            text=f"{closing} \\boxed{{{truth}}}",
-            error=None,
-            duration_ms=rng.uniform(20, 60),
-        )
-    )
+    steps.append(_answer_step(len(steps), closing, truth, rng))
     ops = len(steps) - 1
     model_ms = rng.uniform(400, 900) + 120 * ops
     return repo.NewInspection(
