@@ -6,6 +6,7 @@ Run: `.venv/bin/python -m pytest -q tests/serving`."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -246,6 +247,25 @@ def test_shutdown_turns_health_to_not_serving(engine: ControlledEngine) -> None:
         stopper.start()
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
         stopper.join(10)
+
+
+def test_a_grpc_stop_that_never_finishes_is_left_after_the_margin(
+        engine: ControlledEngine, caplog: pytest.LogCaptureFixture) -> None:
+    server = ServerThread(engine, ServiceConfig(port=0, metrics_port=None, stop_margin_s=0.5))
+    grpc_server = server.server._server
+    assert grpc_server is not None
+    real_stop = grpc_server.stop
+
+    async def stuck(grace: float | None) -> None:  # stops, then hangs as a lost confirmation would
+        await real_stop(grace)
+        await asyncio.Event().wait()
+
+    grpc_server.stop = stuck
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="foveal.serving.service"):
+        server.stop(grace_s=0.2)
+    assert time.monotonic() - started < 5.0
+    assert any("had not stopped" in r.getMessage() for r in caplog.records)
 
 
 def test_more_concurrent_calls_than_allowed_is_resource_exhausted(engine: ControlledEngine) -> None:
