@@ -91,6 +91,9 @@ def train_sft(
                                       help="Share of defect-free images answered without a zoom."),
     easy_direct: float = typer.Option(0.8, "--easy-direct", min=0.0, max=1.0,
                                       help="Share of easy defect images answered without a zoom."),
+    look_hints: bool = typer.Option(True, "--look-hints/--random-looks",
+                                    help="Defect-free images look first where and when the stage-0 cell "
+                                         "head is most suspicious (off: at random, by the mix)."),
 ) -> None:
     """Stage 0 + warm-start SFT on synthetic expert trajectories; saves a loadable model."""
     from foveal.training.sft import SFTConfig, run
@@ -101,7 +104,7 @@ def train_sft(
                        freeze_merger=freeze_merger, caption_warmup=caption_warmup,
                        max_items=max_items, trajectories_per_item=per_item,
                        vocab_size=vocab_size, seed=seed, version=version, decision_weight=decision_weight,
-                       eval_every=eval_every, dev_loop_items=dev_loop_items)
+                       eval_every=eval_every, dev_loop_items=dev_loop_items, look_hints=look_hints)
     config.mix = dataclasses.replace(config.mix, none_direct=none_direct, easy_direct=easy_direct)
     if not self_correction:
         config.mix = config.mix.without_correction()

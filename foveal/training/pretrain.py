@@ -267,3 +267,31 @@ def auroc(scores: npt.NDArray[np.float64], truths: npt.NDArray[np.bool_]) -> flo
 
 __all__ = ["CellHead", "PretrainReport", "VisionSample", "auroc", "cell_targets",
            "pretrain", "samples_for", "wide_box"]
+
+
+LOOK_SIDE = 0.2  # the side of a look at a defect-free part's most defect-like cell, in the frame
+
+
+@torch.no_grad()
+def cell_peaks(tower: ConvVisionTower, labels: Sequence[Label], folder: Path, budget: ImageBudget,
+               on_item: Callable[[int], None] | None = None) -> dict[str, tuple[Box4, float]]:
+    """Per single-image label: the `LOOK_SIDE` box (normalized) centred on the whole view's most
+    defect-like cell under the tower's cell head, and that cell's defect probability. This is
+    what the decoder itself is shown (the head's summary enters every image token), so a look
+    placed here is one the model can learn to make. Needs a tower with a cell head."""
+    if tower.head is None:
+        raise ValueError("the tower has no cell head (cell_classes = 0): no peaks to look at")
+    out: dict[str, tuple[Box4, float]] = {}
+    for n, label in enumerate(labels):
+        if label.image is not None:
+            view = Workspace([load_image(folder, label.image)], budget).views[0].pixels
+            defect = 1.0 - torch.softmax(tower.head(tower.backbone(_pixels(tower, [view]))), dim=1)[0, 0]
+            rows, cols = defect.shape
+            best = int(defect.flatten().argmax())
+            cx, cy = (best % cols + 0.5) / cols, (best // cols + 0.5) / rows
+            x1 = min(max(cx - LOOK_SIDE / 2, 0.0), 1.0 - LOOK_SIDE)
+            y1 = min(max(cy - LOOK_SIDE / 2, 0.0), 1.0 - LOOK_SIDE)
+            out[label.id] = ((x1, y1, x1 + LOOK_SIDE, y1 + LOOK_SIDE), float(defect.max()))
+        if on_item is not None:
+            on_item(n)
+    return out

@@ -33,8 +33,8 @@ from foveal.plant.dataset import Label, load_image, read_labels
 from foveal.training.captions import caption_chunks
 from foveal.training.examples import Example, corpus_lines, frames_of, materialize, with_maps
 from foveal.training.forward import collate, decision_weights, sft_loss, token_logits
-from foveal.training.pretrain import PretrainReport, pretrain, samples_for
-from foveal.training.trajectories import Mix, Trajectory, synthesize
+from foveal.training.pretrain import PretrainReport, cell_peaks, pretrain, samples_for
+from foveal.training.trajectories import Hint, Mix, Trajectory, synthesize
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -84,6 +84,10 @@ class SFTConfig:
     # the first steps train on caption examples alone: their few words are learned at once, so
     # what is left of the loss is the image (LLaVA's alignment stage before instruction tuning)
     caption_warmup: int = 0
+    # defect-free images look first where, and exactly when, the stage-0 cell head is most
+    # suspicious (its top 1 - none_direct share of them), instead of at random places drawn by
+    # the mix: a look the model can predict from the pixels it is shown (needs a cell head)
+    look_hints: bool = True
 
 
 @dataclass
@@ -98,18 +102,39 @@ class SFTReport:
     # the loop run greedily on dev items: (step, type accuracy over all items, RaPR, AUROC of the
     # defect score on defective vs good items: 0.5 means the answers do not depend on the image)
     dev_eval: list[tuple[float, ...]] = field(default_factory=list)
+    # the cell-head score from which a defect-free image is looked at first, and the share of
+    # the training set's defect-free images above it (`look_hints`)
+    look_threshold: float | None = None
+    look_share: float | None = None
 
 
 def _noop(phase: str, done: int, total: int) -> None:
     del phase, done, total
 
 
-def trajectories_for(labels: Sequence[Label], per_item: int, mix: Mix, seed: int) -> list[Trajectory]:
+def trajectories_for(labels: Sequence[Label], per_item: int, mix: Mix, seed: int,
+                     hints: dict[str, Hint] | None = None) -> list[Trajectory]:
     out = []
     for i, label in enumerate(labels):
+        hint = (hints or {}).get(label.id)
         for k in range(per_item):
-            out.append(synthesize(label, random.Random(seed * 1_000_003 + i * 101 + k), mix))
+            out.append(synthesize(label, random.Random(seed * 1_000_003 + i * 101 + k), mix, hint))
     return out
+
+
+def look_hints(vlm: VLM, labels: Sequence[Label], folder: Path, progress: Progress, phase: str,
+               none_direct: float, threshold: float | None = None) -> tuple[dict[str, Hint], float]:
+    """A `Hint` per defect-free single image: look at its cell-head peak when the peak's score
+    is at least `threshold` (by default the `none_direct` quantile of these images' scores, so
+    that share of them is answered at once). Returns the hints and the threshold used."""
+    tower = vlm.model.model.visual
+    assert isinstance(tower, ConvVisionTower)
+    clean = [lb for lb in labels if lb.image is not None and lb.defect_type == NO_DEFECT]
+    peaks = cell_peaks(tower, clean, folder, vlm.budget, lambda n: progress(phase, n + 1, len(clean)))
+    if threshold is None:
+        scores = sorted(score for _, score in peaks.values())
+        threshold = float(np.quantile(scores, none_direct)) if scores else 0.0
+    return {key: Hint(box, score >= threshold) for key, (box, score) in peaks.items()}, threshold
 
 
 def new_model(tokenizer: PreTrainedTokenizerBase, preset: str, *, name: str, version: str, seed: int) -> VLM:
@@ -294,6 +319,19 @@ def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], 
         pre = run_pretrain(vlm, labels, config.data, config, progress)
         report.pretrain = asdict(pre)
         report.seconds["stage0"] = time.perf_counter() - clock
+    tower = vlm.model.model.visual
+    if config.look_hints and isinstance(tower, ConvVisionTower) and tower.head is not None:
+        clock = time.perf_counter()
+        none_direct = config.mix.none_direct
+        hints, threshold = look_hints(vlm, labels, config.data, progress, "look hints", none_direct)
+        trajectories = trajectories_for(labels, config.trajectories_per_item, config.mix, config.seed, hints)
+        if config.dev:
+            dev_hints, _ = look_hints(vlm, dev_labels, config.dev, progress, "dev look hints",
+                                      none_direct, threshold)
+            dev_trajectories = trajectories_for(dev_labels, 1, config.mix, config.seed + 1, dev_hints)
+        report.look_threshold = threshold
+        report.look_share = sum(h.look for h in hints.values()) / len(hints) if hints else None
+        report.seconds["look hints"] = time.perf_counter() - clock
     clock = time.perf_counter()
     train = build_examples(vlm, labels, trajectories, config.data, progress, "examples",
                            config.decision_weight, config.captions, config.seed)

@@ -1,11 +1,13 @@
 """Expert trajectories synthesized from labels, for warm-start supervised fine-tuning.
 
-`synthesize(label, rng, mix)` writes the assistant side of one inspection after Pixel Reasoner:
-a short whole-frame sentence that says where (for hard and tiny defects never what), a
-`<tool_call>` cropping the labelled region (or selecting the frames of a sequence that show it),
-then an analysis of the zoomed pixels that says what, ending in `\\boxed{type}`. Some first crop
+`synthesize(label, rng, mix, hint)` writes the assistant side of one inspection after Pixel
+Reasoner. A single image either opens "The whole frame shows ..." and answers, or opens with the
+one zoom sentence and a `<tool_call>` cropping the labelled region (a sequence: a sentence naming
+the tiles, then selecting the frames that show it), then an analysis of the zoomed pixels that
+says where and what (for hard and tiny defects only here), ending in `\\boxed{type}`. Some first crop
 a wrong or an over-large region (`loss=False`: masked, as the paper masks wrong operations) and
-recover; defect-free items are answered directly or after checking a region. Between two
+recover; defect-free items are answered directly or after checking a region (with a `Hint`:
+exactly when, and where, the model's own stage-0 cell head scores highest). Between two
 assistant turns the caller executes the earlier turn's call with `foveal.operations` and inserts
 the environment's message and images; crops are sized here with the same arithmetic
 (`pad_and_clamp`, `to_original`, `pixel_region`), so every one runs. No model, no I/O; the same
@@ -55,6 +57,17 @@ class Trajectory:
 
 
 @dataclass(frozen=True)
+class Hint:
+    """What the model itself sees in a defect-free image (its stage-0 cell head): the region
+    around its most defect-like cell, and whether that cell scores high enough to look there
+    first. With a hint the look and its place follow from the pixels, so the model can learn
+    them; without one they are drawn from the mix and at random."""
+
+    box: BoxN
+    look: bool
+
+
+@dataclass(frozen=True)
 class Mix:
     """Shares of the trajectory kinds (the method's defaults)."""
 
@@ -94,11 +107,6 @@ _APPEARANCE: dict[str, tuple[str, ...]] = {
     "dent": ("a shallow depression seen from its shading", "a shallow dip shown by soft shading",
              "a shading gradient of a shallow depression"),
 }
-_FAINT = ("A faint irregularity shows near the {loc}.", "A small mark shows at the {loc}.",
-          "The {loc} looks slightly uneven.", "Something faint sits near the {loc}.",
-          "A tiny change shows at the {loc}.")
-_SEEN = ("A {type} seems to be at the {loc}.", "A possible {type} shows at the {loc}.",
-         "I see a likely {type} at the {loc}.")
 _BRIDGE = ("Now I will zoom in to look clearer at the {loc}.", "Let me zoom in on the {loc}.",
            "I will crop the {loc} for detail.", "Zooming into the {loc} for a closer look.")
 _MISS = ("The {loc} looks clean; the mark is elsewhere.", "Nothing at the {loc}; the mark is elsewhere.",
@@ -108,18 +116,26 @@ _MISS_AGAIN = ("The {loc} is clean too.", "The {loc} looks clean as well.", "Not
 _TOO_SMALL = ("The mark is too small to judge at this scale. Zooming in further.",
               "At this scale the mark is too small to judge; I will zoom in further.",
               "Still too small to tell at this scale; cropping closer around the mark.")
-_FINAL = ("The crop shows {app}: a {type}.", "Zoomed in, I see {app}, so it is a {type}.",
-          "Up close it is {app}: a {type}.", "The close view reveals {app}, a {type}.")
-_DIRECT = ("I see {app} at the {loc}: a {type}.", "The {noun} shows {app} at the {loc}, a {type}.",
-           "There is {app} at the {loc}: a {type}.")
-_NONE_DIRECT = ("The {noun} looks uniform with no marks.", "The whole frame shows an even surface.",
-                "No marks, spots or discolouration anywhere on the {noun}.")
-_LOOK_NONE = ("The surface looks mostly uniform. Let me check the {loc} closer.",
-              "No clear mark is visible; I will zoom in on the {loc} to be sure.",
-              "The {noun} looks clean overall. Checking the {loc} up close.")
-_LOOK_NONE_END = ("The crop shows an even surface with nothing unusual.",
-                  "Up close the {loc} is clean, with no marks.",
-                  "Nothing unusual in the zoomed view; the surface is even.")
+# A single image's first turn decides, in its first words, between the two actions: every zoom
+# opens with the one sentence `_ZOOM` and its call follows at once; every direct answer opens
+# "The whole frame shows". Where and what come after the decision (the call's box, the answer's
+# prose). Measured on v4: with nine openings and the place word before the call, greedy decoding
+# followed the most frequent opening whatever the image, then broke off at the place word (drawn
+# at random for looks at defect-free parts) with `\boxed{}`, and never zoomed.
+_ZOOM = "Let me zoom in for a closer look."
+_FINAL = ("Up close, the {loc} shows {app}: a {type}.",
+          "Zoomed in, the {loc} shows {app}, so it is a {type}.",
+          "The crop of the {loc} shows {app}: a {type}.",
+          "The close view of the {loc} reveals {app}, a {type}.")
+_DIRECT = ("The whole frame shows {app} at the {loc}: a {type}.",
+           "The whole frame shows {app} at the {loc}, a {type}.",
+           "The whole frame shows a {type} at the {loc}: {app}.")
+_NONE_DIRECT = ("The whole frame shows an even surface with no marks.",
+                "The whole frame shows a uniform {noun} with no marks.",
+                "The whole frame shows no marks, spots or discolouration.")
+_LOOK_NONE_END = ("Up close, the {loc} is even, with no marks.",
+                  "The crop of the {loc} shows an even surface.",
+                  "Zoomed in, the {loc} is clean, with nothing unusual.")
 _SEQ_SEEN = ("In {tiles} I see a possible {type} near the {loc}.", "A {type} seems visible in {tiles}.",
              "There may be a {type} in {tiles}.")
 _SEQ_FAINT = ("A faint mark shows in {tiles}, near the {loc}.", "Something small changes in {tiles}.",
@@ -228,6 +244,7 @@ class _Item:
     label: Label
     rng: random.Random
     noun: str
+    hint: Hint | None = None
 
     @property
     def size(self) -> Region:
@@ -323,13 +340,8 @@ def _big(item: _Item, target: BoxN) -> BoxN | None:
     return (left / 100, top / 100, (left + width) / 100, (top + height) / 100)
 
 
-def _final(item: _Item, templates: Sequence[str] = _FINAL) -> AssistantTurn:
-    return _answer(item.say(templates, app=item.appearance()), item.label.defect_type)
-
-
-def _opening(item: _Item, loc: str) -> str:
-    """The whole-frame sentence: where, and for an easy defect also what."""
-    return item.say(_FAINT if item.subtle else _SEEN, loc=loc)
+def _final(item: _Item, templates: Sequence[str] = _FINAL, loc: str | None = None) -> AssistantTurn:
+    return _answer(item.say(templates, app=item.appearance(), loc=loc), item.label.defect_type)
 
 
 def _direct(item: _Item) -> Turns:
@@ -341,8 +353,7 @@ def _direct(item: _Item) -> Turns:
 
 def _single(item: _Item) -> Turns:
     box = _target(item)
-    loc = location(box)
-    return (_crop(f"{_opening(item, loc)} {item.say(_BRIDGE, loc=loc)}", box, 1), _final(item))
+    return (_crop(_ZOOM, box, 1), _final(item, loc=location(box)))
 
 
 def _wrong(item: _Item, count: int) -> Turns | None:
@@ -355,14 +366,13 @@ def _wrong(item: _Item, count: int) -> Turns | None:
             return None
         wrong.append(found)
     places = [location(b) for b in wrong]
-    turns = [_crop(f"{item.say(_FAINT, loc=places[0])} {item.say(_BRIDGE, loc=places[0])}", wrong[0], 1,
-                   loss=False)]
+    turns = [_crop(_ZOOM, wrong[0], 1, loss=False)]
     for seen, place, other in zip(places, places[1:], wrong[1:], strict=False):
         turns.append(_crop(f"{item.say(_CLEAN, loc=seen)} {item.say(_BRIDGE, loc=place)}", other, 1,
                            loss=False))
     miss = _MISS if count == 1 else _MISS_AGAIN
     turns.append(_crop(f"{item.say(miss, loc=places[-1])} {item.say(_BRIDGE, loc=loc)}", box, 1))
-    return (*turns, _final(item))
+    return (*turns, _final(item, loc=loc))
 
 
 def _refine(item: _Item) -> Turns | None:
@@ -376,16 +386,14 @@ def _refine(item: _Item) -> Turns | None:
     w, h = item.label.width, item.label.height
     inside = ((x1 * w - left) / (right - left), (y1 * h - top) / (bottom - top),
               (x2 * w - left) / (right - left), (y2 * h - top) / (bottom - top))
-    loc = location(box)
-    return (_crop(f"{_opening(item, loc)} {item.say(_BRIDGE, loc=loc)}", big, 1, loss=False),
-            _crop(item.say(_TOO_SMALL), _grow(crop_box(inside), region), 2), _final(item))
+    return (_crop(_ZOOM, big, 1, loss=False),
+            _crop(item.say(_TOO_SMALL), _grow(crop_box(inside), region), 2), _final(item, loc=location(box)))
 
 
 def _look_none(item: _Item) -> Turns:
-    box = _grow(_random_box(item.rng, 10, 30), item.size)
-    loc = location(box)
-    return (_crop(item.say(_LOOK_NONE, loc=loc), box, 1),
-            _answer(item.say(_LOOK_NONE_END, loc=loc), NO_DEFECT))
+    raw = item.hint.box if item.hint is not None else _random_box(item.rng, 10, 30)
+    box = _grow(crop_box(raw), item.size)
+    return (_crop(_ZOOM, box, 1), _answer(item.say(_LOOK_NONE_END, loc=location(box)), NO_DEFECT))
 
 
 def _frame_box(item: _Item, frame: int) -> BoxN | None:
@@ -446,7 +454,7 @@ def _seq_zoom_turns(item: _Item, frames: list[int], first_image: int) -> Turns |
     box = _grow(crop_box(frame_box), item.size)
     loc, image = location(box), first_image + position
     text = f"{item.say(_SEQ_ZOOM, frame=frame + 1, image=image, loc=loc)} {item.say(_ZOOM_IT)}"
-    return (_crop(text, box, image), _final(item))
+    return (_crop(text, box, image), _final(item, loc=loc))
 
 
 def _seq_zoom(item: _Item) -> Turns | None:
@@ -477,35 +485,38 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
-def _image_defect(label: Label, rng: random.Random, mix: Mix) -> tuple[str, ...]:
+def _image_defect(label: Label, rng: random.Random, mix: Mix, hint: Hint | None) -> tuple[str, ...]:
     if label.difficulty not in _SUBTLE and rng.random() < mix.easy_direct:
         return ("direct",)
     weights = (mix.single, mix.wrong1, mix.wrong2, mix.refine)
     return (rng.choices(_ZOOM_KINDS, weights=weights)[0], "single")
 
 
-def _image_none(label: Label, rng: random.Random, mix: Mix) -> tuple[str, ...]:
+def _image_none(label: Label, rng: random.Random, mix: Mix, hint: Hint | None) -> tuple[str, ...]:
+    if hint is not None:
+        return ("look_none",) if hint.look else ("direct",)
     return ("direct",) if rng.random() < mix.none_direct else ("look_none", "direct")
 
 
-def _seq_defect(label: Label, rng: random.Random, mix: Mix) -> tuple[str, ...]:
+def _seq_defect(label: Label, rng: random.Random, mix: Mix, hint: Hint | None) -> tuple[str, ...]:
     plain = ("seq_zoom", "seq_single") if label.difficulty in _SUBTLE else ("seq_single",)
     return ("seq_wrong", *plain) if rng.random() < mix.seq_wrong else plain
 
 
-def _seq_none(label: Label, rng: random.Random, mix: Mix) -> tuple[str, ...]:
+def _seq_none(label: Label, rng: random.Random, mix: Mix, hint: Hint | None) -> tuple[str, ...]:
     return ("seq_direct",) if rng.random() < _SEQ_NONE_SHARE else ("seq_single",)
 
 
 # (is a sequence, is defective) -> the kinds to try, in order; the last one always fits.
-_CHOOSERS: dict[tuple[bool, bool], Callable[[Label, random.Random, Mix], tuple[str, ...]]] = {
+_CHOOSERS: dict[tuple[bool, bool], Callable[[Label, random.Random, Mix, Hint | None], tuple[str, ...]]] = {
     (False, True): _image_defect, (False, False): _image_none,
     (True, True): _seq_defect, (True, False): _seq_none,
 }
 
 
-def synthesize(label: Label, rng: random.Random, mix: Mix = Mix()) -> Trajectory:
-    """The expert trajectory of `label`, its kind drawn from `mix` with `rng`."""
+def synthesize(label: Label, rng: random.Random, mix: Mix = Mix(), hint: Hint | None = None) -> Trajectory:
+    """The expert trajectory of `label`, its kind drawn from `mix` with `rng`; a defect-free
+    image with a `hint` looks first exactly when the hint says so, at the hint's box."""
     frames = len(label.frames) if label.frames is not None else 1
     if label.frames is not None and frames < 2:
         raise ValueError(f"sequence {label.id} needs at least 2 frames, has {frames}")
@@ -514,8 +525,8 @@ def synthesize(label: Label, rng: random.Random, mix: Mix = Mix()) -> Trajectory
         prompt, noun = inspection_prompt(label.product, types, frames), label.product.replace("_", " ")
     else:
         prompt, noun = inspection_prompt(frames=frames), "part"
-    item = _Item(label, rng, noun)
-    for kind in _CHOOSERS[(label.is_sequence, label.defect_type != NO_DEFECT)](label, rng, mix):
+    item = _Item(label, rng, noun, hint)
+    for kind in _CHOOSERS[(label.is_sequence, label.defect_type != NO_DEFECT)](label, rng, mix, hint):
         turns = BUILDERS[kind](item)
         if turns is not None:
             return Trajectory(label.id, prompt, turns, label.defect_type, kind)

@@ -4,6 +4,7 @@ keep the defect, augmentation moves targets with pixels, and a few steps change 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -91,3 +92,43 @@ def test_wide_crops_hold_the_defect_box() -> None:
         assert left <= box[0] + 1e-3 and top <= box[1] + 1e-3
         assert right >= box[2] - 1e-3 and bottom >= box[3] - 1e-3
         assert right - left >= 0.39 and bottom - top >= 0.39
+
+
+def test_look_hints_sit_on_the_cell_heads_peak_and_follow_the_threshold(micro_vlm: VLM,
+                                                                        tmp_path: Path) -> None:
+    import cv2
+
+    from foveal.plant.dataset import Label
+    from foveal.training.pretrain import LOOK_SIDE, _pixels, cell_peaks
+    from foveal.training.sft import look_hints
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    labels = []
+    for n in range(6):
+        frame = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / "images" / f"c{n}.png"), frame)
+        labels.append(Label(id=f"c{n}", image=f"images/c{n}.png", product="brushed_metal", defect_type="none",
+                            width=400, height=300))
+    defect = Label(id="d", image="images/c0.png", product="brushed_metal", defect_type="pit", width=400,
+                   height=300, bbox=(0.1, 0.1, 0.2, 0.2), difficulty="easy")
+    tower = micro_vlm.model.model.visual
+    peaks = cell_peaks(tower, labels, tmp_path, micro_vlm.budget)
+    for label in labels:
+        (x1, y1, x2, y2), score = peaks[label.id]
+        assert 0 <= x1 and x2 <= 1 and 0 <= y1 and y2 <= 1
+        assert abs(x2 - x1 - LOOK_SIDE) < 1e-9 and abs(y2 - y1 - LOOK_SIDE) < 1e-9
+        view = Workspace([cv2.cvtColor(cv2.imread(str(tmp_path / label.image)), cv2.COLOR_BGR2RGB)],
+                         micro_vlm.budget).views[0].pixels
+        with torch.no_grad():
+            cells = 1 - torch.softmax(tower.head(tower.backbone(_pixels(tower, [view]))), 1)[0, 0]
+        row, col = np.unravel_index(int(cells.argmax()), tuple(cells.shape))
+        assert abs(score - float(cells.max())) < 1e-6
+        centre_x, centre_y = (col + 0.5) / cells.shape[1], (row + 0.5) / cells.shape[0]
+        assert x1 - 1e-9 <= centre_x <= x2 + 1e-9 and y1 - 1e-9 <= centre_y <= y2 + 1e-9
+    hints, threshold = look_hints(micro_vlm, [*labels, defect], tmp_path, lambda *_: None, "hints", 0.5)
+    assert set(hints) == {lb.id for lb in labels}  # defect-free single images only
+    assert sum(h.look for h in hints.values()) == 3  # the upper half of the scores
+    assert all(h.look == (peaks[key][1] >= threshold) for key, h in hints.items())
+    again, same = look_hints(micro_vlm, labels, tmp_path, lambda *_: None, "hints", 0.9, threshold)
+    assert same == threshold and again == hints  # a given threshold (the dev set's) is kept

@@ -44,6 +44,7 @@ def test_sft_on_a_few_dozen_examples_lowers_the_loss(micro_model: Path) -> None:
                                       for _, acc, rapr, separation in report["dev_eval"])
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
     assert (micro_model / "sft_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["look_threshold"] is not None and 0 < report["look_share"] <= 1  # looks from the cell head
 
 
 def test_tool_output_and_masked_turns_carry_no_gradient(micro_model: Path) -> None:

@@ -262,13 +262,47 @@ def test_turns_are_short_with_one_call_each_and_one_boxed_answer_at_the_end() ->
 
 
 def test_location_words_match_the_crop_coordinates() -> None:
+    checked = 0
     for _, trajectory in trajectories_of(synthetic_labels(200)):
-        if trajectory.kind == "single":
+        if trajectory.kind in ("single", "look_none"):
             parsed = parse_tool_call(trajectory.turns[0].text)
             assert parsed is not None and not isinstance(parsed, OperationResult)
             box = parsed.arguments["bbox_2d"]
             assert isinstance(box, list)
-            assert f"the {trajectories.location(box)}" in trajectory.turns[0].text
+            assert f"the {trajectories.location(box)}" in trajectory.turns[1].text  # said after the zoom
+            checked += 1
+    assert checked > 20
+
+
+def test_an_image_decides_zoom_or_answer_in_its_first_words() -> None:
+    """One zoom sentence, then the call at once; every direct answer opens alike. v4's nine
+    openings let the most frequent one win under greedy decoding whatever the image, and the
+    place word before the call let `\\boxed{}` in."""
+    for label, trajectory in trajectories_of(synthetic_labels(300)):
+        if label.is_sequence:
+            continue
+        first = trajectory.turns[0].text
+        if trajectory.kind == "direct":
+            assert first.startswith("The whole frame shows "), first
+        else:
+            assert first.startswith(trajectories._ZOOM + "\n<tool_call>"), first
+
+
+def test_a_hint_decides_whether_and_where_a_clean_image_is_checked() -> None:
+    rng = random.Random(21)
+    hint_box = (0.62, 0.1, 0.8, 0.3)
+    for n in range(60):
+        clean = image_label(rng, n, defect=NO_DEFECT)
+        looked = synthesize(clean, random.Random(n), hint=trajectories.Hint(hint_box, look=True))
+        assert looked.kind == "look_none"
+        [result] = run(clean, looked)
+        assert result.ok and result.box is not None
+        assert contains(result.box, hint_box)
+        assert "upper right" in looked.turns[1].text
+        skip = trajectories.Hint(hint_box, look=False)
+        assert synthesize(clean, random.Random(n), hint=skip).kind == "direct"
+        hard = image_label(rng, n, difficulty="hard")
+        assert synthesize(hard, random.Random(n), hint=skip).kind != "direct"
 
 
 def test_same_label_and_seed_give_the_same_trajectory() -> None:
