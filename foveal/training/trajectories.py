@@ -1,10 +1,11 @@
 """Expert trajectories synthesized from labels, for warm-start supervised fine-tuning.
 
 `synthesize(label, rng, mix, hint)` writes the assistant side of one inspection after Pixel
-Reasoner. A single image either opens "The whole frame shows ..." and answers, or opens with the
-one zoom sentence and a `<tool_call>` cropping the labelled region (a sequence: a sentence naming
-the tiles, then selecting the frames that show it), then an analysis of the zoomed pixels that
-says where and what (for hard and tiny defects only here), ending in `\\boxed{type}`. Some first crop
+Reasoner. A single image either answers at once, verdict first ("No marks: ...", "A pit at the
+...: ..."), or opens with the one zoom sentence and a `<tool_call>` cropping the labelled region
+(a sequence: a sentence naming the tiles, then selecting the frames that show it), then an
+analysis of the zoomed pixels, verdict first, that says what (for hard and tiny defects only
+here) and where, ending in `\\boxed{type}`. Some first crop
 a wrong or an over-large region (`loss=False`: masked, as the paper masks wrong operations) and
 recover; defect-free items are answered directly or after checking a region (with a `Hint`:
 exactly when, and where, the model's own stage-0 cell head scores highest). Between two
@@ -116,26 +117,28 @@ _MISS_AGAIN = ("The {loc} is clean too.", "The {loc} looks clean as well.", "Not
 _TOO_SMALL = ("The mark is too small to judge at this scale. Zooming in further.",
               "At this scale the mark is too small to judge; I will zoom in further.",
               "Still too small to tell at this scale; cropping closer around the mark.")
-# A single image's first turn decides, in its first words, between the two actions: every zoom
-# opens with the one sentence `_ZOOM` and its call follows at once; every direct answer opens
-# "The whole frame shows". Where and what come after the decision (the call's box, the answer's
-# prose). Measured on v4: with nine openings and the place word before the call, greedy decoding
-# followed the most frequent opening whatever the image, then broke off at the place word (drawn
-# at random for looks at defect-free parts) with `\boxed{}`, and never zoomed.
+# A single image's turns put their decision first, where the deciding-token weight
+# (`forward.decision_weights`) falls: every zoom opens with the one sentence `_ZOOM` and its call
+# follows at once; every answer opens with its verdict ("No marks: ..." or "A {type} ...") and
+# says where and how it looks after. Measured: with nine varied openings (v4) greedy decoding
+# followed the most frequent one whatever the image, then broke off at a place word (drawn at
+# random for looks at defect-free parts) with `\boxed{}`, and never zoomed; with answers that
+# all opened "The whole frame shows" (v5) the verdict came at the fifth word, outside the weighted
+# tokens, and the model answered `none` to every test item.
 _ZOOM = "Let me zoom in for a closer look."
-_FINAL = ("Up close, the {loc} shows {app}: a {type}.",
-          "Zoomed in, the {loc} shows {app}, so it is a {type}.",
-          "The crop of the {loc} shows {app}: a {type}.",
-          "The close view of the {loc} reveals {app}, a {type}.")
-_DIRECT = ("The whole frame shows {app} at the {loc}: a {type}.",
-           "The whole frame shows {app} at the {loc}, a {type}.",
-           "The whole frame shows a {type} at the {loc}: {app}.")
-_NONE_DIRECT = ("The whole frame shows an even surface with no marks.",
-                "The whole frame shows a uniform {noun} with no marks.",
-                "The whole frame shows no marks, spots or discolouration.")
-_LOOK_NONE_END = ("Up close, the {loc} is even, with no marks.",
-                  "The crop of the {loc} shows an even surface.",
-                  "Zoomed in, the {loc} is clean, with nothing unusual.")
+_FINAL = ("A {type}: up close, the {loc} shows {app}.",
+          "A {type}: zoomed in, the {loc} shows {app}.",
+          "A {type}: the crop of the {loc} shows {app}.",
+          "A {type}: the close view of the {loc} reveals {app}.")
+_DIRECT = ("A {type} at the {loc}: the whole frame shows {app}.",
+           "A {type} at the {loc}, seen as {app}.",
+           "A {type} at the {loc}: {app}.")
+_NONE_DIRECT = ("No marks: the whole frame shows an even surface.",
+                "No marks: the {noun} looks uniform.",
+                "No marks: no spots or discolouration anywhere.")
+_LOOK_NONE_END = ("No marks: up close, the {loc} is even.",
+                  "No marks: the crop of the {loc} shows an even surface.",
+                  "No marks: zoomed in, the {loc} is clean.")
 _SEQ_SEEN = ("In {tiles} I see a possible {type} near the {loc}.", "A {type} seems visible in {tiles}.",
              "There may be a {type} in {tiles}.")
 _SEQ_FAINT = ("A faint mark shows in {tiles}, near the {loc}.", "Something small changes in {tiles}.",
@@ -149,15 +152,15 @@ _SEQ_ZOOM = ("Frame {frame} (image {image}) shows a small mark at the {loc}.",
              "In frame {frame} (image {image}) the mark sits at the {loc}.",
              "The mark in frame {frame} (image {image}) is at the {loc}.")
 _ZOOM_IT = ("Let me zoom in on it.", "Now I will zoom in to look clearer.", "Cropping it for a closer look.")
-_SEQ_FINAL = ("The selected frames show {app}: a {type}.", "Seen larger, the frames show {app}, a {type}.",
-              "In the selected frames I see {app}: a {type}.")
-_SEQ_NONE_DIRECT = ("All {n} tiles look alike, with no marks.", "No tile shows a mark; all {n} look even.",
-                    "The overview shows {n} clean, uniform tiles.")
+_SEQ_FINAL = ("A {type}: the selected frames show {app}.", "A {type}: seen larger, the frames show {app}.",
+              "A {type}: in the selected frames I see {app}.")
+_SEQ_NONE_DIRECT = ("No marks: all {n} tiles look alike.", "No marks: all {n} tiles look even.",
+                    "No marks: the overview shows {n} clean, uniform tiles.")
 _SEQ_NONE_OPEN = ("The tiles look clean; let me check {tiles} closer.",
                   "Nothing stands out; I will view {tiles} to be sure.",
                   "No tile shows a clear mark; checking {tiles}.")
-_SEQ_NONE_END = ("The selected frames show an even surface with nothing unusual.",
-                 "Seen larger, the frames are clean.", "No marks in the selected frames.")
+_SEQ_NONE_END = ("No marks: the selected frames show an even surface.",
+                 "No marks: seen larger, the frames are clean.", "No marks in the selected frames.")
 _PLACES = {(0, 0): "upper left", (0, 1): "top centre", (0, 2): "upper right",
            (1, 0): "left edge", (1, 1): "centre", (1, 2): "right edge",
            (2, 0): "lower left", (2, 1): "bottom centre", (2, 2): "lower right"}
