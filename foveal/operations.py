@@ -147,6 +147,26 @@ def resize_to_budget(pixels: RGBImage, budget: ImageBudget) -> RGBImage:
     return np.asarray(resized, dtype=np.uint8).reshape(out_h, out_w, 3)
 
 
+LOOK_SIDE = 0.12  # a look at one token's cell: its crop (padded by PAD) spans 0.32 of the image
+
+
+def look_box(rows: int, cols: int, row: int, col: int,
+             side: float = LOOK_SIDE) -> tuple[float, float, float, float]:
+    """The zoom box of `side` (normalized) centred on cell (`row`, `col`) of an image shown as
+    `rows` x `cols` tokens, on the 0.02 grid and inside the image: the box a model that points
+    at one of its image tokens writes (the compact tower gives every token these numbers).
+
+    >>> look_box(8, 8, 0, 0), look_box(8, 8, 3, 4), look_box(6, 10, 5, 9)
+    ((0.0, 0.0, 0.12, 0.12), (0.5, 0.36, 0.62, 0.48), (0.88, 0.84, 1.0, 0.96))
+    """
+    def start(centre: float) -> float:
+        snapped = math.floor((centre - side / 2) / 0.02 + 1e-6) * 0.02
+        return round(min(max(snapped, 0.0), 1.0 - side), 2)
+
+    x1, y1 = start((col + 0.5) / cols), start((row + 0.5) / rows)
+    return (x1, y1, round(x1 + side, 2), round(y1 + side, 2))
+
+
 def pad_and_clamp(box: Sequence[float], pad: float = PAD) -> tuple[float, float, float, float]:
     """`box` (x1, y1, x2, y2), normalized, grown by `pad` on each side and clamped to [0, 1].
 

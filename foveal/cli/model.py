@@ -94,6 +94,15 @@ def train_sft(
     look_hints: bool = typer.Option(True, "--look-hints/--random-looks",
                                     help="Defect-free images look first where and when the stage-0 cell "
                                          "head is most suspicious (off: at random, by the mix)."),
+    type_embedding: bool = typer.Option(False, "--type-embedding/--no-type-embedding",
+                                        help="The cell head's class probabilities enter the image tokens "
+                                             "in the class names' word directions (needs a cell head)."),
+    untie_head: bool = typer.Option(False, "--untie-head/--tie-head",
+                                    help="The decoder's output projection separate from its input "
+                                         "embeddings (started from them)."),
+    cell_looks: bool = typer.Option(False, "--cell-looks/--tight-looks",
+                                    help="Zooms at the look box of one whole-view token's cell, and the "
+                                         "tower's coordinate embedding (off: the label's tight box)."),
 ) -> None:
     """Stage 0 + warm-start SFT on synthetic expert trajectories; saves a loadable model."""
     from foveal.training.sft import SFTConfig, run
@@ -104,7 +113,9 @@ def train_sft(
                        freeze_merger=freeze_merger, caption_warmup=caption_warmup,
                        max_items=max_items, trajectories_per_item=per_item,
                        vocab_size=vocab_size, seed=seed, version=version, decision_weight=decision_weight,
-                       eval_every=eval_every, dev_loop_items=dev_loop_items, look_hints=look_hints)
+                       eval_every=eval_every, dev_loop_items=dev_loop_items, look_hints=look_hints,
+                       type_embedding=type_embedding, untie_head=untie_head,
+                       cell_looks=cell_looks)
     config.mix = dataclasses.replace(config.mix, none_direct=none_direct, easy_direct=easy_direct)
     if not self_correction:
         config.mix = config.mix.without_correction()

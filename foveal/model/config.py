@@ -40,6 +40,14 @@ class FovealVisionConfig(Qwen2_5_VLVisionConfig):  # type: ignore[no-untyped-cal
     fourier_bands: int = 4
     cell_classes: int = 0
     merger_norm: bool = False  # LayerNorm on the merger's input, as Qwen2.5-VL's `ln_q`
+    # with `cell_classes`: each token also gets its class probabilities times a (classes, out)
+    # matrix seeded with the text embeddings of the class names (`seed_type_embedding`), so the
+    # type the cell head reads arrives in the decoder's own word directions
+    type_embedding: bool = False
+    # each token also gets the word directions of the four numbers of `operations.look_box` for
+    # its cell (a (101, out) matrix over 0.00-1.00, seeded from the number tokens' embeddings by
+    # `loader.add_coord_embedding`): a zoom on a token is then a copy of what that token holds
+    coord_embedding: bool = False
     norm_groups: int = 8
     depth: int = 0
     hidden_size: int = 128

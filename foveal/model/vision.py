@@ -21,6 +21,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from foveal.model.config import FovealVisionConfig
+from foveal.operations import LOOK_SIDE
 
 
 def unpatchify(patches: torch.Tensor, grid: tuple[int, int, int], patch: int, merge: int,
@@ -51,6 +52,20 @@ def _fourier_at(x: torch.Tensor, y: torch.Tensor, bands: int) -> torch.Tensor:
     freqs = math.pi * (2.0 ** torch.arange(bands, device=x.device, dtype=torch.float32))
     angles = coords[:, None] * freqs  # (2, bands)
     return torch.cat([coords, angles.sin().flatten(), angles.cos().flatten()])
+
+
+def look_hundredths(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """(rows*cols, 4) the numbers of each cell's `operations.look_box`, in hundredths, in token
+    order; tensor arithmetic (not a loop over cells) so the ONNX export keeps rows and cols dynamic."""
+    side = round(LOOK_SIDE * 100)
+    def starts(n: int) -> torch.Tensor:
+        centre = (torch.arange(n, device=device, dtype=torch.float64) + 0.5) / n
+        steps = torch.floor((centre - LOOK_SIDE / 2) / 0.02 + 1e-6)
+        return (2 * steps).clamp(0, 100 - side).to(torch.long)
+    xs, ys = starts(cols), starts(rows)
+    x1 = xs[None, :].expand(rows, cols).reshape(-1)
+    y1 = ys[:, None].expand(rows, cols).reshape(-1)
+    return torch.stack([x1, y1, x1 + side, y1 + side], dim=-1)
 
 
 class _Block(nn.Module):
@@ -90,6 +105,8 @@ class CellHead(nn.Module):
 
 
 PEAK_SHARPNESS = 20.0  # softmax temperature over cells' defect probability for the peak position
+TYPE_GAIN = 0.5  # the type (and coordinate) embedding's initial share of a token's norm
+COORD_STEPS = 101  # the numbers a box is written with: 0.0, 0.01, ..., 1.0
 
 
 class ConvVisionTower(nn.Module):
@@ -124,6 +141,32 @@ class ConvVisionTower(nn.Module):
         self.merger = nn.Sequential(nn.Linear(c3 + self.position_dim + extra, config.out_hidden_size),
                                     nn.GELU(), nn.Linear(config.out_hidden_size, config.out_hidden_size))
         self.feature_dim = c3
+        typed = bool(classes and getattr(config, "type_embedding", False))
+        self.type_embed: nn.Parameter | None = nn.Parameter(torch.zeros(classes, config.out_hidden_size)) \
+            if typed else None
+        self.type_gain: nn.Parameter | None = nn.Parameter(torch.tensor(TYPE_GAIN)) if typed else None
+        placed = bool(getattr(config, "coord_embedding", False))
+        self.coord_embed: nn.Parameter | None = \
+            nn.Parameter(torch.zeros(COORD_STEPS, config.out_hidden_size)) if placed else None
+        self.coord_gain: nn.Parameter | None = nn.Parameter(torch.tensor(TYPE_GAIN)) if placed else None
+
+    def enable_type_embedding(self, rows: torch.Tensor) -> None:
+        """Add the type embedding to a tower without one (an older checkpoint), seeded with
+        `rows` (classes, out_hidden_size): the text embeddings of the class names."""
+        if self.head is None:
+            raise ValueError("a type embedding needs the tower's cell head (cell_classes > 0)")
+        self.config.type_embedding = True
+        unit = rows.detach().clone().to(self.dtype)
+        self.type_embed = nn.Parameter(unit / unit.norm(dim=-1, keepdim=True).clamp(min=1e-6))
+        self.type_gain = nn.Parameter(torch.tensor(TYPE_GAIN, dtype=self.dtype))
+
+    def enable_coord_embedding(self, rows: torch.Tensor) -> None:
+        """Add the coordinate embedding to a tower without one, seeded with `rows` (101,
+        out_hidden_size): the text embeddings of the numbers 0.0, 0.01, ..., 1.0."""
+        self.config.coord_embedding = True
+        unit = rows.detach().clone().to(self.dtype)
+        self.coord_embed = nn.Parameter(unit / unit.norm(dim=-1, keepdim=True).clamp(min=1e-6))
+        self.coord_gain = nn.Parameter(torch.tensor(TYPE_GAIN, dtype=self.dtype))
 
     def backbone(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalized pixels -> (B, C3, H/cell, W/cell) maps."""
@@ -172,7 +215,20 @@ class ConvVisionTower(nn.Module):
             parts = [flat, pos]
             if self.head is not None:
                 parts += self.summary(fmap, pos)
-            rows_out.append(self.merger(self.merger_in(torch.cat(parts, dim=-1))))
+            merged = self.merger(self.merger_in(torch.cat(parts, dim=-1)))
+            if self.type_embed is not None and self.type_gain is not None:
+                # the cell's and the view's class probabilities, averaged, in the class names'
+                # word directions, at a share of each token's own norm (image tokens come out of
+                # the merger ~150x the norm of a word's embedding: measured on v6)
+                view = parts[3][0, : self.type_embed.shape[0]]
+                probs = 0.5 * (parts[2].exp() + view[None])  # (N, K)
+                scale = merged.detach().norm(dim=-1, keepdim=True)
+                merged = merged + self.type_gain * scale * (probs.to(merged.dtype) @ self.type_embed)
+            if self.coord_embed is not None and self.coord_gain is not None:
+                numbers = self.coord_embed[look_hundredths(rows, cols, merged.device)].sum(1)  # (N, D)
+                scale = merged.detach().norm(dim=-1, keepdim=True)
+                merged = merged + self.coord_gain * scale * numbers.to(merged.dtype) / 2.0
+            rows_out.append(merged)
         return torch.cat(rows_out)
 
     def summary(self, fmap: torch.Tensor, pos: torch.Tensor) -> list[torch.Tensor]:

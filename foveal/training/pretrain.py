@@ -28,7 +28,7 @@ from foveal.domain import DEFECT_TYPES
 from foveal.model.loader import VLM
 from foveal.model.pixels import CLIP_MEAN, CLIP_STD
 from foveal.model.vision import CellHead, ConvVisionTower
-from foveal.operations import CROP, ImageBudget, View, Workspace, execute
+from foveal.operations import CROP, ImageBudget, View, Workspace, execute, look_box
 from foveal.plant.dataset import Label, load_image
 from foveal.training.trajectories import crop_box, tool_call
 
@@ -269,16 +269,20 @@ __all__ = ["CellHead", "PretrainReport", "VisionSample", "auroc", "cell_targets"
            "pretrain", "samples_for", "wide_box"]
 
 
-LOOK_SIDE = 0.2  # the side of a look at a defect-free part's most defect-like cell, in the frame
+
+
+PEAK_SIDE = 0.2  # the side of a look at a defect-free part's cell-head peak without cell looks (v6)
 
 
 @torch.no_grad()
 def cell_peaks(tower: ConvVisionTower, labels: Sequence[Label], folder: Path, budget: ImageBudget,
-               on_item: Callable[[int], None] | None = None) -> dict[str, tuple[Box4, float]]:
-    """Per single-image label: the `LOOK_SIDE` box (normalized) centred on the whole view's most
-    defect-like cell under the tower's cell head, and that cell's defect probability. This is
-    what the decoder itself is shown (the head's summary enters every image token), so a look
-    placed here is one the model can learn to make. Needs a tower with a cell head."""
+               on_item: Callable[[int], None] | None = None, cell_looks: bool = False
+               ) -> dict[str, tuple[Box4, float]]:
+    """Per single-image label: a box on the whole view's most defect-like cell under the
+    tower's cell head, and that cell's defect probability. This is what the decoder itself is
+    shown (the head's summary enters every image token), so a look placed here is one the model
+    can learn to make. The box: that cell's `look_box` with `cell_looks`, else a `PEAK_SIDE`
+    box centred on it (v6). Needs a tower with a cell head."""
     if tower.head is None:
         raise ValueError("the tower has no cell head (cell_classes = 0): no peaks to look at")
     out: dict[str, tuple[Box4, float]] = {}
@@ -288,10 +292,14 @@ def cell_peaks(tower: ConvVisionTower, labels: Sequence[Label], folder: Path, bu
             defect = 1.0 - torch.softmax(tower.head(tower.backbone(_pixels(tower, [view]))), dim=1)[0, 0]
             rows, cols = defect.shape
             best = int(defect.flatten().argmax())
-            cx, cy = (best % cols + 0.5) / cols, (best // cols + 0.5) / rows
-            x1 = min(max(cx - LOOK_SIDE / 2, 0.0), 1.0 - LOOK_SIDE)
-            y1 = min(max(cy - LOOK_SIDE / 2, 0.0), 1.0 - LOOK_SIDE)
-            out[label.id] = ((x1, y1, x1 + LOOK_SIDE, y1 + LOOK_SIDE), float(defect.max()))
+            if cell_looks:
+                box = look_box(rows, cols, best // cols, best % cols)
+            else:
+                cx, cy = (best % cols + 0.5) / cols, (best // cols + 0.5) / rows
+                x1 = min(max(cx - PEAK_SIDE / 2, 0.0), 1.0 - PEAK_SIDE)
+                y1 = min(max(cy - PEAK_SIDE / 2, 0.0), 1.0 - PEAK_SIDE)
+                box = (x1, y1, x1 + PEAK_SIDE, y1 + PEAK_SIDE)
+            out[label.id] = (box, float(defect.max()))
         if on_item is not None:
             on_item(n)
     return out

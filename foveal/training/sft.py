@@ -29,6 +29,7 @@ from foveal.model import loader
 from foveal.model.loader import VLM
 from foveal.model.tokenizer import train_tokenizer
 from foveal.model.vision import ConvVisionTower
+from foveal.operations import ImageBudget, budget_size
 from foveal.plant.dataset import Label, load_image, read_labels
 from foveal.training.captions import caption_chunks
 from foveal.training.examples import Example, corpus_lines, frames_of, materialize, with_maps
@@ -88,6 +89,20 @@ class SFTConfig:
     # suspicious (its top 1 - none_direct share of them), instead of at random places drawn by
     # the mix: a look the model can predict from the pixels it is shown (needs a cell head)
     look_hints: bool = True
+    # the tower's type embedding (`FovealVisionConfig.type_embedding`): the cell head's class
+    # probabilities enter every image token in the class names' word directions. Without it the
+    # decoder named one type for every defect (v6: `stain` on 92 of 94 defect answers, while the
+    # tower's heads named the right type on 58-62 % of the zooms)
+    type_embedding: bool = False
+    # an output projection of the decoder's own instead of the tied input embeddings: with them
+    # tied, v7's hidden state at the answer held the type (linear probe 0.59 on zoom captions)
+    # while its own logits named it on 0.37 and leant on one type; untied, 0.50 (800 steps each)
+    untie_head: bool = False
+    # zooms on defects (and looks at defect-free parts) at the `operations.look_box` of one
+    # whole-view token's cell, and the tower's coordinate embedding giving every token the
+    # numbers of its own look box: v6 and v7 wrote the same box, [0.0, 0.0, 0.3, 0.3], for every
+    # zoom (the tight label boxes they were taught are not predictable from 56 px cells)
+    cell_looks: bool = False
 
 
 @dataclass
@@ -113,24 +128,27 @@ def _noop(phase: str, done: int, total: int) -> None:
 
 
 def trajectories_for(labels: Sequence[Label], per_item: int, mix: Mix, seed: int,
-                     hints: dict[str, Hint] | None = None) -> list[Trajectory]:
+                     hints: dict[str, Hint] | None = None,
+                     grids: dict[str, tuple[int, int]] | None = None) -> list[Trajectory]:
     out = []
     for i, label in enumerate(labels):
-        hint = (hints or {}).get(label.id)
+        hint, grid = (hints or {}).get(label.id), (grids or {}).get(label.id)
         for k in range(per_item):
-            out.append(synthesize(label, random.Random(seed * 1_000_003 + i * 101 + k), mix, hint))
+            out.append(synthesize(label, random.Random(seed * 1_000_003 + i * 101 + k), mix, hint, grid))
     return out
 
 
 def look_hints(vlm: VLM, labels: Sequence[Label], folder: Path, progress: Progress, phase: str,
-               none_direct: float, threshold: float | None = None) -> tuple[dict[str, Hint], float]:
+               none_direct: float, threshold: float | None = None, cell_looks: bool = False
+               ) -> tuple[dict[str, Hint], float]:
     """A `Hint` per defect-free single image: look at its cell-head peak when the peak's score
     is at least `threshold` (by default the `none_direct` quantile of these images' scores, so
     that share of them is answered at once). Returns the hints and the threshold used."""
     tower = vlm.model.model.visual
     assert isinstance(tower, ConvVisionTower)
     clean = [lb for lb in labels if lb.image is not None and lb.defect_type == NO_DEFECT]
-    peaks = cell_peaks(tower, clean, folder, vlm.budget, lambda n: progress(phase, n + 1, len(clean)))
+    peaks = cell_peaks(tower, clean, folder, vlm.budget, lambda n: progress(phase, n + 1, len(clean)),
+                       cell_looks)
     if threshold is None:
         scores = sorted(score for _, score in peaks.values())
         threshold = float(np.quantile(scores, none_direct)) if scores else 0.0
@@ -293,6 +311,27 @@ def save_state(path: Path, vlm: VLM, optimizer: torch.optim.Optimizer, report: S
     tmp.replace(path)
 
 
+def _with_layout(vlm: VLM, config: SFTConfig) -> None:
+    """The layout changes a run asks for that an older starting model lacks."""
+    tower = vlm.model.model.visual
+    if config.type_embedding and isinstance(tower, ConvVisionTower) and tower.head is not None:
+        loader.add_type_embedding(vlm)
+    if config.cell_looks and isinstance(tower, ConvVisionTower):
+        loader.add_coord_embedding(vlm)
+    if config.untie_head:
+        loader.untie_lm_head(vlm)
+
+
+def token_grids(labels: Sequence[Label], budget: ImageBudget) -> dict[str, tuple[int, int]]:
+    """Per single-image label, the token grid (rows, cols) its whole view is shown as."""
+    grids = {}
+    for label in labels:
+        if label.image is not None:
+            height, width = budget_size(label.height, label.width, budget)
+            grids[label.id] = (height // budget.factor, width // budget.factor)
+    return grids
+
+
 def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], list[Example], SFTReport]:
     """Everything before the SFT steps; cached in `<out>/work/` so a resumed run skips it."""
     work = config.out / "work"
@@ -300,6 +339,7 @@ def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], 
     if cache.is_file():
         saved = torch.load(cache, weights_only=False)
         vlm = loader.load(work / "stage0")
+        _with_layout(vlm, config)
         return vlm, saved["train"], saved["dev"], SFTReport(**saved["report"])
     report = SFTReport()
     clock = time.perf_counter()
@@ -313,6 +353,13 @@ def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], 
     else:
         tokenizer = train_tokenizer(corpus_lines(trajectories), config.vocab_size)
         vlm = new_model(tokenizer, config.preset, name=config.name, version=config.version, seed=config.seed)
+    _with_layout(vlm, config)
+    grids = token_grids(labels, vlm.budget) if config.cell_looks else None
+    dev_grids = token_grids(dev_labels, vlm.budget) if config.cell_looks else None
+    if config.cell_looks:
+        trajectories = trajectories_for(labels, config.trajectories_per_item, config.mix, config.seed,
+                                        None, grids)
+        dev_trajectories = trajectories_for(dev_labels, 1, config.mix, config.seed + 1, None, dev_grids)
     report.seconds["tokenizer"] = time.perf_counter() - clock
     if config.pretrain_steps > 0:
         clock = time.perf_counter()
@@ -323,12 +370,15 @@ def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], 
     if config.look_hints and isinstance(tower, ConvVisionTower) and tower.head is not None:
         clock = time.perf_counter()
         none_direct = config.mix.none_direct
-        hints, threshold = look_hints(vlm, labels, config.data, progress, "look hints", none_direct)
-        trajectories = trajectories_for(labels, config.trajectories_per_item, config.mix, config.seed, hints)
+        hints, threshold = look_hints(vlm, labels, config.data, progress, "look hints", none_direct,
+                                      cell_looks=config.cell_looks)
+        trajectories = trajectories_for(labels, config.trajectories_per_item, config.mix, config.seed, hints,
+                                        grids)
         if config.dev:
             dev_hints, _ = look_hints(vlm, dev_labels, config.dev, progress, "dev look hints",
-                                      none_direct, threshold)
-            dev_trajectories = trajectories_for(dev_labels, 1, config.mix, config.seed + 1, dev_hints)
+                                      none_direct, threshold, config.cell_looks)
+            dev_trajectories = trajectories_for(dev_labels, 1, config.mix, config.seed + 1, dev_hints,
+                                                dev_grids)
         report.look_threshold = threshold
         report.look_share = sum(h.look for h in hints.values()) / len(hints) if hints else None
         report.seconds["look hints"] = time.perf_counter() - clock

@@ -25,7 +25,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from foveal.domain import DEFECT_TYPES, NO_DEFECT
-from foveal.operations import CROP, MIN_SIDE_PX, SELECT_FRAMES, pad_and_clamp, pixel_region, to_original
+from foveal.operations import (
+    CROP,
+    MIN_SIDE_PX,
+    SELECT_FRAMES,
+    look_box,
+    pad_and_clamp,
+    pixel_region,
+    to_original,
+)
 from foveal.plant.dataset import BoxN, Label
 from foveal.reasoning.prompts import inspection_prompt
 
@@ -248,6 +256,7 @@ class _Item:
     rng: random.Random
     noun: str
     hint: Hint | None = None
+    grid: tuple[int, int] | None = None  # the whole view's token grid (rows, cols), when known
 
     @property
     def size(self) -> Region:
@@ -303,10 +312,23 @@ def _grow(box: BoxN, region: Region) -> BoxN:
 
 
 def _target(item: _Item) -> BoxN:
-    """The correct crop of image 1: the label's box on the grid, grown to a valid size."""
+    """The correct crop of image 1. With the whole view's token grid known: the `look_box` of
+    the cell holding the defect's centre, when its padded crop holds the whole defect (a box the
+    model can write by pointing at that token); else the label's box on the 0.02 grid, grown
+    to a valid size."""
     if item.label.bbox is None:
         raise ValueError(f"item {item.label.id} is defective but has no bbox")
-    return _grow(crop_box(item.label.bbox), item.size)
+    tight = _grow(crop_box(item.label.bbox), item.size)
+    if item.grid is None:
+        return tight
+    rows, cols = item.grid
+    x1, y1, x2, y2 = item.label.bbox
+    row = min(max(int((y1 + y2) / 2 * rows), 0), rows - 1)
+    col = min(max(int((x1 + x2) / 2 * cols), 0), cols - 1)
+    box = look_box(rows, cols, row, col)
+    left, top, right, bottom = pad_and_clamp(box)
+    holds = left <= x1 + _EPS and top <= y1 + _EPS and right >= x2 - _EPS and bottom >= y2 - _EPS
+    return box if holds else tight
 
 
 def _random_box(rng: random.Random, low: int, high: int) -> BoxN:
@@ -517,9 +539,11 @@ _CHOOSERS: dict[tuple[bool, bool], Callable[[Label, random.Random, Mix, Hint | N
 }
 
 
-def synthesize(label: Label, rng: random.Random, mix: Mix = Mix(), hint: Hint | None = None) -> Trajectory:
+def synthesize(label: Label, rng: random.Random, mix: Mix = Mix(), hint: Hint | None = None,
+               grid: tuple[int, int] | None = None) -> Trajectory:
     """The expert trajectory of `label`, its kind drawn from `mix` with `rng`; a defect-free
-    image with a `hint` looks first exactly when the hint says so, at the hint's box."""
+    image with a `hint` looks first exactly when the hint says so, at the hint's box. With the
+    whole view's token `grid` a zoom on a defect goes to its cell's `look_box` (`_target`)."""
     frames = len(label.frames) if label.frames is not None else 1
     if label.frames is not None and frames < 2:
         raise ValueError(f"sequence {label.id} needs at least 2 frames, has {frames}")
@@ -528,7 +552,7 @@ def synthesize(label: Label, rng: random.Random, mix: Mix = Mix(), hint: Hint | 
         prompt, noun = inspection_prompt(label.product, types, frames), label.product.replace("_", " ")
     else:
         prompt, noun = inspection_prompt(frames=frames), "part"
-    item = _Item(label, rng, noun, hint)
+    item = _Item(label, rng, noun, hint, grid if not label.is_sequence else None)
     for kind in _CHOOSERS[(label.is_sequence, label.defect_type != NO_DEFECT)](label, rng, mix, hint):
         turns = BUILDERS[kind](item)
         if turns is not None:

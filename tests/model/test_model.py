@@ -151,3 +151,70 @@ def test_the_default_preset_normalizes_the_merger_input_and_old_layouts_load_wit
     assert isinstance(loader.load(tmp_path / "d").model.model.visual.merger_in, torch.nn.LayerNorm)
     v1 = new_model(micro_tokenizer, "v1", name="m", version="0", seed=0)  # type: ignore[arg-type]
     assert isinstance(v1.model.model.visual.merger_in, torch.nn.Identity)
+
+
+def test_the_type_embedding_puts_the_cell_heads_type_in_the_class_names_word_directions(
+        micro_tokenizer: object, tmp_path: Path) -> None:
+    from foveal.domain import DEFECT_TYPES
+    from foveal.training.sft import new_model
+
+    vlm = new_model(micro_tokenizer, "micro4", name="m", version="0", seed=0)  # type: ignore[arg-type]
+    tower = vlm.model.model.visual
+    fmap = torch.randn(tower.feature_dim, 3, 4)
+    with torch.no_grad():
+        plain = tower.tokens([fmap])
+    assert loader.add_type_embedding(vlm) and not loader.add_type_embedding(vlm)  # once only
+    ids = loader.class_name_ids(vlm.tokenizer, DEFECT_TYPES)
+    assert all(name.startswith(vlm.tokenizer.decode([i])) for i, name in zip(ids, DEFECT_TYPES, strict=True))
+    words = vlm.model.get_input_embeddings().weight[ids].detach()
+    assert torch.allclose(tower.type_embed.detach(), words / words.norm(dim=-1, keepdim=True), atol=1e-6)
+    with torch.no_grad():
+        typed = tower.tokens([fmap])
+        added = typed - plain  # per token: gain * |token| * (class probabilities @ unit word directions)
+        cell, summary = tower.summary(fmap, torch.zeros(12, tower.position_dim))
+        probs = 0.5 * (cell.exp() + summary[:, :7])
+        expected = tower.type_gain * plain.norm(dim=-1, keepdim=True) * (probs @ tower.type_embed)
+    assert torch.allclose(added, expected, rtol=1e-4, atol=1e-4)
+    assert float(added.norm(dim=-1).mean()) > 0.1 * float(plain.norm(dim=-1).mean())  # not drowned out
+    loader.save(vlm, tmp_path / "m")
+    again = loader.load(tmp_path / "m").model.model.visual
+    assert again.type_embed is not None and torch.equal(again.type_embed, tower.type_embed)
+    with torch.no_grad():
+        assert torch.allclose(again.tokens([fmap]), typed, atol=1e-5)
+
+
+def test_a_type_embedding_needs_the_compact_tower_with_a_cell_head(micro_vlm: loader.VLM) -> None:
+    micro_vlm.model.model.visual.head = None  # a tower without stage 0's classifier
+    with pytest.raises(ValueError, match="cell head"):
+        loader.add_type_embedding(micro_vlm)
+
+
+def test_the_coordinate_embedding_gives_each_token_the_numbers_of_its_own_look_box(
+        micro_tokenizer: object, tmp_path: Path) -> None:
+    from foveal.model.vision import look_hundredths
+    from foveal.operations import look_box
+    from foveal.training.sft import new_model
+
+    for rows in range(1, 13):  # the tensor version the tower (and its ONNX graph) uses is look_box
+        for cols in range(1, 13):
+            cells = [(r, c) for r in range(rows) for c in range(cols)]
+            expected = [[round(v * 100) for v in look_box(rows, cols, r, c)] for r, c in cells]
+            assert look_hundredths(rows, cols, torch.device("cpu")).tolist() == expected
+    vlm = new_model(micro_tokenizer, "micro4", name="m", version="0", seed=0)  # type: ignore[arg-type]
+    tower = vlm.model.model.visual
+    fmap = torch.randn(tower.feature_dim, 3, 4)
+    with torch.no_grad():
+        plain = tower.tokens([fmap])
+    assert loader.add_coord_embedding(vlm) and not loader.add_coord_embedding(vlm)
+    ids = loader.number_ids(vlm.tokenizer)
+    assert len(ids) == 101 and vlm.tokenizer.decode([ids[0]]).startswith("0")
+    with torch.no_grad():
+        added = tower.tokens([fmap]) - plain
+        index = look_hundredths(3, 4, torch.device("cpu"))
+        numbers = tower.coord_embed[index].sum(1) / 2
+        expected = tower.coord_gain * plain.norm(dim=-1, keepdim=True) * numbers
+    assert torch.allclose(added, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(added[0], added[-1])  # tokens of different cells carry different numbers
+    loader.save(vlm, tmp_path / "m")
+    again = loader.load(tmp_path / "m").model.model.visual
+    assert again.coord_embed is not None and torch.equal(again.coord_embed, tower.coord_embed)

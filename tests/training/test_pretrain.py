@@ -99,7 +99,7 @@ def test_look_hints_sit_on_the_cell_heads_peak_and_follow_the_threshold(micro_vl
     import cv2
 
     from foveal.plant.dataset import Label
-    from foveal.training.pretrain import LOOK_SIDE, _pixels, cell_peaks
+    from foveal.training.pretrain import PEAK_SIDE, _pixels, cell_peaks
     from foveal.training.sft import look_hints
 
     rng = np.random.default_rng(0)
@@ -114,15 +114,17 @@ def test_look_hints_sit_on_the_cell_heads_peak_and_follow_the_threshold(micro_vl
                    height=300, bbox=(0.1, 0.1, 0.2, 0.2), difficulty="easy")
     tower = micro_vlm.model.model.visual
     peaks = cell_peaks(tower, labels, tmp_path, micro_vlm.budget)
+    peak_cells: dict[str, tuple[int, int, int, int]] = {}
     for label in labels:
         (x1, y1, x2, y2), score = peaks[label.id]
         assert 0 <= x1 and x2 <= 1 and 0 <= y1 and y2 <= 1
-        assert abs(x2 - x1 - LOOK_SIDE) < 1e-9 and abs(y2 - y1 - LOOK_SIDE) < 1e-9
+        assert abs(x2 - x1 - PEAK_SIDE) < 1e-9 and abs(y2 - y1 - PEAK_SIDE) < 1e-9
         view = Workspace([cv2.cvtColor(cv2.imread(str(tmp_path / label.image)), cv2.COLOR_BGR2RGB)],
                          micro_vlm.budget).views[0].pixels
         with torch.no_grad():
             cells = 1 - torch.softmax(tower.head(tower.backbone(_pixels(tower, [view]))), 1)[0, 0]
         row, col = np.unravel_index(int(cells.argmax()), tuple(cells.shape))
+        peak_cells[label.id] = (cells.shape[0], cells.shape[1], int(row), int(col))
         assert abs(score - float(cells.max())) < 1e-6
         centre_x, centre_y = (col + 0.5) / cells.shape[1], (row + 0.5) / cells.shape[0]
         assert x1 - 1e-9 <= centre_x <= x2 + 1e-9 and y1 - 1e-9 <= centre_y <= y2 + 1e-9
@@ -132,3 +134,7 @@ def test_look_hints_sit_on_the_cell_heads_peak_and_follow_the_threshold(micro_vl
     assert all(h.look == (peaks[key][1] >= threshold) for key, h in hints.items())
     again, same = look_hints(micro_vlm, labels, tmp_path, lambda *_: None, "hints", 0.9, threshold)
     assert same == threshold and again == hints  # a given threshold (the dev set's) is kept
+    from foveal.operations import look_box
+    looks = cell_peaks(tower, labels, tmp_path, micro_vlm.budget, cell_looks=True)
+    for key, (rows, cols, row, col) in peak_cells.items():  # with cell looks: the peak cell's look box
+        assert looks[key] == (look_box(rows, cols, row, col), peaks[key][1])

@@ -112,6 +112,25 @@ def test_a_run_from_a_saved_model_keeps_its_tokenizer_and_continues_stage_0(
     assert not torch.equal(before.model.state_dict()[stem], after.model.state_dict()[stem])
 
 
+@pytest.mark.parametrize("upgrade", [True, False])
+def test_a_run_from_an_older_layout_gains_type_and_coordinate_embeddings_and_its_own_head_when_asked(
+        micro_tokenizer: object, tiny_data: Path, tmp_path: Path, upgrade: bool) -> None:
+    old = loader.create(micro_tokenizer, "micro", seed=0)  # type: ignore[arg-type]  # tied, no type embedding
+    assert old.model.lm_head.weight is old.model.get_input_embeddings().weight
+    loader.save(old, tmp_path / "old")
+    config = SFTConfig(data=tiny_data, out=tmp_path / "new", init=tmp_path / "old", pretrain_steps=0,
+                       steps=2, batch_size=2, dev_loop_items=0, type_embedding=upgrade, untie_head=upgrade,
+                       cell_looks=upgrade)
+    run(config)
+    new = loader.load(tmp_path / "new").model
+    tower = new.model.visual
+    assert (tower.type_embed is not None) is upgrade and (tower.coord_embed is not None) is upgrade
+    head, embedding = new.lm_head.weight, new.get_input_embeddings().weight
+    assert (head.data_ptr() != embedding.data_ptr()) is upgrade
+    if upgrade:
+        assert not torch.equal(head, embedding)  # trained apart
+
+
 def test_freeze_merger_leaves_only_the_decoder_trainable(micro_vlm) -> None:  # type: ignore[no-untyped-def]
     from foveal.training.sft import trainable
 

@@ -393,3 +393,35 @@ def test_a_reviewed_sequence_selects_its_one_known_frame() -> None:
         assert '"target_frames": [4]' in trajectory.turns[0].text, trajectory.turns[0].text  # 1-based
         assert trajectory.answer == "crack"
         run(label, trajectory)
+
+
+def test_with_the_token_grid_a_zoom_on_a_defect_goes_to_its_cells_look_box_and_still_holds_it() -> None:
+    from foveal.operations import look_box
+
+    rng = random.Random(4)
+    looks = tight = 0
+    for n in range(300):
+        difficulty = rng.choice(["easy", "hard", "tiny"])
+        label = image_label(rng, n, rng.choice(DEFECTS), difficulty)
+        grid = (rng.randint(5, 9), rng.randint(5, 10))
+        # single and wrong-first zooms end on image 1 (refine's correct crop is inside image 2)
+        trajectory = synthesize(label, random.Random(n), Mix(easy_direct=0.0, refine=0.0), grid=grid)
+        results = run(label, trajectory)
+        assert label.bbox is not None
+        x1, y1, x2, y2 = label.bbox
+        rows, cols = grid
+        row, col = min(int((y1 + y2) / 2 * rows), rows - 1), min(int((x1 + x2) / 2 * cols), cols - 1)
+        cell = look_box(rows, cols, row, col)
+        first_correct = next(turn for turn in trajectory.turns if turn.loss)
+        parsed = parse_tool_call(first_correct.text)
+        assert parsed is not None
+        box = tuple(parsed.arguments["bbox_2d"])
+        if box == cell:
+            looks += 1
+        else:
+            tight += 1  # the cell's crop would cut the defect: the label's own box instead
+            size = (0, 0, label.width, label.height)
+            assert box == trajectories._grow(trajectories.crop_box(label.bbox), size)
+        crop = results[[t.loss for t in trajectory.turns[:-1]].index(True)]
+        assert contains(crop.box, label.bbox), trajectory  # the crop taught as correct shows the defect
+    assert looks > 0.8 * 300 and tight < 0.2 * 300
