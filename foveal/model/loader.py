@@ -128,34 +128,63 @@ def create(tokenizer: PreTrainedTokenizerBase, preset: str = "default", *, name:
                meta={"preset": preset}, budget=budget)
 
 
+def _first_tokens(tokenizer: PreTrainedTokenizerBase, opening: str, texts: list[str],
+                  closing: str) -> list[int]:
+    """Per text, the first token it gets between `opening` and `closing` (as the model writes it)."""
+    head = tokenizer(opening, add_special_tokens=False)["input_ids"]
+    ids = []
+    for text in texts:
+        full = tokenizer(opening + text + closing, add_special_tokens=False)["input_ids"]
+        if full[: len(head)] != head or len(full) <= len(head) + 1:  # the text's token(s) and the closing
+            raise ModelError(f"the tokenizer does not keep {opening!r} apart from {text!r}")
+        ids.append(int(full[len(head)]))
+    return ids
+
+
 def class_name_ids(tokenizer: PreTrainedTokenizerBase, names: tuple[str, ...]) -> list[int]:
     """Per class name, the first token it gets inside `\\boxed{...}`: the word the answer ends on."""
-    opening = tokenizer("\\boxed{", add_special_tokens=False)["input_ids"]
-    ids = []
-    for name in names:
-        full = tokenizer("\\boxed{" + name + "}", add_special_tokens=False)["input_ids"]
-        if full[: len(opening)] != opening or len(full) <= len(opening):
-            raise ModelError(f"the tokenizer does not keep \\boxed{{ apart from {name!r}")
-        ids.append(int(full[len(opening)]))
-    return ids
+    return _first_tokens(tokenizer, "\\boxed{", list(names), "}")
+
+
+def number_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The first token of each number 0.0, 0.01, ..., 1.0 as a tool call writes it (`[0.35, `;
+    the default tokenizer writes each as one token, a small one may split the rarer ones)."""
+    return _first_tokens(tokenizer, "[", [json.dumps(round(k / 100, 2)) for k in range(101)], ",")
+
+
+def _compact_tower(vlm: VLM, what: str) -> tuple[Any, torch.nn.Embedding]:
+    """The compact model's tower and its decoder's input embeddings (`what` names the caller's aim)."""
+    from foveal.model.vision import ConvVisionTower
+
+    tower = vlm.model.model.visual
+    if not isinstance(tower, ConvVisionTower):
+        raise ModelError(f"a {what} is for the compact model's convolutional tower")
+    embedding = vlm.model.get_input_embeddings()
+    assert isinstance(embedding, torch.nn.Embedding)
+    return tower, embedding
 
 
 def add_type_embedding(vlm: VLM) -> bool:
     """Give a compact model's tower its type embedding (`FovealVisionConfig.type_embedding`),
     seeded with the text embeddings of the class names; False when it already has one."""
     from foveal.domain import DEFECT_TYPES
-    from foveal.model.vision import ConvVisionTower
 
-    tower = vlm.model.model.visual
-    if not isinstance(tower, ConvVisionTower):
-        raise ModelError("a type embedding is for the compact model's convolutional tower")
+    tower, embedding = _compact_tower(vlm, "type embedding")
     if tower.type_embed is not None:
         return False
-    embedding = vlm.model.get_input_embeddings()
-    assert isinstance(embedding, torch.nn.Embedding)
-    rows = embedding.weight[class_name_ids(vlm.tokenizer, DEFECT_TYPES)]
-    tower.enable_type_embedding(rows)
+    tower.enable_type_embedding(embedding.weight[class_name_ids(vlm.tokenizer, DEFECT_TYPES)])
     vlm.model.config.vision_config.type_embedding = True
+    return True
+
+
+def add_coord_embedding(vlm: VLM) -> bool:
+    """Give a compact model's tower its coordinate embedding (`FovealVisionConfig.coord_embedding`),
+    seeded with the number tokens' text embeddings; False when it already has one."""
+    tower, embedding = _compact_tower(vlm, "coordinate embedding")
+    if tower.coord_embed is not None:
+        return False
+    tower.enable_coord_embedding(embedding.weight[number_ids(vlm.tokenizer)])
+    vlm.model.config.vision_config.coord_embedding = True
     return True
 
 
@@ -170,35 +199,4 @@ def untie_lm_head(vlm: VLM) -> bool:
     model.config.tie_word_embeddings = False
     model.config.text_config.tie_word_embeddings = False
     lm_head.weight = torch.nn.Parameter(embeddings.weight.detach().clone())
-    return True
-
-
-def number_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The first token of each number 0.0, 0.01, ..., 1.0 as a tool call writes it (`[0.35, `;
-    the default tokenizer writes each as one token, a small one may split the rarer ones)."""
-    opening = tokenizer("[", add_special_tokens=False)["input_ids"]
-    ids = []
-    for k in range(101):
-        text = json.dumps(round(k / 100, 2))
-        full = tokenizer("[" + text + ",", add_special_tokens=False)["input_ids"]
-        if full[: len(opening)] != opening or len(full) <= len(opening) + 1:
-            raise ModelError(f"the tokenizer does not keep '[' apart from {text}")
-        ids.append(int(full[len(opening)]))
-    return ids
-
-
-def add_coord_embedding(vlm: VLM) -> bool:
-    """Give a compact model's tower its coordinate embedding (`FovealVisionConfig.coord_embedding`),
-    seeded with the number tokens' text embeddings; False when it already has one."""
-    from foveal.model.vision import ConvVisionTower
-
-    tower = vlm.model.model.visual
-    if not isinstance(tower, ConvVisionTower):
-        raise ModelError("a coordinate embedding is for the compact model's convolutional tower")
-    if tower.coord_embed is not None:
-        return False
-    embedding = vlm.model.get_input_embeddings()
-    assert isinstance(embedding, torch.nn.Embedding)
-    tower.enable_coord_embedding(embedding.weight[number_ids(vlm.tokenizer)])
-    vlm.model.config.vision_config.coord_embedding = True
     return True
