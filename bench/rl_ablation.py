@@ -68,7 +68,8 @@ def beyond_spread(ref: dict, other: dict, key: str) -> bool | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", help="name=EVAL_DIR or name=EVAL_DIR:RL_LOG_DIR; the first is the reference")
+    parser.add_argument("models", nargs="+",
+                        help="name=EVAL_DIR or name=EVAL_DIR:RL_LOG_DIR; the first is the reference")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
     models = dict(read_model(spec) for spec in args.models)
@@ -92,15 +93,16 @@ def main() -> None:
         cells = [name] + [m.get(k) for k in ("image_f1", "type_accuracy", "false_reject_at_escape",
                                             "false_reject_rate", "overall_accuracy", "rapr",
                                             "operation_error_rate", "box_hit_rate")]
-        print(" | ".join(f"{c:>14}" if isinstance(c, str) else (f"{c:>14.3f}" if c is not None else f"{'-':>14}")
-                         for c in cells))
+        print(" | ".join(f"{c:>14}" if isinstance(c, str) else
+                         (f"{c:>14.3f}" if c is not None else f"{'-':>14}") for c in cells))
     for name, model in models.items():
         for key, d in model.get("vs_reference", {}).items():
             if d["beyond_spread"]:
                 print(f"{name}: {key} {d['delta']:+.3f} against {ref_name}, beyond the spread of eval "
                       f"({'better' if d['better'] else 'worse'})")
     machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version())
-    result = dict(benchmark="rl_ablation", reference=ref_name, models=models, commit=git_commit(), machine=machine)
+    result = dict(benchmark="rl_ablation", reference=ref_name, models=models, commit=git_commit(),
+                  machine=machine)
     line = json.dumps(result)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

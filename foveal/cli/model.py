@@ -193,11 +193,15 @@ def eval_command(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     named_prompt: bool = typer.Option(True, "--named-prompt/--generic-prompt",
                                       help="Name the product and the defect types in the prompt."),
+    pointer: bool | None = typer.Option(
+        None, "--pointer/--no-pointer",
+        help="Grounded zooms: the crop's box from the tower's cell head (default: the checkpoint's choice)."),
 ) -> None:
     """Evaluate on FovealBench: F1, false reject at 1 % escape, type accuracy, box hits, RaPR, latency."""
     from foveal.evaluation.bench import evaluate_model
     from foveal.evaluation.report import write_report
     from foveal.model import loader
+    from foveal.reasoning.loop import LoopOptions
 
     vlm = loader.load(model or settings_of(ctx).model_dir)
     runs = [no_ops] + ([True] if compare_no_ops and not no_ops else [])
@@ -210,13 +214,15 @@ def eval_command(
                 bar.update(task, completed=done, total=total)
 
             metrics, _ = evaluate_model(vlm, bench, no_ops=ops_off, limit=limit, batch_size=batch_size,
-                                        named_prompt=named_prompt, on_item=advance)
+                                        named_prompt=named_prompt, on_item=advance,
+                                        options=LoopOptions(pointer=pointer))
         results["no-ops" if ops_off else "ops"] = metrics
     main = results.get("ops") or results["no-ops"]
     compare = {"no-ops": results["no-ops"]} if "ops" in results and "no-ops" in results else None
     where = model or settings_of(ctx).model_dir
     meta = {"model": f"{vlm.name} v{vlm.version} ({where})", "bench": str(bench),
             "prompt": "named" if named_prompt else "generic", "batch_size": str(batch_size),
+            "pointer": "checkpoint's choice" if pointer is None else ("on" if pointer else "off"),
             "date": time.strftime("%Y-%m-%d %H:%M")}
     path = write_report(out, main, title=f"FovealBench eval: {bench.name}", meta=meta, compare=compare)
     console.print(f"report: {path}")
@@ -232,6 +238,9 @@ def predict_command(
     product: str | None = typer.Option(None, "--product", help="Name the product in the prompt."),
     defect_types: list[str] = typer.Option([], "--type", help="The line's defect types (repeatable)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1),
+    pointer: bool | None = typer.Option(
+        None, "--pointer/--no-pointer",
+        help="Grounded zooms: the crop's box from the tower's cell head (default: the checkpoint's choice)."),
 ) -> None:
     """Inspect images; write verdict, defect type, confidence, evidence box and steps per image."""
     from foveal.evaluation import inference
@@ -240,7 +249,7 @@ def predict_command(
 
     items = inference.discover(paths)
     vlm = loader.load(model or settings_of(ctx).model_dir)
-    loop = Loop(vlm, LoopOptions(allow_operations=not no_ops))
+    loop = Loop(vlm, LoopOptions(allow_operations=not no_ops, pointer=pointer))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     with tmp.open("w") as sink, _bar() as bar:

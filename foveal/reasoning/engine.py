@@ -29,6 +29,7 @@ from foveal.errors import FovealError
 from foveal.model.chat import IMAGE, ChatFormat, Chunk, positions
 from foveal.model.loader import VLM
 from foveal.operations import ImageBudget
+from foveal.reasoning.pointer import CellPointer, Looks
 
 
 class EngineUnavailable(FovealError):
@@ -105,8 +106,18 @@ class LocalEngine:
     """Runs turns on a loaded model in this process. Thread-safe: calls run one at a time."""
 
     def __init__(self, vlm: VLM, seed: int | None = None, idle_timeout_s: float | None = None,
-                 vision: ImageFeatures | None = None, share_prefill: bool = True) -> None:
+                 vision: ImageFeatures | None = None, share_prefill: bool = True,
+                 pointer: bool | None = None) -> None:
         self.vlm = vlm
+        # grounded zooms (`foveal.reasoning.pointer`): None = the checkpoint's choice (its
+        # foveal.json `pointer`), which needs a tower with a cell head
+        wanted = bool(vlm.meta.get("pointer", False)) if pointer is None else pointer
+        if wanted and not CellPointer.available(vlm):
+            if pointer:
+                raise ValueError(f"{vlm.name} has no cell head in its vision tower: it cannot point")
+            wanted = False
+        self.pointer: CellPointer | None = CellPointer(vlm) if wanted else None
+        self.looks: dict[int, Looks] = {}  # per session: the pointer's candidate boxes
         self.share_prefill = share_prefill  # False: every row encodes its own chunk (the baseline)
         self.vision = vision  # None: the model's own (torch) vision tower
         self.chat = vlm.chat
@@ -124,6 +135,7 @@ class LocalEngine:
         with self._lock:
             for session in sessions:
                 self.sessions.pop(session, None)
+                self.looks.pop(session, None)
 
     def ready(self, timeout_s: float = 1.0) -> bool:
         return True
@@ -149,6 +161,7 @@ class LocalEngine:
             if r.restart:
                 self.sessions.pop(r.session, None)
         states = [self.sessions.get(r.session) or _Session([], 0, 0.0) for r in requests]
+        looks = self._point(requests, states)
         source = _twins(requests, states) if self.share_prefill else list(range(len(requests)))
         unique = sorted(set(source))  # the rows that encode their chunk
         batch = _Batch.stack([states[i] for i in unique], self._empty_cache(), self.device)
@@ -172,7 +185,13 @@ class LocalEngine:
                         reply.watch = watched[None].astype(np.float32)
                     continue
                 token = int(chosen[b])
+                pointing = looks[b]
+                if pointing is not None and pointing.queue:  # the pointer writes the open box
+                    token = pointing.queue.pop(0)
                 reply.tokens.append(token)
+                if pointing is not None and not pointing.queue and self.pointer is not None \
+                        and self.pointer.opens_box(reply.tokens):
+                    pointing.queue = self.pointer.box_tokens(pointing)
                 reply.logprobs.append(float(logprobs[b, token]))
                 reply.watch = np.concatenate([reply.watch, watched[None]]) if len(reply.tokens) > 1 \
                     else watched[None].astype(np.float32)
@@ -187,6 +206,7 @@ class LocalEngine:
         for r, state in zip(requests, batch.split(), strict=True):
             if r.end:
                 self.sessions.pop(r.session, None)
+                self.looks.pop(r.session, None)
             else:
                 self.sessions[r.session] = _Session(state.layers, state.next_pos, now)
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -194,6 +214,26 @@ class LocalEngine:
         for reply in replies:
             reply.model_ms, reply.model = elapsed_ms, ref
         return replies
+
+    def _point(self, requests: Sequence[TurnRequest], states: Sequence[_Session]) -> list[Looks | None]:
+        """Per row, the pointer's state when it writes this row's boxes: greedy rows of sessions
+        that started with exactly one image (a single-frame inspection); a new session's
+        candidates are read from its image here, shared by rows with the same image."""
+        if self.pointer is None:
+            return [None] * len(requests)
+        out: list[Looks | None] = []
+        fresh: dict[int, Looks] = {}
+        for r, state in zip(requests, states, strict=True):
+            if not (state.length or state.next_pos):  # a new session
+                self.looks.pop(r.session, None)
+                if len(r.chunk.patches) == 1:
+                    key = id(r.chunk.patches[0])
+                    if key not in fresh:
+                        fresh[key] = self.pointer.looks(r.chunk.patches[0], tuple(r.chunk.grids[0]))
+                    self.looks[r.session] = Looks(list(fresh[key].boxes))
+            found = self.looks.get(r.session)
+            out.append(found if found is not None and r.temperature == 0 else None)
+        return out
 
     def _empty_cache(self) -> DynamicCache:
         return DynamicCache(config=self.vlm.model.config.get_text_config())

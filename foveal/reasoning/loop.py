@@ -53,6 +53,9 @@ class LoopOptions:
     temperature: float = 0.0  # 0: greedy (inspection); > 0: sampling (RL rollouts)
     uncertain_below: float = 0.5  # answer probability under which the verdict is `uncertain`
     seed: int | None = None
+    # grounded zooms of compact checkpoints (`foveal.reasoning.pointer`); None: the checkpoint's
+    # choice. Only for a loaded `VLM`: a remote engine's server makes that choice
+    pointer: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,8 @@ class Loop:
 
     def __init__(self, model: VLM | Engine, options: LoopOptions = LoopOptions(),
                  budget: ImageBudget | None = None) -> None:
-        self.engine: Engine = LocalEngine(model, seed=options.seed) if isinstance(model, VLM) else model
+        self.engine: Engine = LocalEngine(model, seed=options.seed, pointer=options.pointer) \
+            if isinstance(model, VLM) else model
         self.fmt = self.engine.chat
         self.options = options
         self.budget = budget or self.engine.budget  # the model's processor budget by default

@@ -1,0 +1,73 @@
+"""Grounded zooms (`foveal.reasoning.pointer`): a compact model's greedy crop takes its box from
+its own cell head, the next crop the next candidate; sequences, sampled turns and towers without
+a cell head are left as they were."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from transformers import PreTrainedTokenizerBase
+
+from foveal.model.loader import VLM, create
+from foveal.reasoning.engine import LocalEngine
+from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
+from foveal.reasoning.pointer import CLOSE, CellPointer, Looks
+from tests.reasoning.protocol_model import SCRIPTS, frames_for
+
+SCRIPTED = [0.2, 0.2, 0.4, 0.4]  # the box the taught model writes itself
+
+
+def run(vlm: VLM, name: str, **options: object) -> Trace:
+    prompt, n, _ = SCRIPTS[name]
+    loop = Loop(vlm, LoopOptions(max_turn_tokens=48, **options))  # type: ignore[arg-type]
+    return loop.run([Inspection(frames_for(name, n), prompt)])[0]
+
+
+def test_a_greedy_zoom_takes_its_box_from_the_cell_head(taught_vlm: VLM) -> None:
+    trace = run(taught_vlm, "zoom", pointer=True)
+    pointer = CellPointer(taught_vlm)
+    first_image = trace.conversation.patches[0], tuple(trace.conversation.grids[0])
+    expected = pointer.looks(*first_image).boxes[0]  # type: ignore[arg-type]
+    assert list(expected) != SCRIPTED  # otherwise the test could not tell the two apart
+    step = trace.steps[0]
+    assert step.operation == "crop_image_normalized" and step.ok
+    assert step.arguments == {"bbox_2d": list(expected), "target_image": 1}
+    assert trace.defect_type is not None and trace.operation_errors == 0
+
+
+def test_without_the_pointer_the_model_writes_its_own_box(taught_vlm: VLM) -> None:
+    trace = run(taught_vlm, "zoom", pointer=False)
+    assert trace.steps[0].arguments == {"bbox_2d": SCRIPTED, "target_image": 1}
+
+
+def test_the_checkpoint_chooses_when_the_loop_does_not(taught_vlm: VLM) -> None:
+    vlm = copy.copy(taught_vlm)
+    vlm.meta = dict(taught_vlm.meta, pointer=True)
+    assert LocalEngine(vlm).pointer is not None
+    assert LocalEngine(vlm, pointer=False).pointer is None
+    assert LocalEngine(taught_vlm).pointer is None  # off unless the checkpoint says so
+
+
+def test_sequences_and_sampled_turns_are_not_pointed(taught_vlm: VLM) -> None:
+    assert run(taught_vlm, "select", pointer=True).steps[0].arguments == {"target_frames": [1, 3]}
+    sampled = [run(taught_vlm, "zoom", pointer=p, temperature=1.0, seed=3) for p in (True, False)]
+    assert [s.text for s in sampled[0].steps] == [s.text for s in sampled[1].steps]
+
+
+def test_each_further_box_is_the_next_candidate(taught_vlm: VLM) -> None:
+    pointer = CellPointer(taught_vlm)
+    looks = Looks([(0.0, 0.0, 0.12, 0.12), (0.5, 0.36, 0.62, 0.48)])
+    texts = [taught_vlm.tokenizer.decode(pointer.box_tokens(looks)) for _ in range(3)]
+    close = CLOSE.replace(" ", "")
+    assert [t.replace(" ", "") for t in texts] == [f'0.0,0.0,0.12,0.12{close}', f'0.5,0.36,0.62,0.48{close}',
+                                                   f'0.0,0.0,0.12,0.12{close}']
+
+
+def test_a_tower_without_a_cell_head_cannot_point(micro_tokenizer: PreTrainedTokenizerBase) -> None:
+    plain = create(micro_tokenizer, "v1", seed=0)
+    assert not CellPointer.available(plain)
+    with pytest.raises(ValueError, match="no cell head"):
+        LocalEngine(plain, pointer=True)
+    plain.meta["pointer"] = True
+    assert LocalEngine(plain).pointer is None  # the checkpoint's wish is ignored, not an error
