@@ -56,6 +56,9 @@ class TurnRequest:
 class TurnReply:
     tokens: list[int] = field(default_factory=list)  # generated; all but the last are now cached
     logprobs: list[float] = field(default_factory=list)  # of each generated token
+    # per generated token, whether the engine wrote it instead of the model (a grounded zoom's
+    # box, `foveal.reasoning.pointer`); empty when none was
+    forced: list[bool] = field(default_factory=list)
     # (max(1, len(tokens)), len(watch)): log-probabilities of the watched ids at each step; with
     # max_new_tokens == 0, one row: the distribution after the appended chunk
     watch: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((1, 0), np.float32))
@@ -186,9 +189,12 @@ class LocalEngine:
                     continue
                 token = int(chosen[b])
                 pointing = looks[b]
+                forced = pointing is not None and bool(pointing.queue)
                 if pointing is not None and pointing.queue:  # the pointer writes the open box
                     token = pointing.queue.pop(0)
                 reply.tokens.append(token)
+                if forced or reply.forced:
+                    reply.forced += [False] * (len(reply.tokens) - 1 - len(reply.forced)) + [forced]
                 if pointing is not None and not pointing.queue and self.pointer is not None \
                         and self.pointer.opens_box(reply.tokens):
                     pointing.queue = self.pointer.box_tokens(pointing)
@@ -216,9 +222,10 @@ class LocalEngine:
         return replies
 
     def _point(self, requests: Sequence[TurnRequest], states: Sequence[_Session]) -> list[Looks | None]:
-        """Per row, the pointer's state when it writes this row's boxes: greedy rows of sessions
-        that started with exactly one image (a single-frame inspection); a new session's
-        candidates are read from its image here, shared by rows with the same image."""
+        """Per row, the pointer's state when it writes this row's boxes: rows of sessions that
+        started with exactly one image (a single-frame inspection); a new session's candidates
+        are read from its image here, shared by rows with the same image (an RL query's G
+        rollouts)."""
         if self.pointer is None:
             return [None] * len(requests)
         out: list[Looks | None] = []
@@ -232,7 +239,7 @@ class LocalEngine:
                         fresh[key] = self.pointer.looks(r.chunk.patches[0], tuple(r.chunk.grids[0]))
                     self.looks[r.session] = Looks(list(fresh[key].boxes))
             found = self.looks.get(r.session)
-            out.append(found if found is not None and r.temperature == 0 else None)
+            out.append(found)
         return out
 
     def _empty_cache(self) -> DynamicCache:

@@ -218,7 +218,9 @@ class Loop:
         step = Step(text=text, tokens=len(tokens), latency_ms=reply.model_ms)
         row.trace.steps.append(step)
         row.trace.generated_tokens += len(tokens)
-        row.trace.conversation.extend(Chunk(list(body), [TEXT] * len(body), [True] * len(body)))
+        # tokens the engine wrote for the model (a grounded zoom's box) are not the model's choice
+        own = [not f for f in reply.forced[:len(body)]] + [True] * (len(body) - len(reply.forced))
+        row.trace.conversation.extend(Chunk(list(body), [TEXT] * len(body), own))
         ended_turn = stopped in (self.fmt.im_end, self.fmt.pad)
         # the cache holds every generated token but the last one (the stop token is never fed)
         row.pending = Chunk() if ended_turn or not body else self.fmt.token(body[-1], loss=True)

@@ -12,9 +12,11 @@ then the call's end, `], "target_image": 1}}</tool_call>` (the whole frame, whos
 is on). The head's probabilities are the model's own; the decision to zoom, and the answer after
 the crop, remain the decoder's.
 
-It applies to greedy turns of single-image inspections only: RL's sampled rollouts write their
-boxes token by token as before (their log-probabilities must be the policy's own), sequences
-choose frames first, and real Qwen2.5-VL checkpoints (no cell head) write their own coordinates.
+It applies to single-image inspections, greedy and sampled alike. The tokens the engine writes
+are flagged (`TurnReply.forced`) and the loop gives them no loss, so an RL rollout's box is not
+trained as the policy's choice: its actions are the decision to zoom and the answers. Sequences
+choose frames first and are left alone, and real Qwen2.5-VL checkpoints (no cell head) write
+their own coordinates.
 Tests: `pytest tests/reasoning/test_pointer.py`.
 """
 

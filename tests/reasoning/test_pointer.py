@@ -1,6 +1,6 @@
-"""Grounded zooms (`foveal.reasoning.pointer`): a compact model's greedy crop takes its box from
-its own cell head, the next crop the next candidate; sequences, sampled turns and towers without
-a cell head are left as they were."""
+"""Grounded zooms (`foveal.reasoning.pointer`): a compact model's crop takes its box from its own
+cell head, the next crop the next candidate, and the box carries no loss; sequences and towers
+without a cell head are left as they were."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from foveal.model.loader import VLM, create
 from foveal.reasoning.engine import LocalEngine
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
-from foveal.reasoning.pointer import CLOSE, CellPointer, Looks
+from foveal.reasoning.pointer import CLOSE, TRIGGER, CellPointer, Looks
 from tests.reasoning.protocol_model import SCRIPTS, frames_for
 
 SCRIPTED = [0.2, 0.2, 0.4, 0.4]  # the box the taught model writes itself
@@ -24,7 +24,7 @@ def run(vlm: VLM, name: str, **options: object) -> Trace:
     return loop.run([Inspection(frames_for(name, n), prompt)])[0]
 
 
-def test_a_greedy_zoom_takes_its_box_from_the_cell_head(taught_vlm: VLM) -> None:
+def test_a_zoom_takes_its_box_from_the_cell_head(taught_vlm: VLM) -> None:
     trace = run(taught_vlm, "zoom", pointer=True)
     pointer = CellPointer(taught_vlm)
     first_image = trace.conversation.patches[0], tuple(trace.conversation.grids[0])
@@ -49,10 +49,23 @@ def test_the_checkpoint_chooses_when_the_loop_does_not(taught_vlm: VLM) -> None:
     assert LocalEngine(taught_vlm).pointer is None  # off unless the checkpoint says so
 
 
-def test_sequences_and_sampled_turns_are_not_pointed(taught_vlm: VLM) -> None:
+def test_sequences_are_not_pointed(taught_vlm: VLM) -> None:
     assert run(taught_vlm, "select", pointer=True).steps[0].arguments == {"target_frames": [1, 3]}
-    sampled = [run(taught_vlm, "zoom", pointer=p, temperature=1.0, seed=3) for p in (True, False)]
-    assert [s.text for s in sampled[0].steps] == [s.text for s in sampled[1].steps]
+
+
+def test_a_sampled_zoom_is_pointed_and_its_box_carries_no_loss(taught_vlm: VLM) -> None:
+    # the first seed whose sampled turn opens a box the way the protocol writes it
+    trace = next(t for t in (run(taught_vlm, "zoom", pointer=True, temperature=1.0, seed=seed)
+                             for seed in range(20)) if TRIGGER in t.steps[0].text)
+    pointer = CellPointer(taught_vlm)
+    looks = pointer.looks(trace.conversation.patches[0], tuple(trace.conversation.grids[0]))
+    assert trace.steps[0].arguments == {"bbox_2d": list(looks.boxes[0]), "target_image": 1}
+    written = pointer.box_tokens(looks)  # what the engine wrote after `"bbox_2d": [`
+    ids, loss = trace.conversation.ids, trace.conversation.loss
+    at = next(i for i in range(len(ids)) if ids[i:i + len(written)] == written)
+    assert not any(loss[at:at + len(written)])  # the box is the engine's, not the policy's
+    assert all(loss[at - 3:at])  # the tokens that opened the crop are the model's own
+    assert sum(loss) > len(written)  # and so is the rest of what it generated
 
 
 def test_each_further_box_is_the_next_candidate(taught_vlm: VLM) -> None:
