@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,19 +157,30 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "", target: fl
 
 
 def plot_rapr(runs: dict[str, Sequence[dict[str, Any]]], path: Path, target: float) -> None:
-    """RaPR over episodes of several runs in one figure, with the target H (the learning trap)."""
+    """RaPR over episodes of several runs in one figure, with the target H (the learning trap):
+    the sampled rollouts' RaPR and, when the runs logged a dev eval, the greedy loop's beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(7, 4))
-    ax = fig.add_subplot(1, 1, 1)
-    for name, rows in runs.items():
-        ax.plot([int(r["episode"]) for r in rows], [_value(r, "rapr") for r in rows], marker="o", label=name)
-    ax.axhline(target, color="grey", linestyle=":", label=f"H = {target}")
-    ax.set(xlabel="episode", ylabel="RaPR (share of rollouts that zoom)", ylim=(0.0, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend()
+    with_dev = any(isinstance(r.get("dev"), dict) and "rapr" in r["dev"]
+                   for rows in runs.values() for r in rows)
+    fig = Figure(figsize=(12 if with_dev else 7, 4))
+    panels: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
+        ("RaPR of the sampled rollouts", lambda r: _value(r, "rapr"))]
+    if with_dev:
+        panels.append(("RaPR of the greedy loop on dev", lambda r: _value(r.get("dev") or {}, "rapr")))
+    for i, (title, read) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for name, rows in runs.items():
+            ax.plot([int(r["episode"]) for r in rows], [read(r) for r in rows], marker="o", label=name)
+        ax.axhline(target, color="grey", linestyle=":", label=f"H = {target}")
+        ax.set(xlabel="episode", ylabel="RaPR (share of inspections that zoom)", ylim=(0.0, 1.02),
+               title=title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
