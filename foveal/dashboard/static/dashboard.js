@@ -119,9 +119,19 @@
 
     function go(target) { if (target) location.href = `/inspections/${target}${qs}`; }
 
-    async function submit(action, extra) {
-      if (busy) return;  // a second press while the first is in flight is the same review
+    // Reviews are sent one at a time, in the order they were asked for: a comment typed while the
+    // relabel before it is still in flight waits for it instead of being dropped. A second press of
+    // the action in flight is the same review (the same request id), not a new one.
+    let inflight = Promise.resolve();
+    function submit(action, extra) {
+      if (busy && pending && pending.action === action) return inflight;
+      inflight = inflight.then(() => send(action, extra));
+      return inflight;
+    }
+
+    async function send(action, extra) {
       busy = true;
+      const opened = mode;  // the pane this review came from; one opened meanwhile stays open
       pending = pending && pending.action === action ? pending : { action, request_id: uuid4() };
       const body = Object.assign({ action, request_id: pending.request_id }, extra || {});
       $$("#actions button").forEach((b) => b.classList.add("busy"));
@@ -135,13 +145,14 @@
         if (!response.ok) { pending = null; toast(data.error || `refused (${response.status})`, true); return; }
         pending = null;
         addHistory(data, extra);
-        setMode(null);
+        if (mode === opened) setMode(null);
         const label = data.verdict === "defect" ? `defect · ${data.defect_type}` : (data.verdict || "");
         toast(`${action}${label ? ": " + label : ""} saved`);
         root.dataset.reviewed = data.review_id;
         if (action !== "comment") {
           nextId = data.next || nextId;
-          if (nextId) setTimeout(() => go(nextId), 450);
+          // move on unless the reviewer has started something else here (a comment, a box)
+          if (nextId) setTimeout(() => { if (mode === null) go(nextId); }, 450);
         }
       } catch (err) {
         toast("network error: press again to retry (it will not be saved twice)", true);  // same key on retry
