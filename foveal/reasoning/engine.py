@@ -190,7 +190,8 @@ class LocalEngine:
                 token = int(chosen[b])
                 pointing = looks[b]
                 forced = pointing is not None and bool(pointing.queue)
-                if pointing is not None and pointing.queue:  # the pointer writes the open box
+                if forced:  # the pointer writes the open box
+                    assert pointing is not None
                     token = pointing.queue.pop(0)
                 reply.tokens.append(token)
                 if forced or reply.forced:
