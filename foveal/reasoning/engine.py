@@ -50,6 +50,7 @@ class TurnRequest:
     temperature: float = 0.0  # 0: greedy
     restart: bool = False  # forget the session's cache first (the re-encoding baseline)
     end: bool = False  # forget the session after this turn
+    frames: int = 1  # frames of the inspection (> 1: a sequence, its first image their overview)
 
 
 @dataclass
@@ -189,16 +190,15 @@ class LocalEngine:
                     continue
                 token = int(chosen[b])
                 pointing = looks[b]
+                if pointing is not None and not pointing.queue and self.pointer is not None:
+                    pointing.queue = self.pointer.forced(pointing, reply.tokens, token)
                 forced = pointing is not None and bool(pointing.queue)
-                if forced:  # the pointer writes the open box
+                if forced:  # the pointer writes the box or the frames
                     assert pointing is not None
                     token = pointing.queue.pop(0)
                 reply.tokens.append(token)
                 if forced or reply.forced:
                     reply.forced += [False] * (len(reply.tokens) - 1 - len(reply.forced)) + [forced]
-                if pointing is not None and not pointing.queue and self.pointer is not None \
-                        and self.pointer.opens_box(reply.tokens):
-                    pointing.queue = self.pointer.box_tokens(pointing)
                 reply.logprobs.append(float(logprobs[b, token]))
                 reply.watch = np.concatenate([reply.watch, watched[None]]) if len(reply.tokens) > 1 \
                     else watched[None].astype(np.float32)
@@ -223,10 +223,10 @@ class LocalEngine:
         return replies
 
     def _point(self, requests: Sequence[TurnRequest], states: Sequence[_Session]) -> list[Looks | None]:
-        """Per row, the pointer's state when it writes this row's boxes: rows of sessions that
-        started with exactly one image (a single-frame inspection); a new session's candidates
-        are read from its image here, shared by rows with the same image (an RL query's G
-        rollouts)."""
+        """Per row, the pointer's state when it writes this row's boxes or frames: rows of
+        sessions that started with exactly one image (a frame, or a sequence's overview); a new
+        session's candidates are read from that image here, shared by rows with the same image
+        (an RL query's G rollouts)."""
         if self.pointer is None:
             return [None] * len(requests)
         out: list[Looks | None] = []
@@ -237,8 +237,13 @@ class LocalEngine:
                 if len(r.chunk.patches) == 1:
                     key = id(r.chunk.patches[0])
                     if key not in fresh:
-                        fresh[key] = self.pointer.looks(r.chunk.patches[0], tuple(r.chunk.grids[0]))
-                    self.looks[r.session] = Looks(list(fresh[key].boxes))
+                        patches, grid = r.chunk.patches[0], tuple(r.chunk.grids[0])
+                        fresh[key] = self.pointer.frame_looks(patches, grid, r.frames) if r.frames > 1 \
+                            else self.pointer.looks(patches, grid)
+                    self.looks[r.session] = Looks(list(fresh[key].boxes), frames=list(fresh[key].frames),
+                                                  images=1)
+            elif (later := self.looks.get(r.session)) is not None:
+                self.pointer.shown(later, r.chunk.patches, [tuple(g) for g in r.chunk.grids])
             found = self.looks.get(r.session)
             out.append(found)
         return out

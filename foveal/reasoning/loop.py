@@ -204,10 +204,12 @@ class Loop:
         if row.forcing:
             watch = tuple(self.first_id(n) for n in row.item.taxonomy)
             row.ended = True
-            return TurnRequest(row.session, chunk, 0, self.fmt.stop_ids, watch, restart=restart, end=True)
+            return TurnRequest(row.session, chunk, 0, self.fmt.stop_ids, watch, restart=restart, end=True,
+                               frames=len(row.item.frames))
         room = options.max_total_tokens - len(row.trace.conversation)
         return TurnRequest(row.session, chunk, max(1, min(options.max_turn_tokens, room)), self.fmt.stop_ids,
-                           (self.first_id(NO_DEFECT),), options.temperature, restart=restart)
+                           (self.first_id(NO_DEFECT),), options.temperature, restart=restart,
+                           frames=len(row.item.frames))
 
     # -- turn bookkeeping -----------------------------------------------------------------------
     def _finish_turn(self, row: _Row, reply: TurnReply) -> None:

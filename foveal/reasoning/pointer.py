@@ -12,16 +12,30 @@ then the call's end, `], "target_image": 1}}</tool_call>` (the whole frame, whos
 is on). The head's probabilities are the model's own; the decision to zoom, and the answer after
 the crop, remain the decoder's.
 
-It applies to single-image inspections, greedy and sampled alike. The tokens the engine writes
-are flagged (`TurnReply.forced`) and the loop gives them no loss, so an RL rollout's box is not
-trained as the policy's choice: its actions are the decision to zoom and the answers. Sequences
-choose frames first and are left alone, and real Qwen2.5-VL checkpoints (no cell head) write
-their own coordinates.
+Sequences are shown first as one overview of numbered tiles (`operations.overview`), and a
+compact model copies tile numbers no better than box numbers (v9 writes "tiles 2, 7 and 8 and 8
+and 8" and never a valid `select_frames`: `/work/data/exp/seqcheck.py`). So on a sequence the
+pointer ranks the tiles by their most defect-like cell and writes the frame numbers: in the
+prose, when the model starts a number right after "tile(s) " or "frame(s) " before any selected
+frame is shown, the next two frames and the sentence's end ("2 and 7."); in the call, after
+`"target_frames": [`, the same frames (or, when the prose named none, the next two) and the
+call's end. A later selection (a retry) takes the next two. Once the selected frames are shown,
+a crop's box is the look of the most defect-like cell of the selected frame whose peak is
+highest, on that frame's image; what the prose says of them stays the model's own (writing it
+as "frame 7 (image 3)." too led to zooms on good parts: 54 of 60 good test sequences rejected,
+against 41 without, `/work/data/exp/seqacc.py`).
+
+It applies greedy and sampled alike. The tokens the engine writes are flagged
+(`TurnReply.forced`) and the loop gives them no loss, so an RL rollout's box or frames are not
+trained as the policy's choice: its actions are the decision to look and the answers. Real
+Qwen2.5-VL checkpoints (no cell head) write their own coordinates and frames.
 Tests: `pytest tests/reasoning/test_pointer.py`.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +48,10 @@ from foveal.operations import look_box
 TRIGGER = '"bbox_2d": ['
 CLOSE = '], "target_image": 1}}</tool_call>'  # the call's only valid ending on the whole frame
 MAX_LOOKS = 8  # candidate cells kept per inspection, most defect-like first
+FRAMES_TRIGGER = '"target_frames": ['
+FRAMES_CLOSE = ']}}</tool_call>'
+FRAMES_PER_LOOK = 2  # frames per selection (the trajectories select 2-4 of the frames that show it)
+_NAMING = re.compile(r"(?:^|\W)(?:tiles?|frames?) $")  # prose about to name frame numbers
 
 
 @dataclass
@@ -43,10 +61,26 @@ class Looks:
     boxes: list[tuple[float, float, float, float]]
     used: int = 0
     queue: list[int] = field(default_factory=list)  # tokens still to write for the open box
+    # sequences: 1-based frame numbers, most defect-like tile first; the frames this turn's prose
+    # named (the call repeats them); how many frames the earlier selections took
+    frames: list[int] = field(default_factory=list)
+    named: list[int] | None = None
+    frames_used: int = 0
+    images: int = 0  # images the session has shown so far
+    box_image: int = 1  # the image the boxes are on (a sequence: the selected frame that looks worst)
+    selecting: list[int] = field(default_factory=list)  # a selection's frames, until they are shown
+
+    def next_frames(self) -> list[int]:
+        """The next `FRAMES_PER_LOOK` frames of the ranking, in ascending order (wrapping round)."""
+        n = len(self.frames)
+        take = [self.frames[(self.frames_used + k) % n] for k in range(min(FRAMES_PER_LOOK, n))]
+        self.frames_used += len(take)
+        return sorted(take)
 
 
 class CellPointer:
-    """Writes crop boxes from a compact tower's cell head (see the module docstring)."""
+    """Writes crop boxes and frame numbers from a compact tower's cell head (see the module
+    docstring)."""
 
     def __init__(self, vlm: VLM) -> None:
         tower = vlm.model.model.visual
@@ -66,11 +100,10 @@ class CellPointer:
     @torch.inference_mode()
     def looks(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> Looks:
         """The candidate boxes of one whole view, given as the chunk's patches and grid."""
-        tower = self.tower
-        pixel_values = torch.from_numpy(patches).to(tower.dtype)
-        image = tower.images(pixel_values, torch.tensor([list(grid)]))[0]
-        cells = tower.head(tower.backbone(image[None].to(tower.dtype)))  # (1, K, rows, cols)
-        defect = 1.0 - torch.softmax(cells.float(), dim=1)[0, 0]  # (rows, cols)
+        return Looks(self._boxes(self._defect(patches, grid)), images=1)
+
+    @staticmethod
+    def _boxes(defect: torch.Tensor) -> list[tuple[float, float, float, float]]:
         rows, cols = defect.shape
         boxes: list[tuple[float, float, float, float]] = []
         for index in torch.argsort(defect.flatten(), descending=True).tolist():
@@ -79,21 +112,84 @@ class CellPointer:
                 boxes.append(box)
             if len(boxes) == MAX_LOOKS:
                 break
-        return Looks(boxes)
+        return boxes
+
+    @torch.inference_mode()
+    def frame_looks(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...], frames: int) -> Looks:
+        """The frame ranking of a sequence's overview of `frames` tiles (no crop candidates: a crop
+        on the overview is not allowed)."""
+        defect = self._defect(patches, grid)
+        rows, cols = defect.shape
+        tile_cols = math.ceil(math.sqrt(frames))  # the layout of `operations.overview`
+        tile_rows = math.ceil(frames / tile_cols)
+        score = [0.0] * frames
+        for r in range(rows):
+            for c in range(cols):
+                tile = int((r + 0.5) / rows * tile_rows) * tile_cols + int((c + 0.5) / cols * tile_cols)
+                if tile < frames:
+                    score[tile] = max(score[tile], float(defect[r, c]))
+        order = sorted(range(frames), key=lambda i: (-score[i], i))
+        return Looks([], frames=[i + 1 for i in order], images=1)
+
+    @torch.inference_mode()
+    def shown(self, looks: Looks, patches: list[npt.NDArray[np.float32]],
+              grids: list[tuple[int, ...]]) -> None:
+        """Images a later turn shows: after a selection the pointer was written, its frames;
+        the boxes go on the one whose most defect-like cell is highest."""
+        if looks.selecting and len(patches) == len(looks.selecting):
+            maps = [self._defect(p, g) for p, g in zip(patches, grids, strict=True)]
+            best = max(range(len(maps)), key=lambda i: float(maps[i].max()))
+            looks.boxes, looks.used = self._boxes(maps[best]), 0
+            looks.box_image = looks.images + best + 1
+        looks.selecting = []
+        looks.images += len(patches)
+
+    def _defect(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
+        tower = self.tower
+        pixel_values = torch.from_numpy(patches).to(tower.dtype)
+        image = tower.images(pixel_values, torch.tensor([list(grid)]))[0]
+        cells = tower.head(tower.backbone(image[None].to(tower.dtype)))  # (1, K, rows, cols)
+        return 1.0 - torch.softmax(cells.float(), dim=1)[0, 0]  # (rows, cols)
+
+    def forced(self, looks: Looks, generated: list[int], token: int) -> list[int]:
+        """What the engine writes instead of the model's `token`, given the turn's tokens so far
+        (`generated`, without `token`): a box, frames in a call or frames in prose; or nothing."""
+        if looks.boxes and self.opens_box(generated):
+            return self.box_tokens(looks)
+        if not looks.frames:
+            return []
+        if self._opens(generated, FRAMES_TRIGGER):
+            chosen = looks.named or looks.next_frames()
+            looks.named, looks.selecting = None, chosen
+            return self._encode(", ".join(str(f) for f in chosen) + FRAMES_CLOSE)
+        text = self._text([token]).lstrip()
+        if not (text[:1].isdigit() and generated and _NAMING.search(self._text(generated[-8:]))):
+            return []
+        if looks.boxes:  # the frames are shown: what the prose says of them is the model's own
+            return []
+        looks.named = looks.next_frames()
+        *head, last = [str(f) for f in looks.named]
+        return self._encode((f"{', '.join(head)} and {last}" if head else last) + ".")
 
     def opens_box(self, generated: list[int]) -> bool:
         """Whether the turn's tokens so far end with the opening of a crop's box."""
+        return self._opens(generated, TRIGGER)
+
+    def _opens(self, generated: list[int], trigger: str) -> bool:
         if not generated or generated[-1] not in self._closers:
             return False
-        return self._text(generated[-8:]).endswith(TRIGGER)
+        return self._text(generated[-8:]).endswith(trigger)
 
     def _text(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(ids))
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def box_tokens(self, looks: Looks) -> list[int]:
         """The tokens of the next unused candidate box and the call's end; marks it used
         (after the last candidate, the first again)."""
         box = looks.boxes[looks.used % len(looks.boxes)]
         looks.used += 1
-        text = ", ".join(f"{round(v, 2)}" for v in box) + CLOSE
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        close = CLOSE.replace(": 1}", f": {looks.box_image}}}")
+        return self._encode(", ".join(f"{round(v, 2)}" for v in box) + close)

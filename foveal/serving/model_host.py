@@ -15,6 +15,7 @@ Per-request tensors (each with Triton's leading batch dimension of 1):
   WATCH int64 [w]               ids whose log-probabilities are reported per step
   TEMPERATURE fp32 [1]          0: greedy
   RESTART bool [1]              forget the cache first (re-encoding baseline)
+  FRAMES int32 [1]              frames of the inspection (> 1: a sequence; grounded frame choice)
   START / END int32 [1]         sequence controls (Triton fills them)
 Outputs: GENERATED int64 [g], LOGPROBS fp32 [g], WATCH_LOGPROBS fp32 [max(1, g), w].
 """
@@ -121,7 +122,7 @@ class ModelHost:
             watch=tuple(_row(tensors, "WATCH", np.zeros(0, np.int64)).astype(np.int64).tolist()),
             temperature=float(_row(tensors, "TEMPERATURE", np.zeros(1, np.float32))[0]),
             restart=control.start or bool(_row(tensors, "RESTART", np.zeros(1, bool))[0]),
-            end=control.end)
+            end=control.end, frames=max(1, int(_row(tensors, "FRAMES", np.ones(1, np.int32))[0])))
 
     @staticmethod
     def _images(tensors: Tensors) -> list[npt.NDArray[np.uint8]]:

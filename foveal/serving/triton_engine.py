@@ -68,7 +68,7 @@ class TritonEngine:
                     continue
                 self._started.discard(session)
             try:
-                self._infer(_inputs(np.zeros(0, np.int64), [], 0, (), (), 0.0, False), session,
+                self._infer(_inputs(np.zeros(0, np.int64), [], 0, (), (), 0.0, False, 1), session,
                             start=False, end=True, timeout_s=5.0)
             except (EngineUnavailable, EngineError, DeadlineExceeded):
                 pass
@@ -84,7 +84,7 @@ class TritonEngine:
             else:
                 self._started.add(r.session)
         inputs = _inputs(np.asarray(r.chunk.ids, np.int64), r.chunk.images, r.max_new_tokens,
-                         sorted(r.stop_ids), r.watch, r.temperature, r.restart)
+                         sorted(r.stop_ids), r.watch, r.temperature, r.restart, r.frames)
         result, ms = self._infer(inputs, r.session, start=start, end=r.end, timeout_s=timeout_s)
         tokens = result.as_numpy("GENERATED")
         logprobs = result.as_numpy("LOGPROBS")
@@ -118,7 +118,7 @@ class TritonEngine:
 
 def _inputs(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]], max_new: int,
             stop_ids: Sequence[int], watch: Sequence[int], temperature: float,
-            restart: bool) -> list[triton_grpc.InferInput]:
+            restart: bool, frames: int) -> list[triton_grpc.InferInput]:
     shapes = np.asarray([s for view in images for s in view.shape[:2]], np.int32)
     pixels = np.concatenate([view.reshape(-1) for view in images]) if images else np.zeros(0, np.uint8)
     arrays: list[tuple[str, npt.NDArray[np.generic], str]] = [
@@ -130,6 +130,7 @@ def _inputs(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]],
         ("WATCH", np.asarray(watch, np.int64), "INT64"),
         ("TEMPERATURE", np.asarray([temperature], np.float32), "FP32"),
         ("RESTART", np.asarray([restart], bool), "BOOL"),
+        ("FRAMES", np.asarray([frames], np.int32), "INT32"),
     ]
     inputs = []
     for name, value, dtype in arrays:

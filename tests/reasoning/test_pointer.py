@@ -1,12 +1,15 @@
 """Grounded zooms (`foveal.reasoning.pointer`): a compact model's crop takes its box from its own
-cell head, the next crop the next candidate, and the box carries no loss; sequences and towers
-without a cell head are left as they were."""
+cell head, the next crop the next candidate, and the box carries no loss; a sequence's selection
+takes the frames whose tiles look most defect-like, in the call and in the prose, and a crop
+after it lands on the selected frame that looks worst; towers without a cell head are left as
+they were."""
 
 from __future__ import annotations
 
 import copy
 
 import pytest
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from foveal.model.loader import VLM, create
@@ -49,8 +52,53 @@ def test_the_checkpoint_chooses_when_the_loop_does_not(taught_vlm: VLM) -> None:
     assert LocalEngine(taught_vlm).pointer is None  # off unless the checkpoint says so
 
 
-def test_sequences_are_not_pointed(taught_vlm: VLM) -> None:
-    assert run(taught_vlm, "select", pointer=True).steps[0].arguments == {"target_frames": [1, 3]}
+def test_a_selection_takes_the_frames_whose_tiles_look_worst(taught_vlm: VLM,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # 3 frames tile as 2 x 2 (`operations.overview`): frame 1 upper left, 2 upper right, 3 lower left
+    defect = torch.zeros(4, 6)
+    defect[0, 4] = 0.9  # frame 2
+    defect[3, 1] = 0.6  # frame 3
+    defect[3, 5] = 1.0  # the empty fourth tile: ignored
+    monkeypatch.setattr(CellPointer, "_defect", lambda self, patches, grid: defect)
+    assert CellPointer(taught_vlm).frame_looks(None, (1, 4, 6), frames=3).frames == [2, 3, 1]  # type: ignore[arg-type]
+    step = run(taught_vlm, "select", pointer=True).steps[0]
+    assert step.operation == "select_frames" and step.ok
+    assert step.arguments == {"target_frames": [2, 3]}
+    assert run(taught_vlm, "select", pointer=False).steps[0].arguments == {"target_frames": [1, 3]}
+
+
+def test_frame_numbers_in_prose_are_the_pointers_and_the_call_repeats_them(taught_vlm: VLM) -> None:
+    pointer = CellPointer(taught_vlm)
+    tok = taught_vlm.tokenizer
+    looks = Looks([], frames=[5, 2, 7, 1], images=1)
+    said = tok.encode("A faint mark shows in tiles ", add_special_tokens=False)
+    digit = tok.encode("8", add_special_tokens=False)[0]
+    written = str(tok.decode(pointer.forced(looks, said, digit)))
+    assert written.replace(" ", "") == "2and5."
+    stop = tok.encode(".", add_special_tokens=False)[0]
+    assert pointer.forced(looks, said, stop) == []  # not a number: the model's own
+    call = tok.encode('<tool_call>{"name": "select_frames", "arguments": {"target_frames": [',
+                      add_special_tokens=False)
+    assert str(tok.decode(pointer.forced(looks, call, digit))).replace(" ", "") == "2,5]}}</tool_call>"
+    # the next selection (a retry) takes the next two frames of the ranking
+    assert str(tok.decode(pointer.forced(looks, call, digit))).replace(" ", "") == "1,7]}}</tool_call>"
+
+
+def test_a_crop_after_a_selection_goes_on_the_selected_frame_that_looks_worst(taught_vlm: VLM) -> None:
+    trace = run(taught_vlm, "select", pointer=True)
+    pointer = CellPointer(taught_vlm)
+    patches, grids = trace.conversation.patches, [tuple(g) for g in trace.conversation.grids]
+    looks = pointer.frame_looks(patches[0], grids[0], frames=3)
+    arguments = trace.steps[0].arguments or {}
+    selected = [int(f) for f in arguments["target_frames"]]  # type: ignore[attr-defined]
+    looks.selecting = selected  # the selection was written; its two frames are shown next
+    frames = list(patches[1:3])
+    pointer.shown(looks, frames, grids[1:3])
+    peaks = [float(pointer._defect(p, g).max()) for p, g in zip(frames, grids[1:3], strict=True)]
+    worst = max(range(2), key=lambda i: peaks[i])
+    assert looks.box_image == 2 + worst and looks.images == 3
+    text = str(taught_vlm.tokenizer.decode(pointer.box_tokens(looks))).replace(" ", "")
+    assert text.endswith(f'"target_image":{2 + worst}}}}}</tool_call>')
 
 
 def test_a_sampled_zoom_is_pointed_and_its_box_carries_no_loss(taught_vlm: VLM) -> None:

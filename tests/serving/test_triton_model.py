@@ -103,3 +103,17 @@ def test_the_host_rejects_a_malformed_request_alone(taught_vlm: VLM) -> None:
     assert set(host.engine.sessions) == {1}
     host.execute([({"TOKENS": np.zeros((1, 0), np.int64)}, Control(1, False, True))])
     assert host.engine.sessions == {}
+
+
+def test_the_host_tells_the_pointer_a_sequence_from_a_frame(taught_vlm: VLM) -> None:
+    host = ModelHost(LocalEngine(taught_vlm, pointer=True))
+    fmt = taught_vlm.chat
+    prompt = fmt.prompt([frames_for("select", 1)[0][:112, :112]], "Inspect this sequence of 3 frames.")
+    first = {"TOKENS": np.asarray([prompt.ids]), "IMAGES": prompt.images[0].reshape(1, -1),
+             "IMAGE_SHAPES": np.asarray([[112, 112]], np.int32),
+             "MAX_NEW_TOKENS": np.asarray([[1]], np.int32), "STOP_IDS": np.asarray([sorted(fmt.stop_ids)])}
+    host.execute([(dict(first, FRAMES=np.asarray([[3]], np.int32)), Control(1, True, False)),
+                  (first, Control(2, True, False))])
+    sequence, frame = host.engine.looks[1], host.engine.looks[2]
+    assert sorted(sequence.frames) == [1, 2, 3] and not sequence.boxes  # tiles ranked, no crop on them
+    assert frame.boxes and not frame.frames  # a frame without FRAMES: crop candidates only
