@@ -232,7 +232,12 @@ class LocalEngine:
         out: list[Looks | None] = []
         fresh: dict[int, Looks] = {}
         for r, state in zip(requests, states, strict=True):
-            if not (state.length or state.next_pos):  # a new session
+            known = self.looks.get(r.session)
+            if known is not None and r.restart:  # the whole conversation again (the re-encoding
+                # baseline): the same inspection, whose new images are the last ones
+                self.pointer.shown(known, r.chunk.patches[known.images:],
+                                   [tuple(g) for g in r.chunk.grids[known.images:]])
+            elif not (state.length or state.next_pos):  # a new session
                 self.looks.pop(r.session, None)
                 if len(r.chunk.patches) == 1:
                     key = id(r.chunk.patches[0])
@@ -242,8 +247,8 @@ class LocalEngine:
                             else self.pointer.looks(patches, grid)
                     self.looks[r.session] = Looks(list(fresh[key].boxes), frames=list(fresh[key].frames),
                                                   images=1)
-            elif (later := self.looks.get(r.session)) is not None:
-                self.pointer.shown(later, r.chunk.patches, [tuple(g) for g in r.chunk.grids])
+            elif known is not None:
+                self.pointer.shown(known, r.chunk.patches, [tuple(g) for g in r.chunk.grids])
             found = self.looks.get(r.session)
             out.append(found)
         return out

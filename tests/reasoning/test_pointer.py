@@ -12,8 +12,9 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from foveal.model.chat import Chunk
 from foveal.model.loader import VLM, create
-from foveal.reasoning.engine import LocalEngine
+from foveal.reasoning.engine import LocalEngine, TurnRequest, _Session
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
 from foveal.reasoning.pointer import CLOSE, TRIGGER, CellPointer, Looks
 from tests.reasoning.protocol_model import SCRIPTS, frames_for
@@ -132,3 +133,24 @@ def test_a_tower_without_a_cell_head_cannot_point(micro_tokenizer: PreTrainedTok
         LocalEngine(plain, pointer=True)
     plain.meta["pointer"] = True
     assert LocalEngine(plain).pointer is None  # the checkpoint's wish is ignored, not an error
+
+
+def test_a_re_encoded_turn_keeps_the_inspections_pointer(taught_vlm: VLM) -> None:
+    # the re-encoding baseline sends the whole conversation with `restart` every turn: the same
+    # inspection, whose selected frames are the chunk's last images
+    conversation = run(taught_vlm, "select", pointer=True).conversation
+    engine = LocalEngine(taught_vlm, pointer=True)
+
+    def turn(images: int) -> None:
+        chunk = Chunk()
+        chunk.patches, chunk.grids = list(conversation.patches[:images]), list(conversation.grids[:images])
+        request = TurnRequest(7, chunk, 8, frozenset(), restart=True, frames=3)
+        engine._point([request], [_Session([], 0, 0.0)])
+
+    turn(1)
+    looks = engine.looks[7]
+    assert looks.frames and not looks.boxes
+    looks.selecting = [1, 2]  # the pointer wrote a selection of two frames
+    turn(3)
+    assert engine.looks[7] is looks and looks.images == 3
+    assert looks.boxes and looks.box_image in (2, 3)  # crops now go on a selected frame
