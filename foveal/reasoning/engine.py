@@ -246,7 +246,7 @@ class LocalEngine:
                         fresh[key] = self.pointer.frame_looks(patches, grid, r.frames) if r.frames > 1 \
                             else self.pointer.looks(patches, grid)
                     self.looks[r.session] = Looks(list(fresh[key].boxes), frames=list(fresh[key].frames),
-                                                  images=1)
+                                                  images=1, last=fresh[key].last)
             elif known is not None:
                 self.pointer.shown(known, r.chunk.patches, [tuple(g) for g in r.chunk.grids])
             found = self.looks.get(r.session)

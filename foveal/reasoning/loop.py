@@ -269,8 +269,13 @@ class Loop:
             trace.confidence, trace.defect_score = 0.0, 0.5
         else:
             end = self._answer_end(body, start)
-            trace.confidence = float(np.exp(sum(reply.logprobs[start:end])))
             trace.defect_score = 1.0 - float(np.exp(reply.watch[start, 0]))
+            if start < len(reply.forced) and reply.forced[start]:
+                # a grounded answer (`foveal.reasoning.pointer`): the type is the view head's
+                # reading, so the confidence is the decoder's, that there is a defect at all
+                trace.confidence = trace.defect_score
+            else:
+                trace.confidence = float(np.exp(sum(reply.logprobs[start:end])))
         self._conclude(row, answer)
 
     def _answer_start(self, body: list[int]) -> int | None:

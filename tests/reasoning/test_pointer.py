@@ -98,6 +98,7 @@ def test_a_crop_after_a_selection_goes_on_the_selected_frame_that_looks_worst(ta
     peaks = [float(pointer._defect(p, g).max()) for p, g in zip(frames, grids[1:3], strict=True)]
     worst = max(range(2), key=lambda i: peaks[i])
     assert looks.box_image == 2 + worst and looks.images == 3
+    assert looks.last is not None and looks.last[0] is frames[worst]  # and the answer reads it
     text = str(taught_vlm.tokenizer.decode(pointer.box_tokens(looks))).replace(" ", "")
     assert text.endswith(f'"target_image":{2 + worst}}}}}</tool_call>')
 
@@ -154,3 +155,40 @@ def test_a_re_encoded_turn_keeps_the_inspections_pointer(taught_vlm: VLM) -> Non
     turn(3)
     assert engine.looks[7] is looks and looks.images == 3
     assert looks.boxes and looks.box_image in (2, 3)  # crops now go on a selected frame
+
+
+def test_a_defect_answer_takes_its_type_from_the_view_head_on_the_last_image(
+        taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    read_on: list[object] = []
+
+    def read(self: CellPointer, looks: Looks) -> str:
+        read_on.append(looks.last[0] if looks.last else None)
+        return "burn"  # what the taught model never says itself (it answers `scratch`)
+
+    monkeypatch.setattr(CellPointer, "read", read)
+    trace = run(taught_vlm, "zoom", pointer=True)
+    assert trace.steps[0].operation == "crop_image_normalized" and trace.steps[0].ok
+    assert trace.defect_type == "burn"
+    crop = trace.conversation.patches[1]
+    assert len(read_on) == 1 and read_on[0] is crop  # read on the crop, the last image shown
+    assert trace.confidence == trace.defect_score  # the decoder's belief that there is a defect
+    written = taught_vlm.tokenizer.encode("burn}", add_special_tokens=False)
+    ids, loss = trace.conversation.ids, trace.conversation.loss
+    at = max(i for i in range(len(ids)) if ids[i:i + len(written)] == written)
+    assert not any(loss[at:at + len(written)])  # the type is the head's, not the policy's
+    assert run(taught_vlm, "zoom", pointer=False).defect_type == "scratch"
+
+
+def test_the_decision_that_there_is_a_defect_stays_the_decoders(taught_vlm: VLM) -> None:
+    pointer = CellPointer(taught_vlm)
+    tok = taught_vlm.tokenizer
+    frame = run(taught_vlm, "zoom", pointer=True).conversation
+    looks = pointer.looks(frame.patches[0], tuple(frame.grids[0]))
+    opened = tok.encode("A mark: \\boxed{", add_special_tokens=False)
+    none = tok.encode("none", add_special_tokens=False)[0]
+    pit = tok.encode("pit", add_special_tokens=False)[0]
+    assert pointer.forced(looks, opened, none) == []  # `none` is the model's own answer
+    reading = pointer.read(looks)
+    assert reading != "none"
+    assert pointer.forced(looks, opened, pit) == tok.encode(reading + "}", add_special_tokens=False)
+    assert CellPointer(taught_vlm, answers=False).forced(looks, opened, pit) == []
