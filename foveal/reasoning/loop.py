@@ -222,6 +222,11 @@ class Loop:
         row.trace.generated_tokens += len(tokens)
         # tokens the engine wrote for the model (a grounded zoom's box) are not the model's choice
         own = [not f for f in reply.forced[:len(body)]] + [True] * (len(body) - len(reply.forced))
+        start = self._answer_start(body) if any(reply.forced) else None
+        if start is not None and start < len(own) and not own[start]:
+            # a grounded answer: that there is a defect was the policy's choice, which type the
+            # head's, so its first token is trained (as the decision) and the rest is not
+            own[start] = True
         row.trace.conversation.extend(Chunk(list(body), [TEXT] * len(body), own))
         ended_turn = stopped in (self.fmt.im_end, self.fmt.pad)
         # the cache holds every generated token but the last one (the stop token is never fed)

@@ -19,6 +19,8 @@ did not zoom; after a selection, the selected frame that looks worst) and the br
 0.169 of the defects, its own view head on the image it last saw 0.313; written this way,
 0.234 (the rest are defects the decoder called `none`). `none` stays the decoder's answer, and
 so does the confidence, which for such an answer is its probability that there is a defect.
+In an RL rollout the first token of such an answer carries loss (that there is a defect was the
+policy's decision) and the rest of the type does not.
 
 Sequences are shown first as one overview of numbered tiles (`operations.overview`), and a
 compact model copies tile numbers no better than box numbers (v9 writes "tiles 2, 7 and 8 and 8
@@ -35,7 +37,8 @@ against 41 without, `/work/data/exp/seqacc.py`).
 
 It applies greedy and sampled alike. The tokens the engine writes are flagged
 (`TurnReply.forced`) and the loop gives them no loss, so an RL rollout's box or frames are not
-trained as the policy's choice: its actions are the decision to look and the answers. Real
+trained as the policy's choice: its actions are the decision to look and whether there is a
+defect (an answer's first token, above). Real
 Qwen2.5-VL checkpoints (no cell head) write their own coordinates and frames.
 Tests: `pytest tests/reasoning/test_pointer.py`.
 """

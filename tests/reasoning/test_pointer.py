@@ -173,9 +173,11 @@ def test_a_defect_answer_takes_its_type_from_the_view_head_on_the_last_image(
     assert len(read_on) == 1 and read_on[0] is crop  # read on the crop, the last image shown
     assert trace.confidence == trace.defect_score  # the decoder's belief that there is a defect
     written = taught_vlm.tokenizer.encode("burn}", add_special_tokens=False)
+    assert len(written) > 1  # so that the rest below is not empty
     ids, loss = trace.conversation.ids, trace.conversation.loss
     at = max(i for i in range(len(ids)) if ids[i:i + len(written)] == written)
-    assert not any(loss[at:at + len(written)])  # the type is the head's, not the policy's
+    assert loss[at]  # that there is a defect was the policy's decision
+    assert not any(loss[at + 1:at + len(written)])  # the rest of the type is the head's
     assert run(taught_vlm, "zoom", pointer=False).defect_type == "scratch"
 
 
