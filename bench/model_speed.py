@@ -4,7 +4,8 @@ the KV-cache-reusing loop against re-encoding the conversation every turn.
 Frames come from a FovealBench folder (the first N items: single images and sequences as they
 come); each inspection is the full loop (whole view, operations on the full-resolution frame,
 answer) with greedy decoding, frames already decoded in memory. Prints a table and, as its last
-line, one JSON object with the figures, the git commit and the machine.
+line, one JSON object with the figures, the git commit and the machine, also written to
+`--out` (default `bench/results/model_speed_<kind>.json`).
 
 Run: `.venv/bin/python bench/model_speed.py --bench /path/to/fovealbench/test [--model DIR] [--n 60]`
 """
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--bench", type=Path, required=True)
     parser.add_argument("--model", type=Path, default=Path("models/foveal_vl/1/weights"))
     parser.add_argument("--n", type=int, default=60)
+    parser.add_argument("--out", type=Path, default=None, help="where the JSON goes")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--kind", choices=("all", "image", "sequence"), default="all",
                         help="only single images or only sequences (multi-turn for today's model)")
@@ -77,8 +79,12 @@ def main() -> None:
         "ops_per_inspection": round(rows[0][4], 3),
     }
     machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version())
-    print(json.dumps(dict(benchmark="model_speed", model=str(args.model), results=results,
-                          commit=git_commit(), machine=machine)))
+    line = json.dumps(dict(benchmark="model_speed", model=str(args.model), results=results,
+                           commit=git_commit(), machine=machine))
+    out = Path(args.out or Path(__file__).parent / "results" / f"model_speed_{args.kind}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(line + "\n")
+    print(line)
 
 
 if __name__ == "__main__":
