@@ -60,6 +60,8 @@ class TurnReply:
     # per generated token, whether the engine wrote it instead of the model (a grounded zoom's
     # box, `foveal.reasoning.pointer`); empty when none was
     forced: list[bool] = field(default_factory=list)
+    # a grounded answer's type was written: the view head's probability of that type
+    answer_prob: float | None = None
     # (max(1, len(tokens)), len(watch)): log-probabilities of the watched ids at each step; with
     # max_new_tokens == 0, one row: the distribution after the appended chunk
     watch: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((1, 0), np.float32))
@@ -192,6 +194,8 @@ class LocalEngine:
                 pointing = looks[b]
                 if pointing is not None and not pointing.queue and self.pointer is not None:
                     pointing.queue = self.pointer.forced(pointing, reply.tokens, token)
+                    if pointing.answered is not None:
+                        reply.answer_prob, pointing.answered = pointing.answered, None
                 forced = pointing is not None and bool(pointing.queue)
                 if forced:  # the pointer writes the box or the frames
                     assert pointing is not None

@@ -275,10 +275,10 @@ class Loop:
         else:
             end = self._answer_end(body, start)
             trace.defect_score = 1.0 - float(np.exp(reply.watch[start, 0]))
-            if start < len(reply.forced) and reply.forced[start]:
-                # a grounded answer (`foveal.reasoning.pointer`): the type is the view head's
-                # reading, so the confidence is the decoder's, that there is a defect at all
-                trace.confidence = trace.defect_score
+            if reply.answer_prob is not None and start < len(reply.forced) and reply.forced[start]:
+                # a grounded answer (`foveal.reasoning.pointer`): the decoder's probability that
+                # there is a defect times the view head's probability of the type it read
+                trace.confidence = trace.defect_score * reply.answer_prob
             else:
                 trace.confidence = float(np.exp(sum(reply.logprobs[start:end])))
         self._conclude(row, answer)

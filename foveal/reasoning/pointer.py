@@ -18,7 +18,9 @@ did not zoom; after a selection, the selected frame that looks worst) and the br
 400 shuffled test images (`/work/data/exp/readout.py`): v9's decoder names the type right on
 0.169 of the defects, its own view head on the image it last saw 0.313; written this way,
 0.234 (the rest are defects the decoder called `none`). `none` stays the decoder's answer, and
-so does the confidence, which for such an answer is its probability that there is a defect.
+so does the decision's share of the confidence: for such an answer it is the decoder's
+probability that there is a defect times the head's probability of the type it read
+(`TurnReply.answer_prob`, on Triton the `ANSWER_PROB` output).
 In an RL rollout the first token of such an answer carries loss (that there is a defect was the
 policy's decision) and the rest of the type does not.
 
@@ -83,7 +85,8 @@ class Looks:
     box_image: int = 1  # the image the boxes are on (a sequence: the selected frame that looks worst)
     selecting: list[int] = field(default_factory=list)  # a selection's frames, until they are shown
     last: tuple[npt.NDArray[np.float32], tuple[int, ...]] | None = None  # the last image shown
-    reading: str | None = None  # the view head's type on `last`, once asked
+    reading: tuple[str, float] | None = None  # the view head's type on `last` and its probability
+    answered: float | None = None  # set when an answer's type was just written: its probability
 
     def next_frames(self) -> list[int]:
         """The next `FRAMES_PER_LOOK` frames of the ranking, in ascending order (wrapping round)."""
@@ -169,16 +172,18 @@ class CellPointer:
         looks.images += len(patches)
 
     @torch.inference_mode()
-    def read(self, looks: Looks) -> str:
-        """The defect type the view head reads on the last image shown (never `none`: the
-        decoder has said there is a defect)."""
+    def read(self, looks: Looks) -> tuple[str, float]:
+        """The defect type the view head reads on the last image shown and its probability
+        among the defect types (never `none`: the decoder has said there is a defect)."""
         if looks.reading is None:
             assert looks.last is not None
             tower = self.tower
             patches, grid = looks.last
             image = tower.images(torch.from_numpy(patches).to(tower.dtype), torch.tensor([list(grid)]))[0]
             logits = tower.head.whole(tower.backbone(image[None].to(tower.dtype)))[0].float()
-            looks.reading = DEFECT_TYPES[1 + int(logits[1:len(DEFECT_TYPES)].argmax())]
+            probs = torch.softmax(logits[1:len(DEFECT_TYPES)], dim=0)
+            best = int(probs.argmax())
+            looks.reading = DEFECT_TYPES[1 + best], float(probs[best])
         return looks.reading
 
     def _defect(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
@@ -194,7 +199,8 @@ class CellPointer:
         an answer; or nothing."""
         if self.answers and token in self._type_starts and looks.last is not None \
                 and self._opens(generated, ANSWER_TRIGGER, self._brace_closers):
-            return self._encode(self.read(looks) + "}")
+            name, looks.answered = self.read(looks)
+            return self._encode(name + "}")
         if looks.boxes and self.opens_box(generated):
             return self.box_tokens(looks)
         if not looks.frames:

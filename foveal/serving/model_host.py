@@ -17,7 +17,9 @@ Per-request tensors (each with Triton's leading batch dimension of 1):
   RESTART bool [1]              forget the cache first (re-encoding baseline)
   FRAMES int32 [1]              frames of the inspection (> 1: a sequence; grounded frame choice)
   START / END int32 [1]         sequence controls (Triton fills them)
-Outputs: GENERATED int64 [g], LOGPROBS fp32 [g], WATCH_LOGPROBS fp32 [max(1, g), w].
+Outputs: GENERATED int64 [g], LOGPROBS fp32 [g], WATCH_LOGPROBS fp32 [max(1, g), w],
+  FORCED bool [g] (tokens the engine wrote: a grounded box, frames or answer type) and
+  ANSWER_PROB fp32 [1] (a grounded answer's type probability; NaN when there was none).
 """
 
 from __future__ import annotations
@@ -152,6 +154,10 @@ def _row(tensors: Tensors, name: str, default: Array | None = None) -> Array:
 
 
 def _outputs(reply: TurnReply) -> dict[str, Array]:
+    forced = reply.forced + [False] * (len(reply.tokens) - len(reply.forced))
+    answer_prob = np.nan if reply.answer_prob is None else reply.answer_prob
     return {"GENERATED": np.asarray(reply.tokens, np.int64)[None],
             "LOGPROBS": np.asarray(reply.logprobs, np.float32)[None],
-            "WATCH_LOGPROBS": np.ascontiguousarray(reply.watch, np.float32)[None]}
+            "WATCH_LOGPROBS": np.ascontiguousarray(reply.watch, np.float32)[None],
+            "FORCED": np.asarray(forced, np.bool_)[None],
+            "ANSWER_PROB": np.asarray([answer_prob], np.float32)[None]}

@@ -93,8 +93,13 @@ class TritonEngine:
             raise EngineError(f"{self.model_name} answered without its outputs")
         answered = result.get_response()
         self._last = ModelRef(answered.model_name, answered.model_version)
+        forced = result.as_numpy("FORCED")  # absent from a model repository older than session 10
+        answer_prob = result.as_numpy("ANSWER_PROB")
+        prob = None if answer_prob is None or np.isnan(answer_prob[0][0]) else float(answer_prob[0][0])
         return TurnReply(tokens=[int(t) for t in tokens[0]], logprobs=[float(x) for x in logprobs[0]],
-                         watch=np.asarray(watch[0], np.float32), model_ms=ms, model=self._last)
+                         forced=[] if forced is None or not forced[0].any() else [bool(f) for f in forced[0]],
+                         answer_prob=prob, watch=np.asarray(watch[0], np.float32), model_ms=ms,
+                         model=self._last)
 
     def _infer(self, inputs: list[triton_grpc.InferInput], session: int, *, start: bool, end: bool,
                timeout_s: float | None) -> tuple[triton_grpc.InferResult, float]:

@@ -161,9 +161,9 @@ def test_a_defect_answer_takes_its_type_from_the_view_head_on_the_last_image(
         taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
     read_on: list[object] = []
 
-    def read(self: CellPointer, looks: Looks) -> str:
+    def read(self: CellPointer, looks: Looks) -> tuple[str, float]:
         read_on.append(looks.last[0] if looks.last else None)
-        return "burn"  # what the taught model never says itself (it answers `scratch`)
+        return "burn", 0.25  # what the taught model never says itself (it answers `scratch`)
 
     monkeypatch.setattr(CellPointer, "read", read)
     trace = run(taught_vlm, "zoom", pointer=True)
@@ -171,7 +171,8 @@ def test_a_defect_answer_takes_its_type_from_the_view_head_on_the_last_image(
     assert trace.defect_type == "burn"
     crop = trace.conversation.patches[1]
     assert len(read_on) == 1 and read_on[0] is crop  # read on the crop, the last image shown
-    assert trace.confidence == trace.defect_score  # the decoder's belief that there is a defect
+    # the decoder's belief that there is a defect times the head's in the type
+    assert trace.confidence == pytest.approx(trace.defect_score * 0.25)
     written = taught_vlm.tokenizer.encode("burn}", add_special_tokens=False)
     assert len(written) > 1  # so that the rest below is not empty
     ids, loss = trace.conversation.ids, trace.conversation.loss
@@ -190,7 +191,8 @@ def test_the_decision_that_there_is_a_defect_stays_the_decoders(taught_vlm: VLM)
     none = tok.encode("none", add_special_tokens=False)[0]
     pit = tok.encode("pit", add_special_tokens=False)[0]
     assert pointer.forced(looks, opened, none) == []  # `none` is the model's own answer
-    reading = pointer.read(looks)
-    assert reading != "none"
+    reading, prob = pointer.read(looks)
+    assert reading != "none" and 1 / 6 <= prob <= 1  # the most likely of the six defect types
     assert pointer.forced(looks, opened, pit) == tok.encode(reading + "}", add_special_tokens=False)
+    assert looks.answered == prob  # the engine hands it on as the reply's `answer_prob`
     assert CellPointer(taught_vlm, answers=False).forced(looks, opened, pit) == []

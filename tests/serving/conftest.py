@@ -4,6 +4,7 @@ test session through the same code as `foveal stack up`."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,17 @@ def triton_settings(tmp_path_factory: pytest.TempPathFactory, taught_vlm: VLM) -
     shutil.copy(REPOSITORY / "config.pbtxt", repo / "foveal_vl" / "config.pbtxt")
     shutil.copy(REPOSITORY / "1" / "model.py", repo / "foveal_vl" / "1" / "model.py")
     save(taught_vlm, repo / "foveal_vl" / "1" / "weights")
+    # the same weights as a checkpoint that asks for the pointer (grounded boxes, frames, answers)
+    pointing = repo / "foveal_vl_pointer"
+    (pointing / "1").mkdir(parents=True)
+    config = (REPOSITORY / "config.pbtxt").read_text()
+    assert 'name: "foveal_vl"' in config
+    renamed = config.replace('name: "foveal_vl"', 'name: "foveal_vl_pointer"', 1)
+    (pointing / "config.pbtxt").write_text(renamed)
+    shutil.copy(REPOSITORY / "1" / "model.py", pointing / "1" / "model.py")
+    pointer_vlm = copy.copy(taught_vlm)
+    pointer_vlm.meta = dict(taught_vlm.meta, pointer=True)
+    save(pointer_vlm, pointing / "1" / "weights")
     return embedded_settings(root / "home", model_repository=repo,
                              model_dir=repo / "foveal_vl" / "1" / "weights")
 

@@ -45,6 +45,21 @@ def test_triton_lives_the_same_conversation_as_the_in_process_loop(
     assert remote.model is not None and (remote.model.name, remote.model.version) == ("foveal_vl", "1")
 
 
+def test_grounded_answers_reach_the_service_as_they_are_in_process(triton: Stack, taught_vlm: VLM) -> None:
+    engine = TritonEngine(triton.settings.triton_address, "foveal_vl_pointer", taught_vlm.chat,
+                          taught_vlm.budget)
+    try:
+        remote = run(engine, "zoom")
+    finally:
+        engine.close()
+    local = Loop(LocalEngine(taught_vlm, pointer=True), OPTIONS).run([item("zoom")])[0]
+    assert remote.conversation.ids == local.conversation.ids
+    assert remote.conversation.loss == local.conversation.loss  # the engine's tokens flagged alike
+    assert remote.defect_type == local.defect_type != "scratch"  # the head's reading, not the script's
+    assert remote.confidence == pytest.approx(local.confidence, abs=1e-4)
+    assert local.confidence < local.defect_score  # the head's type probability is part of it
+
+
 def _metric(stack: Stack, name: str) -> float:
     url = f"http://{stack.settings.bind_host}:{stack.settings.triton_metrics_port}/metrics"
     text = urllib.request.urlopen(url, timeout=5).read().decode()
