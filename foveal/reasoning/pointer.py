@@ -177,20 +177,20 @@ class CellPointer:
         among the defect types (never `none`: the decoder has said there is a defect)."""
         if looks.reading is None:
             assert looks.last is not None
-            tower = self.tower
-            patches, grid = looks.last
-            image = tower.images(torch.from_numpy(patches).to(tower.dtype), torch.tensor([list(grid)]))[0]
-            logits = tower.head.whole(tower.backbone(image[None].to(tower.dtype)))[0].float()
+            logits = self.tower.head.whole(self._maps(*looks.last))[0].float()
             probs = torch.softmax(logits[1:len(DEFECT_TYPES)], dim=0)
             best = int(probs.argmax())
             looks.reading = DEFECT_TYPES[1 + best], float(probs[best])
         return looks.reading
 
-    def _defect(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
+    def _maps(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
+        """The backbone's maps of one image given as its patches and grid: (1, C, rows, cols)."""
         tower = self.tower
-        pixel_values = torch.from_numpy(patches).to(tower.dtype)
-        image = tower.images(pixel_values, torch.tensor([list(grid)]))[0]
-        cells = tower.head(tower.backbone(image[None].to(tower.dtype)))  # (1, K, rows, cols)
+        image = tower.images(torch.from_numpy(patches).to(tower.dtype), torch.tensor([list(grid)]))[0]
+        return tower.backbone(image[None].to(tower.dtype))  # type: ignore[no-any-return]
+
+    def _defect(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
+        cells = self.tower.head(self._maps(patches, grid))  # (1, K, rows, cols)
         return 1.0 - torch.softmax(cells.float(), dim=1)[0, 0]  # (rows, cols)
 
     def forced(self, looks: Looks, generated: list[int], token: int) -> list[int]:
