@@ -197,7 +197,7 @@ class LocalEngine:
                     if pointing.answered is not None:
                         reply.answer_prob, pointing.answered = pointing.answered, None
                 forced = pointing is not None and bool(pointing.queue)
-                if forced:  # the pointer writes the box or the frames
+                if forced:  # the pointer writes the box, the frames or the answer's type
                     assert pointing is not None
                     token = pointing.queue.pop(0)
                 reply.tokens.append(token)

@@ -222,7 +222,7 @@ class Loop:
         row.trace.generated_tokens += len(tokens)
         # tokens the engine wrote for the model (a grounded zoom's box) are not the model's choice
         own = [not f for f in reply.forced[:len(body)]] + [True] * (len(body) - len(reply.forced))
-        start = self._answer_start(body) if any(reply.forced) else None
+        start = self._answer_start(body) if BOXED in text else None  # where the answer begins
         if start is not None and start < len(own) and not own[start]:
             # a grounded answer: that there is a defect was the policy's choice, which type the
             # head's, so its first token is trained (as the decision) and the rest is not
@@ -236,7 +236,7 @@ class Loop:
         call = None if ended_turn else parse_tool_call(text)
         answer = parse_answer(text)
         if call is None and answer is not None:
-            self._answer(row, body, reply, answer)
+            self._answer(row, body, reply, answer, start)
         elif call is None or len(row.trace.steps) >= self.options.max_turns:
             self._force(row, "answer with \\boxed{...} now.")
         elif not self.options.allow_operations:
@@ -266,9 +266,8 @@ class Loop:
             row.trace.box = result.box
             row.trace.box_frame = result.views[0].frame_index if row.ws.is_sequence else None
 
-    def _answer(self, row: _Row, body: list[int], reply: TurnReply, answer: str) -> None:
+    def _answer(self, row: _Row, body: list[int], reply: TurnReply, answer: str, start: int | None) -> None:
         """Confidence and defect score from the generated answer tokens."""
-        start = self._answer_start(body)
         trace = row.trace
         if start is None:
             trace.confidence, trace.defect_score = 0.0, 0.5
