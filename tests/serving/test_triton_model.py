@@ -132,3 +132,19 @@ def test_the_host_tells_the_pointer_a_sequence_from_a_frame(taught_vlm: VLM) -> 
     sequence, frame = host.engine.looks[1], host.engine.looks[2]
     assert sorted(sequence.frames) == [1, 2, 3] and not sequence.boxes  # tiles ranked, no crop on them
     assert frame.boxes and not frame.frames  # a frame without FRAMES: crop candidates only
+
+
+def test_a_grounded_selection_reaches_the_service_as_it_is_in_process(triton: Stack, taught_vlm: VLM) -> None:
+    # the frame count travels as FRAMES: without it the pointer would take the overview for one frame
+    engine = TritonEngine(triton.settings.triton_address, "foveal_vl_pointer", taught_vlm.chat,
+                          taught_vlm.budget)
+    try:
+        remote = run(engine, "select")
+    finally:
+        engine.close()
+    local = Loop(LocalEngine(taught_vlm, pointer=True), OPTIONS).run([item("select")])[0]
+    own = run(taught_vlm, "select")  # the model's own frames, without the pointer
+    # the frames the pointer wrote carry no loss: so the test tells them from the model's own
+    assert local.conversation.ids == own.conversation.ids and local.conversation.loss != own.conversation.loss
+    assert remote.conversation.ids == local.conversation.ids
+    assert remote.conversation.loss == local.conversation.loss

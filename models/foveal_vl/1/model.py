@@ -8,12 +8,12 @@ import triton_python_backend_utils as pb_utils
 
 from foveal.serving.model_host import Control, ModelHost
 
-INPUTS = ("TOKENS", "IMAGES", "IMAGE_SHAPES", "MAX_NEW_TOKENS", "STOP_IDS", "WATCH", "TEMPERATURE", "RESTART")
-
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
+        # every input config.pbtxt declares (a name list kept here once lost FRAMES and PROBES)
+        self.inputs = [spec["name"] for spec in config["input"]]
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"] / params.get("weights", "weights")
         self.host = ModelHost.load(folder, idle_timeout_s=float(params.get("idle_timeout_s", "120")),
@@ -23,7 +23,7 @@ class TritonPythonModel:
         batch = []
         for request in requests:
             tensors = {}
-            for name in INPUTS:
+            for name in self.inputs:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 if tensor is not None:
                     tensors[name] = tensor.as_numpy()
