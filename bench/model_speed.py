@@ -47,18 +47,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--kind", choices=("all", "image", "sequence"), default="all",
                         help="only single images or only sequences (multi-turn for today's model)")
+    parser.add_argument("--rerank", type=int, default=None,
+                        help="candidate looks seen at full resolution (default: the checkpoint's choice)")
     args = parser.parse_args()
     vlm = loader.load(args.model)
     labels = [label for label in read_labels(args.bench)
               if args.kind == "all" or (label.is_sequence == (args.kind == "sequence"))][: args.n]
     items = [inspection_of(label, args.bench, True) for label in labels]
-    Loop(vlm).run(items[:2])  # warm-up
+    Loop(vlm, LoopOptions(rerank=args.rerank)).run(items[:2])  # warm-up
     rows = []
     latencies: list[float] = []
     results: dict[str, object] = {}
-    for name, options, batch in (("kv-reuse, batch 1", LoopOptions(), 1),
-                                 ("re-encode, batch 1", LoopOptions(reuse_cache=False), 1),
-                                 (f"kv-reuse, batch {args.batch}", LoopOptions(), args.batch)):
+    for name, options, batch in (("kv-reuse, batch 1", LoopOptions(rerank=args.rerank), 1),
+                                 ("re-encode, batch 1", LoopOptions(reuse_cache=False, rerank=args.rerank), 1),
+                                 (f"kv-reuse, batch {args.batch}", LoopOptions(rerank=args.rerank), args.batch)):
         seconds, traces = timed(Loop(vlm, options), items, batch)
         lat = [t.latency_ms for t in traces]
         if name == "kv-reuse, batch 1":
@@ -71,6 +73,7 @@ def main() -> None:
         print(f"{name:<22} {rate:>8.2f} {p50:>8.1f} {p95:>8.1f} {ops:>8.2f}")
     results = {
         "n": len(items), "kind": args.kind, "threads": torch.get_num_threads(),
+        "rerank": "checkpoint's choice" if args.rerank is None else args.rerank,
         "p50_ms_batch1": round(float(np.percentile(latencies, 50)), 1),
         "p95_ms_batch1": round(float(np.percentile(latencies, 95)), 1),
         "throughput_batch1": round(rows[0][1], 3), "throughput_reencode_batch1": round(rows[1][1], 3),

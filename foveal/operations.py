@@ -371,20 +371,40 @@ def _crop_target(arguments: dict[str, object], ws: Workspace
     return box, ws.views[target - 1]
 
 
+def _crop_view(box: Sequence[float], view: View, ws: Workspace) -> View | str:
+    """The crop of `box` (normalized to `view`, padded) from the full-resolution frame behind
+    `view`, resized to the budget; or why the box is too small."""
+    left, top, right, bottom = pixel_region(to_original(pad_and_clamp(box), view.region))
+    width, height = right - left, bottom - top
+    if min(width, height) <= MIN_SIDE_PX or max(width, height) / min(width, height) > MAX_ASPECT:
+        return (f"with its padding the box covers {width}x{height} pixels of the original; "
+                f"each side must exceed {MIN_SIDE_PX} pixels (aspect ratio at most "
+                f"{MAX_ASPECT}). Choose a larger box.")
+    frame = ws.frames[view.frame_index]
+    return View(resize_to_budget(frame[top:bottom, left:right], ws.budget),
+                (left, top, right, bottom), view.frame_index, "crop")
+
+
+def preview(box: Sequence[float], target: int, ws: Workspace) -> View | None:
+    """What a crop of `box` on image `target` (1-based) would show, without showing it (nothing
+    is appended to `ws.views`); None when that crop would fail. The grounded pointer's candidate
+    looks are scored on these (`foveal.reasoning.pointer`)."""
+    if not 1 <= target <= len(ws.views) or ws.views[target - 1].kind == "overview":
+        return None
+    crop = _crop_view(box, ws.views[target - 1], ws)
+    return None if isinstance(crop, str) else crop
+
+
 def _crop(arguments: dict[str, object], ws: Workspace) -> OperationResult:
     checked = _crop_target(arguments, ws)
     if isinstance(checked, str):
         return _failure(checked, CROP, arguments)
     box, view = checked
-    left, top, right, bottom = pixel_region(to_original(pad_and_clamp(box), view.region))
-    width, height = right - left, bottom - top
-    if min(width, height) <= MIN_SIDE_PX or max(width, height) / min(width, height) > MAX_ASPECT:
-        return _failure(f"with its padding the box covers {width}x{height} pixels of the original; "
-                        f"each side must exceed {MIN_SIDE_PX} pixels (aspect ratio at most "
-                        f"{MAX_ASPECT}). Choose a larger box.", CROP, arguments)
+    crop = _crop_view(box, view, ws)
+    if isinstance(crop, str):
+        return _failure(crop, CROP, arguments)
+    left, top, right, bottom = crop.region
     frame = ws.frames[view.frame_index]
-    crop = View(resize_to_budget(frame[top:bottom, left:right], ws.budget),
-                (left, top, right, bottom), view.frame_index, "crop")
     ws.views.append(crop)
     frame_h, frame_w = frame.shape[:2]
     out_h, out_w = crop.pixels.shape[:2]

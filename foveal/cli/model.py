@@ -196,6 +196,10 @@ def eval_command(
     pointer: bool | None = typer.Option(
         None, "--pointer/--no-pointer",
         help="Grounded zooms: the crop's box from the tower's cell head (default: the checkpoint's choice)."),
+    rerank: int | None = typer.Option(
+        None, "--rerank", min=0, max=8,
+        help="Candidate looks seen at full resolution before a grounded box is written "
+             "(0: none; default: the checkpoint's choice)."),
 ) -> None:
     """Evaluate on FovealBench: F1, false reject at 1 % escape, type accuracy, box hits, RaPR, latency."""
     from foveal.evaluation.bench import evaluate_model
@@ -215,7 +219,7 @@ def eval_command(
 
             metrics, _ = evaluate_model(vlm, bench, no_ops=ops_off, limit=limit, batch_size=batch_size,
                                         named_prompt=named_prompt, on_item=advance,
-                                        options=LoopOptions(pointer=pointer))
+                                        options=LoopOptions(pointer=pointer, rerank=rerank))
         results["no-ops" if ops_off else "ops"] = metrics
     main = results.get("ops") or results["no-ops"]
     compare = {"no-ops": results["no-ops"]} if "ops" in results and "no-ops" in results else None
@@ -223,6 +227,7 @@ def eval_command(
     meta = {"model": f"{vlm.name} v{vlm.version} ({where})", "bench": str(bench),
             "prompt": "named" if named_prompt else "generic", "batch_size": str(batch_size),
             "pointer": "checkpoint's choice" if pointer is None else ("on" if pointer else "off"),
+            "rerank": "checkpoint's choice" if rerank is None else str(rerank),
             "date": time.strftime("%Y-%m-%d %H:%M")}
     path = write_report(out, main, title=f"FovealBench eval: {bench.name}", meta=meta, compare=compare)
     console.print(f"report: {path}")
@@ -241,6 +246,10 @@ def predict_command(
     pointer: bool | None = typer.Option(
         None, "--pointer/--no-pointer",
         help="Grounded zooms: the crop's box from the tower's cell head (default: the checkpoint's choice)."),
+    rerank: int | None = typer.Option(
+        None, "--rerank", min=0, max=8,
+        help="Candidate looks seen at full resolution before a grounded box is written "
+             "(0: none; default: the checkpoint's choice)."),
 ) -> None:
     """Inspect images; write verdict, defect type, confidence, evidence box and steps per image."""
     from foveal.evaluation import inference
@@ -249,7 +258,7 @@ def predict_command(
 
     items = inference.discover(paths)
     vlm = loader.load(model or settings_of(ctx).model_dir)
-    loop = Loop(vlm, LoopOptions(allow_operations=not no_ops, pointer=pointer))
+    loop = Loop(vlm, LoopOptions(allow_operations=not no_ops, pointer=pointer, rerank=rerank))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     with tmp.open("w") as sink, _bar() as bar:

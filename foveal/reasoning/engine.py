@@ -51,6 +51,9 @@ class TurnRequest:
     restart: bool = False  # forget the session's cache first (the re-encoding baseline)
     end: bool = False  # forget the session after this turn
     frames: int = 1  # frames of the inspection (> 1: a sequence, its first image their overview)
+    # the crops of the candidate looks a reply asked for (`TurnReply.probes`), in its order, at
+    # full resolution (None: that crop cannot be made); the turn then goes on with the best
+    probes: tuple[npt.NDArray[np.uint8] | None, ...] = ()
 
 
 @dataclass
@@ -62,6 +65,11 @@ class TurnReply:
     forced: list[bool] = field(default_factory=list)
     # a grounded answer's type was written: the view head's probability of that type
     answer_prob: float | None = None
+    # the turn stopped where a grounded box opens: these candidate boxes (normalized to image
+    # `probe_image`, 1-based) want to be seen at full resolution; the next request sends their
+    # crops as `TurnRequest.probes` and the turn goes on (`foveal.reasoning.pointer`)
+    probes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    probe_image: int = 0
     # (max(1, len(tokens)), len(watch)): log-probabilities of the watched ids at each step; with
     # max_new_tokens == 0, one row: the distribution after the appended chunk
     watch: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((1, 0), np.float32))
@@ -113,7 +121,7 @@ class LocalEngine:
 
     def __init__(self, vlm: VLM, seed: int | None = None, idle_timeout_s: float | None = None,
                  vision: ImageFeatures | None = None, share_prefill: bool = True,
-                 pointer: bool | None = None) -> None:
+                 pointer: bool | None = None, rerank: int | None = None) -> None:
         self.vlm = vlm
         # grounded zooms (`foveal.reasoning.pointer`): None = the checkpoint's choice (its
         # foveal.json `pointer`), which needs a tower with a cell head
@@ -122,7 +130,10 @@ class LocalEngine:
             if pointer:
                 raise ValueError(f"{vlm.name} has no cell head in its vision tower: it cannot point")
             wanted = False
-        self.pointer: CellPointer | None = CellPointer(vlm) if wanted else None
+        # candidate looks seen at full resolution before a box is written: None = the
+        # checkpoint's choice (its foveal.json `rerank`, 0 when absent)
+        probes = int(vlm.meta.get("rerank", 0)) if rerank is None else rerank
+        self.pointer: CellPointer | None = CellPointer(vlm, rerank=probes) if wanted else None
         self.looks: dict[int, Looks] = {}  # per session: the pointer's candidate boxes
         self.share_prefill = share_prefill  # False: every row encodes its own chunk (the baseline)
         self.vision = vision  # None: the model's own (torch) vision tower
@@ -168,6 +179,9 @@ class LocalEngine:
                 self.sessions.pop(r.session, None)
         states = [self.sessions.get(r.session) or _Session([], 0, 0.0) for r in requests]
         looks = self._point(requests, states)
+        for r, pointing in zip(requests, looks, strict=True):
+            if r.probes and pointing is not None and self.pointer is not None:
+                self.pointer.rank(pointing, r.probes)
         source = _twins(requests, states) if self.share_prefill else list(range(len(requests)))
         unique = sorted(set(source))  # the rows that encode their chunk
         batch = _Batch.stack([states[i] for i in unique], self._empty_cache(), self.device)
@@ -192,7 +206,12 @@ class LocalEngine:
                     continue
                 token = int(chosen[b])
                 pointing = looks[b]
-                if pointing is not None and not pointing.queue and self.pointer is not None:
+                probing = pointing is not None and not pointing.queue and self.pointer is not None \
+                    and self.pointer.wants_probes(pointing, [*reply.tokens, token])
+                if probing:  # the box opens: end the turn here and ask for the candidates' crops
+                    assert pointing is not None and self.pointer is not None
+                    reply.probes, reply.probe_image = self.pointer.probe_boxes(pointing), pointing.box_image
+                elif pointing is not None and not pointing.queue and self.pointer is not None:
                     pointing.queue = self.pointer.forced(pointing, reply.tokens, token)
                     if pointing.answered is not None:
                         reply.answer_prob, pointing.answered = pointing.answered, None
@@ -206,7 +225,7 @@ class LocalEngine:
                 reply.logprobs.append(float(logprobs[b, token]))
                 reply.watch = np.concatenate([reply.watch, watched[None]]) if len(reply.tokens) > 1 \
                     else watched[None].astype(np.float32)
-                if token in r.stop_ids or len(reply.tokens) >= r.max_new_tokens:
+                if probing or token in r.stop_ids or len(reply.tokens) >= r.max_new_tokens:
                     generating[b] = False
                 else:
                     feed[b] = self.chat.token(token)

@@ -35,6 +35,7 @@ from foveal.operations import (
     execute,
     parse_answer,
     parse_tool_call,
+    preview,
 )
 from foveal.reasoning.engine import Engine, LocalEngine, ModelRef, TurnReply, TurnRequest
 
@@ -56,6 +57,9 @@ class LoopOptions:
     # grounded zooms of compact checkpoints (`foveal.reasoning.pointer`); None: the checkpoint's
     # choice. Only for a loaded `VLM`: a remote engine's server makes that choice
     pointer: bool | None = None
+    # candidate looks the pointer sees at full resolution before it writes a box (0: none);
+    # None: the checkpoint's choice (its foveal.json `rerank`). Only for a loaded `VLM`, too
+    rerank: int | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,8 @@ class _Row:
     forcing: bool = False
     done: bool = False
     ended: bool = False  # the engine has forgotten the session
+    partial: TurnReply | None = None  # a turn that stopped to ask for its candidates' crops
+    probes: tuple[RGBImage | None, ...] = ()  # those crops, for the next request
 
 
 class DeadlineExceeded(FovealError):
@@ -134,7 +140,8 @@ class Loop:
 
     def __init__(self, model: VLM | Engine, options: LoopOptions = LoopOptions(),
                  budget: ImageBudget | None = None) -> None:
-        self.engine: Engine = LocalEngine(model, seed=options.seed, pointer=options.pointer) \
+        self.engine: Engine = LocalEngine(model, seed=options.seed, pointer=options.pointer,
+                                                   rerank=options.rerank) \
             if isinstance(model, VLM) else model
         self.fmt = self.engine.chat
         self.options = options
@@ -162,7 +169,11 @@ class Loop:
                     row.trace.model = reply.model or row.trace.model
                     if row.forcing:
                         self._resolve_forced(row, reply)
+                    elif reply.probes:
+                        self._probe(row, reply)
                     else:
+                        if row.partial is not None:
+                            reply, row.partial = _joined(row.partial, reply), None
                         self._finish_turn(row, reply)
                 live = [row for row in live if not row.done]
         finally:
@@ -201,15 +212,30 @@ class Loop:
         restart = not options.reuse_cache
         chunk = Chunk().extend(row.trace.conversation) if restart else row.pending
         row.pending = Chunk()
+        probes, row.probes = row.probes, ()
+        so_far = len(row.partial.tokens) if row.partial is not None else 0
+        if restart and row.partial is not None:  # the turn so far is not in the conversation yet
+            chunk.extend(Chunk(list(row.partial.tokens), [TEXT] * so_far, [True] * so_far))
         if row.forcing:
             watch = tuple(self.first_id(n) for n in row.item.taxonomy)
             row.ended = True
             return TurnRequest(row.session, chunk, 0, self.fmt.stop_ids, watch, restart=restart, end=True,
                                frames=len(row.item.frames))
-        room = options.max_total_tokens - len(row.trace.conversation)
-        return TurnRequest(row.session, chunk, max(1, min(options.max_turn_tokens, room)), self.fmt.stop_ids,
-                           (self.first_id(NO_DEFECT),), options.temperature, restart=restart,
-                           frames=len(row.item.frames))
+        room = options.max_total_tokens - len(row.trace.conversation) - so_far
+        return TurnRequest(row.session, chunk, max(1, min(options.max_turn_tokens - so_far, room)),
+                           self.fmt.stop_ids, (self.first_id(NO_DEFECT),), options.temperature,
+                           restart=restart, frames=len(row.item.frames), probes=probes)
+
+    def _probe(self, row: _Row, reply: TurnReply) -> None:
+        """The turn stopped where the engine is about to write a grounded box: crop its candidate
+        looks from the full-resolution frame (nothing is shown to the model) for the next request,
+        which goes on with the turn."""
+        began = time.perf_counter()
+        row.partial = reply if row.partial is None else _joined(row.partial, reply)
+        crops = [preview(box, reply.probe_image, row.ws) for box in reply.probes]
+        row.probes = tuple(None if view is None else view.pixels for view in crops)
+        row.pending = self.fmt.token(reply.tokens[-1], loss=True)  # generated, not yet fed
+        row.trace.operations_ms += (time.perf_counter() - began) * 1000
 
     # -- turn bookkeeping -----------------------------------------------------------------------
     def _finish_turn(self, row: _Row, reply: TurnReply) -> None:
@@ -336,6 +362,17 @@ class Loop:
             trace.verdict = Verdict.OK if answer == NO_DEFECT else Verdict.DEFECT
         trace.latency_ms = (time.perf_counter() - row.started) * 1000
         row.done = True
+
+
+def _joined(first: TurnReply, then: TurnReply) -> TurnReply:
+    """One turn's reply from its part before a stop for probes and the part after it."""
+    forced = (first.forced + [False] * (len(first.tokens) - len(first.forced)) + then.forced) \
+        if first.forced or then.forced else []
+    return TurnReply(tokens=first.tokens + then.tokens, logprobs=first.logprobs + then.logprobs,
+                     forced=forced,
+                     answer_prob=then.answer_prob if then.answer_prob is not None else first.answer_prob,
+                     watch=np.concatenate([first.watch, then.watch]), model_ms=first.model_ms + then.model_ms,
+                     model=then.model or first.model)
 
 
 def _remaining(deadline: float | None) -> float | None:

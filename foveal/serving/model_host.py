@@ -16,10 +16,15 @@ Per-request tensors (each with Triton's leading batch dimension of 1):
   TEMPERATURE fp32 [1]          0: greedy
   RESTART bool [1]              forget the cache first (re-encoding baseline)
   FRAMES int32 [1]              frames of the inspection (> 1: a sequence; grounded frame choice)
+  PROBES uint8 [sum h*w*3]      crops of the candidate looks a reply asked for, raw RGB, in order
+  PROBE_SHAPES int32 [2k]       (h, w) per crop; (0, 0) for a crop that could not be made
   START / END int32 [1]         sequence controls (Triton fills them)
 Outputs: GENERATED int64 [g], LOGPROBS fp32 [g], WATCH_LOGPROBS fp32 [max(1, g), w],
   FORCED bool [g] (tokens the engine wrote: a grounded box, frames or answer type) and
-  ANSWER_PROB fp32 [1] (a grounded answer's type probability; NaN when there was none).
+  ANSWER_PROB fp32 [1] (a grounded answer's type probability; NaN when there was none),
+  PROBE_BOXES fp64 [4k] (the turn stopped where a grounded box opens: the candidate boxes whose
+  crops the next request sends as PROBES; empty otherwise) and PROBE_IMAGE int32 [1] (the image
+  they are on, 1-based; 0 when there are none).
 """
 
 from __future__ import annotations
@@ -101,7 +106,7 @@ class ModelHost:
 
     def request(self, tensors: Tensors, control: Control) -> TurnRequest:
         ids = _row(tensors, "TOKENS").astype(np.int64).tolist()
-        images = self._images(tensors)
+        images = [view for view in self._images(tensors) if view is not None]
         is_image = [t == self.image_pad for t in ids]
         chunk = Chunk(ids, [IMAGE if f else TEXT for f in is_image], [False] * len(ids))
         spec = self.engine.chat.spec
@@ -124,21 +129,28 @@ class ModelHost:
             watch=tuple(_row(tensors, "WATCH", np.zeros(0, np.int64)).astype(np.int64).tolist()),
             temperature=float(_row(tensors, "TEMPERATURE", np.zeros(1, np.float32))[0]),
             restart=control.start or bool(_row(tensors, "RESTART", np.zeros(1, bool))[0]),
-            end=control.end, frames=max(1, int(_row(tensors, "FRAMES", np.ones(1, np.int32))[0])))
+            end=control.end, frames=max(1, int(_row(tensors, "FRAMES", np.ones(1, np.int32))[0])),
+            probes=tuple(self._images(tensors, "PROBES", "PROBE_SHAPES", empty=True)))
 
     @staticmethod
-    def _images(tensors: Tensors) -> list[npt.NDArray[np.uint8]]:
-        shapes = _row(tensors, "IMAGE_SHAPES", np.zeros(0, np.int32)).astype(np.int64)
-        data = _row(tensors, "IMAGES", np.zeros(0, np.uint8)).astype(np.uint8)
+    def _images(tensors: Tensors, data_name: str = "IMAGES", shapes_name: str = "IMAGE_SHAPES",
+                empty: bool = False) -> list[npt.NDArray[np.uint8] | None]:
+        """The images of `data_name` as `shapes_name` describes them; with `empty`, a (0, 0)
+        shape stands for a missing image (None)."""
+        shapes = _row(tensors, shapes_name, np.zeros(0, np.int32)).astype(np.int64)
+        data = _row(tensors, data_name, np.zeros(0, np.uint8)).astype(np.uint8)
         if shapes.size % 2:
-            raise TurnInputError("IMAGE_SHAPES must hold (h, w) pairs")
+            raise TurnInputError(f"{shapes_name} must hold (h, w) pairs")
         pairs = shapes.reshape(-1, 2)
         sizes = [int(h * w * 3) for h, w in pairs]
-        if sum(sizes) != data.size or any(h <= 0 or w <= 0 for h, w in pairs):
-            raise TurnInputError(f"IMAGES holds {data.size} bytes, IMAGE_SHAPES describes {sum(sizes)}")
-        views, offset = [], 0
-        for (h, w), size in zip(pairs, sizes, strict=True):
-            views.append(data[offset:offset + size].reshape(int(h), int(w), 3))
+        missing = [bool(empty and h == 0 and w == 0) for h, w in pairs]
+        if sum(sizes) != data.size or any((h <= 0 or w <= 0) and not gap
+                                          for (h, w), gap in zip(pairs, missing, strict=True)):
+            raise TurnInputError(f"{data_name} holds {data.size} bytes, {shapes_name} describes {sum(sizes)}")
+        views: list[npt.NDArray[np.uint8] | None] = []
+        offset = 0
+        for (h, w), size, gap in zip(pairs, sizes, missing, strict=True):
+            views.append(None if gap else data[offset:offset + size].reshape(int(h), int(w), 3))
             offset += size
         return views
 
@@ -160,4 +172,6 @@ def _outputs(reply: TurnReply) -> dict[str, Array]:
             "LOGPROBS": np.asarray(reply.logprobs, np.float32)[None],
             "WATCH_LOGPROBS": np.ascontiguousarray(reply.watch, np.float32)[None],
             "FORCED": np.asarray(forced, np.bool_)[None],
-            "ANSWER_PROB": np.asarray([answer_prob], np.float32)[None]}
+            "ANSWER_PROB": np.asarray([answer_prob], np.float32)[None],
+            "PROBE_BOXES": np.asarray(reply.probes, np.float64).reshape(1, -1),
+            "PROBE_IMAGE": np.asarray([reply.probe_image], np.int32)[None]}

@@ -68,7 +68,7 @@ class TritonEngine:
                     continue
                 self._started.discard(session)
             try:
-                self._infer(_inputs(np.zeros(0, np.int64), [], 0, (), (), 0.0, False, 1), session,
+                self._infer(_inputs(np.zeros(0, np.int64), [], 0, (), (), 0.0, False, 1, ()), session,
                             start=False, end=True, timeout_s=5.0)
             except (EngineUnavailable, EngineError, DeadlineExceeded):
                 pass
@@ -84,7 +84,7 @@ class TritonEngine:
             else:
                 self._started.add(r.session)
         inputs = _inputs(np.asarray(r.chunk.ids, np.int64), r.chunk.images, r.max_new_tokens,
-                         sorted(r.stop_ids), r.watch, r.temperature, r.restart, r.frames)
+                         sorted(r.stop_ids), r.watch, r.temperature, r.restart, r.frames, r.probes)
         result, ms = self._infer(inputs, r.session, start=start, end=r.end, timeout_s=timeout_s)
         tokens = result.as_numpy("GENERATED")
         logprobs = result.as_numpy("LOGPROBS")
@@ -96,9 +96,15 @@ class TritonEngine:
         forced = result.as_numpy("FORCED")  # absent from a model repository older than session 10
         answer_prob = result.as_numpy("ANSWER_PROB")
         prob = None if answer_prob is None or np.isnan(answer_prob[0][0]) else float(answer_prob[0][0])
+        probe_boxes = result.as_numpy("PROBE_BOXES")  # absent before session 11
+        probe_image = result.as_numpy("PROBE_IMAGE")
+        probes = [] if probe_boxes is None else [
+            (float(a), float(b), float(c), float(d)) for a, b, c, d in probe_boxes[0].reshape(-1, 4)]
         return TurnReply(tokens=[int(t) for t in tokens[0]], logprobs=[float(x) for x in logprobs[0]],
                          forced=[] if forced is None or not forced[0].any() else [bool(f) for f in forced[0]],
-                         answer_prob=prob, watch=np.asarray(watch[0], np.float32), model_ms=ms,
+                         answer_prob=prob, probes=probes,
+                         probe_image=0 if probe_image is None else int(probe_image[0][0]),
+                         watch=np.asarray(watch[0], np.float32), model_ms=ms,
                          model=self._last)
 
     def _infer(self, inputs: list[triton_grpc.InferInput], session: int, *, start: bool, end: bool,
@@ -123,9 +129,23 @@ class TritonEngine:
 
 def _inputs(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]], max_new: int,
             stop_ids: Sequence[int], watch: Sequence[int], temperature: float,
-            restart: bool, frames: int) -> list[triton_grpc.InferInput]:
-    shapes = np.asarray([s for view in images for s in view.shape[:2]], np.int32)
-    pixels = np.concatenate([view.reshape(-1) for view in images]) if images else np.zeros(0, np.uint8)
+            restart: bool, frames: int, probes: Sequence[npt.NDArray[np.uint8] | None]
+            ) -> list[triton_grpc.InferInput]:
+    inputs = []
+    for name, value, dtype in _arrays(ids, images, max_new, stop_ids, watch, temperature, restart,
+                                      frames, probes):
+        tensor = triton_grpc.InferInput(name, [1, *value.shape], dtype)
+        tensor.set_data_from_numpy(value[None])
+        inputs.append(tensor)
+    return inputs
+
+
+def _arrays(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]], max_new: int,
+            stop_ids: Sequence[int], watch: Sequence[int], temperature: float,
+            restart: bool, frames: int, probes: Sequence[npt.NDArray[np.uint8] | None]
+            ) -> list[tuple[str, npt.NDArray[np.generic], str]]:
+    """A turn's input tensors (name, value without Triton's batch dimension, Triton dtype)."""
+    shapes, pixels = _packed(images)
     arrays: list[tuple[str, npt.NDArray[np.generic], str]] = [
         ("TOKENS", ids, "INT64"),
         ("IMAGES", pixels.astype(np.uint8), "UINT8"),
@@ -137,12 +157,19 @@ def _inputs(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]],
         ("RESTART", np.asarray([restart], bool), "BOOL"),
         ("FRAMES", np.asarray([frames], np.int32), "INT32"),
     ]
-    inputs = []
-    for name, value, dtype in arrays:
-        tensor = triton_grpc.InferInput(name, [1, *value.shape], dtype)
-        tensor.set_data_from_numpy(value[None])
-        inputs.append(tensor)
-    return inputs
+    if probes:
+        probe_shapes, probe_pixels = _packed(probes)
+        arrays += [("PROBES", probe_pixels, "UINT8"), ("PROBE_SHAPES", probe_shapes, "INT32")]
+    return arrays
+
+
+def _packed(images: Sequence[npt.NDArray[np.uint8] | None]
+            ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.uint8]]:
+    """(h, w) per image ((0, 0) for a missing one) and all their pixels in one flat array."""
+    shapes = np.asarray([s for view in images for s in (view.shape[:2] if view is not None else (0, 0))],
+                        np.int32)
+    present = [view.reshape(-1) for view in images if view is not None]
+    return shapes, (np.concatenate(present) if present else np.zeros(0, np.uint8)).astype(np.uint8)
 
 
 def connect(settings: Settings) -> TritonEngine:

@@ -14,6 +14,8 @@ from transformers import PreTrainedTokenizerBase
 
 from foveal.model.chat import Chunk
 from foveal.model.loader import VLM, create
+from foveal.model.pixels import patchify
+from foveal.operations import Workspace, preview
 from foveal.reasoning.engine import LocalEngine, TurnRequest, _Session
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
 from foveal.reasoning.pointer import CLOSE, TRIGGER, CellPointer, Looks
@@ -196,3 +198,64 @@ def test_the_decision_that_there_is_a_defect_stays_the_decoders(taught_vlm: VLM)
     assert pointer.forced(looks, opened, pit) == tok.encode(reading + "}", add_special_tokens=False)
     assert looks.answered == prob  # the engine hands it on as the reply's `answer_prob`
     assert CellPointer(taught_vlm, answers=False).forced(looks, opened, pit) == []
+
+
+def _probe_choice(vlm: VLM, trace: Trace, k: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(the pointer's top look on the whole view, the one of its first `k` whose crop at full
+    resolution has the highest cell-head peak), computed here without the engine."""
+    pointer = CellPointer(vlm)
+    first = trace.conversation.patches[0], tuple(trace.conversation.grids[0])
+    boxes = pointer.looks(*first).boxes[:k]  # type: ignore[arg-type]
+    ws = Workspace(frames_for("zoom", 1), vlm.budget)
+    peaks = []
+    for box in boxes:
+        view = preview(box, 1, ws)
+        assert view is not None
+        patches, grid = patchify(view.pixels, vlm.chat.spec)
+        peaks.append(float(pointer._defect(patches, tuple(grid)).max()))
+    return boxes[0], boxes[max(range(len(boxes)), key=lambda i: (peaks[i], -i))]
+
+
+def _brightness(self: CellPointer, images: list[tuple[object, tuple[int, ...]]]) -> list[torch.Tensor]:
+    """A stand-in cell map that any crop changes: the mean of each cell's pixels."""
+    return [torch.from_numpy(patches).float().mean(1)  # type: ignore[call-overload]
+            .reshape(grid[1] // self.merge, grid[2] // self.merge, -1).mean(-1) for patches, grid in images]
+
+
+def test_a_reranked_zoom_goes_to_the_candidate_whose_full_resolution_crop_looks_worst(
+        taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CellPointer, "_defects", _brightness)  # the micro model's map is all alike
+    k = 8
+    trace = run(taught_vlm, "zoom", pointer=True, rerank=k)
+    top, best = _probe_choice(taught_vlm, trace, k)
+    assert best != top  # otherwise the test could not tell reranking from the top look
+    step = trace.steps[0]
+    assert step.operation == "crop_image_normalized" and step.ok
+    assert step.arguments == {"bbox_2d": list(best), "target_image": 1}
+    assert run(taught_vlm, "zoom", pointer=True, rerank=0).steps[0].arguments["bbox_2d"] == list(top)  # type: ignore[index]
+    # the candidates' crops were never shown: the conversation holds the frame and one crop
+    assert len(trace.conversation.patches) == 2
+    assert step.text.count(TRIGGER) == 1  # one turn, though the engine stopped in it once
+    written = CellPointer(taught_vlm).box_tokens(Looks([best]))
+    ids, loss = trace.conversation.ids, trace.conversation.loss
+    at = next(i for i in range(len(ids)) if ids[i:i + len(written)] == written)
+    assert not any(loss[at:at + len(written)]) and all(loss[at - 3:at])
+
+
+def test_a_reranked_zoom_is_the_same_when_the_conversation_is_re_encoded(taught_vlm: VLM) -> None:
+    kept = run(taught_vlm, "zoom", pointer=True, rerank=8)
+    resent = run(taught_vlm, "zoom", pointer=True, rerank=8, reuse_cache=False)
+    assert [s.text for s in resent.steps] == [s.text for s in kept.steps]
+    assert resent.conversation.ids == kept.conversation.ids
+    assert resent.conversation.loss == kept.conversation.loss
+    assert resent.defect_type == kept.defect_type
+    assert resent.confidence == pytest.approx(kept.confidence, abs=1e-5)
+
+
+def test_the_checkpoint_chooses_how_many_looks_are_reranked(taught_vlm: VLM) -> None:
+    vlm = copy.copy(taught_vlm)
+    vlm.meta = dict(taught_vlm.meta, pointer=True, rerank=4)
+    engine = LocalEngine(vlm)
+    assert engine.pointer is not None and engine.pointer.rerank == 4
+    assert LocalEngine(vlm, rerank=0).pointer.rerank == 0  # type: ignore[union-attr]
+    assert LocalEngine(taught_vlm, pointer=True).pointer.rerank == 0  # type: ignore[union-attr]

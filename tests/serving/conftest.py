@@ -28,7 +28,8 @@ def triton_settings(tmp_path_factory: pytest.TempPathFactory, taught_vlm: VLM) -
     shutil.copy(REPOSITORY / "config.pbtxt", repo / "foveal_vl" / "config.pbtxt")
     shutil.copy(REPOSITORY / "1" / "model.py", repo / "foveal_vl" / "1" / "model.py")
     save(taught_vlm, repo / "foveal_vl" / "1" / "weights")
-    # the same weights as a checkpoint that asks for the pointer (grounded boxes, frames, answers)
+    # the same weights as a checkpoint that asks for the pointer (grounded boxes, frames, answers,
+    # its 8 candidate looks seen at full resolution first)
     pointing = repo / "foveal_vl_pointer"
     (pointing / "1").mkdir(parents=True)
     config = (REPOSITORY / "config.pbtxt").read_text()
@@ -37,7 +38,7 @@ def triton_settings(tmp_path_factory: pytest.TempPathFactory, taught_vlm: VLM) -
     (pointing / "config.pbtxt").write_text(renamed)
     shutil.copy(REPOSITORY / "1" / "model.py", pointing / "1" / "model.py")
     pointer_vlm = copy.copy(taught_vlm)
-    pointer_vlm.meta = dict(taught_vlm.meta, pointer=True)
+    pointer_vlm.meta = dict(taught_vlm.meta, pointer=True, rerank=8)
     save(pointer_vlm, pointing / "1" / "weights")
     return embedded_settings(root / "home", model_repository=repo,
                              model_dir=repo / "foveal_vl" / "1" / "weights")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 
 from foveal.model.loader import VLM
-from foveal.reasoning.engine import EngineUnavailable, LocalEngine
+from foveal.reasoning.engine import EngineUnavailable, LocalEngine, TurnReply, TurnRequest
 from foveal.reasoning.loop import DeadlineExceeded, Inspection, Loop, LoopOptions, Trace
 from foveal.serving.model_host import Control, ModelHost
 from foveal.serving.triton_engine import TritonEngine
@@ -48,11 +49,21 @@ def test_triton_lives_the_same_conversation_as_the_in_process_loop(
 def test_grounded_answers_reach_the_service_as_they_are_in_process(triton: Stack, taught_vlm: VLM) -> None:
     engine = TritonEngine(triton.settings.triton_address, "foveal_vl_pointer", taught_vlm.chat,
                           taught_vlm.budget)
+    asked: list[int] = []  # per reply, how many candidate crops it asked for
+    turns = engine.turns
+
+    def counted(requests: Sequence[TurnRequest], timeout_s: float | None = None) -> list[TurnReply]:
+        replies = turns(requests, timeout_s)
+        asked.extend(len(r.probes) for r in replies)
+        return replies
+
+    engine.turns = counted  # type: ignore[method-assign]
     try:
         remote = run(engine, "zoom")
     finally:
         engine.close()
-    local = Loop(LocalEngine(taught_vlm, pointer=True), OPTIONS).run([item("zoom")])[0]
+    assert asked.count(8) == 1  # the box's candidates went back to Triton as crops
+    local = Loop(LocalEngine(taught_vlm, pointer=True, rerank=8), OPTIONS).run([item("zoom")])[0]
     assert remote.conversation.ids == local.conversation.ids
     assert remote.conversation.loss == local.conversation.loss  # the engine's tokens flagged alike
     assert remote.defect_type == local.defect_type != "scratch"  # the head's reading, not the script's
@@ -142,7 +153,7 @@ def test_a_grounded_selection_reaches_the_service_as_it_is_in_process(triton: St
         remote = run(engine, "select")
     finally:
         engine.close()
-    local = Loop(LocalEngine(taught_vlm, pointer=True), OPTIONS).run([item("select")])[0]
+    local = Loop(LocalEngine(taught_vlm, pointer=True, rerank=8), OPTIONS).run([item("select")])[0]
     own = run(taught_vlm, "select")  # the model's own frames, without the pointer
     # the frames the pointer wrote carry no loss: so the test tells them from the model's own
     assert local.conversation.ids == own.conversation.ids and local.conversation.loss != own.conversation.loss
