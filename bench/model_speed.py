@@ -58,9 +58,9 @@ def main() -> None:
     rows = []
     latencies: list[float] = []
     results: dict[str, object] = {}
-    for name, options, batch in (("kv-reuse, batch 1", LoopOptions(rerank=args.rerank), 1),
-                                 ("re-encode, batch 1", LoopOptions(reuse_cache=False, rerank=args.rerank), 1),
-                                 (f"kv-reuse, batch {args.batch}", LoopOptions(rerank=args.rerank), args.batch)):
+    kept, resent = LoopOptions(rerank=args.rerank), LoopOptions(reuse_cache=False, rerank=args.rerank)
+    for name, options, batch in (("kv-reuse, batch 1", kept, 1), ("re-encode, batch 1", resent, 1),
+                                 (f"kv-reuse, batch {args.batch}", kept, args.batch)):
         seconds, traces = timed(Loop(vlm, options), items, batch)
         lat = [t.latency_ms for t in traces]
         if name == "kv-reuse, batch 1":
