@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 
+from foveal.domain import Verdict
 from foveal.errors import FovealError
 from foveal.evaluation.metrics import Prediction
 from foveal.operations import RGBImage
@@ -120,7 +121,7 @@ def prediction(trace: Trace, item_id: str) -> Prediction:
                       defect_score=trace.defect_score, confidence=trace.confidence,
                       bbox=(box.x1, box.y1, box.x2, box.y2) if box else None, bbox_frame=trace.box_frame,
                       operations=trace.operations, operation_errors=trace.operation_errors,
-                      latency_ms=trace.latency_ms)
+                      latency_ms=trace.latency_ms, uncertain=trace.verdict == Verdict.UNCERTAIN)
 
 
 def bench_items(folder: Path, labels: Sequence[Label]) -> list[Item]:

@@ -49,6 +49,9 @@ class Prediction:
     operations: int  # executed operations, successful or not
     operation_errors: int  # of which came back as an execution error
     latency_ms: float
+    # the verdict was `uncertain`: the answer's confidence fell below the line's threshold, so a
+    # person decides (its answer still counts in every other metric)
+    uncertain: bool = False
 
     def __post_init__(self) -> None:
         if not self.item_id:
@@ -93,6 +96,10 @@ class GroupMetrics(BaseModel):
     operation_error_rate: float | None  # operation errors / operations
     latency_p50_ms: float
     latency_p95_ms: float
+    # verdicts left to a person (`uncertain`) / items, and the overall accuracy of the others:
+    # what the line decides on its own and how well (None in reports written before they existed)
+    uncertain_share: float | None = None
+    confident_accuracy: float | None = None
 
 
 class Metrics(BaseModel):
@@ -325,6 +332,10 @@ def group_metrics(pairs: Sequence[tuple[Label, Prediction]],
         operation_error_rate=ratio(sum(p.operation_errors for _, p in pairs), operations),
         latency_p50_ms=float(np.percentile(latencies, 50)),
         latency_p95_ms=float(np.percentile(latencies, 95)),
+        uncertain_share=sum(p.uncertain for _, p in pairs) / len(pairs),
+        confident_accuracy=ratio(sum(correct_type(p.defect_type, label.defect_type)
+                                     for label, p in pairs if not p.uncertain),
+                                 sum(not p.uncertain for _, p in pairs)),
     )
 
 

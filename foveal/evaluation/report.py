@@ -116,6 +116,8 @@ _OVERALL_ROWS: list[tuple[str, Callable[[GroupMetrics], str]]] = [
     ("score threshold", lambda g: _fmt(g.threshold, 4)),
     ("defect-type accuracy", lambda g: _fmt(g.type_accuracy)),
     ("overall accuracy", lambda g: _fmt(g.overall_accuracy)),
+    ("uncertain verdicts (left to a person)", lambda g: _fmt(g.uncertain_share)),
+    ("overall accuracy of the other verdicts", lambda g: _fmt(g.confident_accuracy)),
     ("box hit rate", lambda g: _fmt(g.box_hit_rate)),
     ("box coverage", lambda g: _fmt(g.box_coverage)),
     ("RaPR", lambda g: _fmt(g.rapr)),

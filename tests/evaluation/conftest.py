@@ -43,7 +43,8 @@ def prediction(item_id: str, defect_type: str, score: float, *, ops: int = 0, er
                **extra: Any) -> Prediction:
     return Prediction(item_id=item_id, defect_type=defect_type, defect_score=score,
                       confidence=extra.get("confidence", 0.9), bbox=bbox, bbox_frame=frame,
-                      operations=ops, operation_errors=errors, latency_ms=latency)
+                      operations=ops, operation_errors=errors, latency_ms=latency,
+                      uncertain=extra.get("uncertain", False))
 
 
 def hand_labels() -> list[Label]:

@@ -7,6 +7,7 @@ import dataclasses
 import doctest
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -76,6 +77,21 @@ def test_type_and_overall_accuracy(result: Metrics) -> None:
     assert result.overall.type_accuracy == approx(4 / 7)
     # + good parts answered none: g1 g3 -> (4 + 2) / 10
     assert result.overall.overall_accuracy == approx(0.6)
+
+
+def test_uncertain_verdicts_are_counted_and_the_rest_scored_alone(labels: list[Label]) -> None:
+    # g2 (wrong: a good part called scratch), h1 (right) and t2 (wrong) left to a person
+    marked = {"g2", "h1", "t2"}
+    predictions = [replace(p, uncertain=p.item_id in marked) for p in hand_predictions()]
+    overall = evaluate(labels, predictions).overall
+    assert overall.uncertain_share == approx(3 / 10)
+    # the other seven: g1 g3 e1 t1 s1 right, e2 h2 wrong
+    assert overall.confident_accuracy == approx(5 / 7)
+    assert overall.overall_accuracy == approx(0.6)  # every answer still counts here
+    by = evaluate(labels, predictions).by_difficulty
+    assert by["hard"].uncertain_share == approx(1 / 2) and by["hard"].confident_accuracy == 0.0
+    every = [replace(p, uncertain=True) for p in hand_predictions()]
+    assert evaluate(labels, every).overall.confident_accuracy is None  # nothing decided alone
 
 
 def test_box_hit_and_coverage(result: Metrics) -> None:
