@@ -371,7 +371,8 @@ def _crop_target(arguments: dict[str, object], ws: Workspace
     return box, ws.views[target - 1]
 
 
-def _crop_view(box: Sequence[float], view: View, ws: Workspace) -> View | str:
+def _crop_view(box: Sequence[float], view: View, ws: Workspace, budget: ImageBudget | None = None
+               ) -> View | str:
     """The crop of `box` (normalized to `view`, padded) from the full-resolution frame behind
     `view`, resized to the budget; or why the box is too small."""
     left, top, right, bottom = pixel_region(to_original(pad_and_clamp(box), view.region))
@@ -381,17 +382,19 @@ def _crop_view(box: Sequence[float], view: View, ws: Workspace) -> View | str:
                 f"each side must exceed {MIN_SIDE_PX} pixels (aspect ratio at most "
                 f"{MAX_ASPECT}). Choose a larger box.")
     frame = ws.frames[view.frame_index]
-    return View(resize_to_budget(frame[top:bottom, left:right], ws.budget),
+    return View(resize_to_budget(frame[top:bottom, left:right], budget or ws.budget),
                 (left, top, right, bottom), view.frame_index, "crop")
 
 
-def preview(box: Sequence[float], target: int, ws: Workspace) -> View | None:
+def preview(box: Sequence[float], target: int, ws: Workspace, budget: ImageBudget | None = None
+            ) -> View | None:
     """What a crop of `box` on image `target` (1-based) would show, without showing it (nothing
-    is appended to `ws.views`); None when that crop would fail. The grounded pointer's candidate
-    looks are scored on these (`foveal.reasoning.pointer`)."""
+    is appended to `ws.views`), resized to `budget` (default the workspace's); None when that
+    crop would fail. The grounded pointer's candidate looks are scored on these
+    (`foveal.reasoning.pointer`)."""
     if not 1 <= target <= len(ws.views) or ws.views[target - 1].kind == "overview":
         return None
-    crop = _crop_view(box, ws.views[target - 1], ws)
+    crop = _crop_view(box, ws.views[target - 1], ws, budget)
     return None if isinstance(crop, str) else crop
 
 

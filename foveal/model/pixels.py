@@ -35,15 +35,21 @@ class PixelSpec:
         return grid[0] * grid[1] * grid[2] // (self.merge * self.merge)
 
 
+def normalized(view: npt.NDArray[np.uint8], spec: PixelSpec = PixelSpec()) -> npt.NDArray[np.float32]:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 normalized with the processor's mean and std: the
+    image a vision tower's `unpatchify` gives back for `patchify(view)`, without the round trip."""
+    mean = np.asarray(spec.mean, np.float32)
+    std = np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(((view.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1))
+
+
 def patchify(view: npt.NDArray[np.uint8], spec: PixelSpec = PixelSpec()
              ) -> tuple[npt.NDArray[np.float32], Grid]:
     """(H, W, 3) uint8 RGB, H and W multiples of 28 -> ((gh*gw, 3*2*14*14) float32, (1, gh, gw))."""
     height, width = view.shape[:2]
     if height % spec.factor or width % spec.factor:
         raise ValueError(f"view {width}x{height} must have sides that are multiples of {spec.factor}")
-    mean = np.asarray(spec.mean, np.float32)
-    std = np.asarray(spec.std, np.float32)
-    x = ((view.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)  # (C, H, W)
+    x = normalized(view, spec)  # (C, H, W)
     gh, gw, m, p = height // spec.patch, width // spec.patch, spec.merge, spec.patch
     x = np.broadcast_to(x[None], (spec.temporal, *x.shape))  # (T, C, H, W)
     x = x.reshape(1, spec.temporal, 3, gh // m, m, p, gw // m, m, p)

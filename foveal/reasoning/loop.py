@@ -16,7 +16,7 @@ import copy
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from foveal.operations import (
     preview,
 )
 from foveal.reasoning.engine import Engine, LocalEngine, ModelRef, TurnReply, TurnRequest
+from foveal.reasoning.pointer import PROBE_PIXELS
 
 BOXED = "\\boxed{"
 
@@ -232,7 +233,9 @@ class Loop:
         which goes on with the turn."""
         began = time.perf_counter()
         row.partial = reply if row.partial is None else _joined(row.partial, reply)
-        crops = [preview(box, reply.probe_image, row.ws) for box in reply.probes]
+        budget = replace(self.budget, max_pixels=min(self.budget.max_pixels, PROBE_PIXELS),
+                         min_pixels=min(self.budget.min_pixels, PROBE_PIXELS))
+        crops = [preview(box, reply.probe_image, row.ws, budget) for box in reply.probes]
         row.probes = tuple(None if view is None else view.pixels for view in crops)
         row.pending = self.fmt.token(reply.tokens[-1], loss=True)  # generated, not yet fed
         row.trace.operations_ms += (time.perf_counter() - began) * 1000

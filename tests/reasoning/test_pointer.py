@@ -15,10 +15,10 @@ from transformers import PreTrainedTokenizerBase
 from foveal.model.chat import Chunk
 from foveal.model.loader import VLM, create
 from foveal.model.pixels import patchify
-from foveal.operations import Workspace, preview
+from foveal.operations import ImageBudget, Workspace, preview
 from foveal.reasoning.engine import LocalEngine, TurnRequest, _Session
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
-from foveal.reasoning.pointer import CLOSE, TRIGGER, CellPointer, Looks
+from foveal.reasoning.pointer import CLOSE, PROBE_PIXELS, TRIGGER, CellPointer, Looks
 from tests.reasoning.protocol_model import SCRIPTS, frames_for
 
 SCRIPTED = [0.2, 0.2, 0.4, 0.4]  # the box the taught model writes itself
@@ -207,24 +207,25 @@ def _probe_choice(vlm: VLM, trace: Trace, k: int) -> tuple[tuple[float, ...], tu
     first = trace.conversation.patches[0], tuple(trace.conversation.grids[0])
     boxes = pointer.looks(*first).boxes[:k]  # type: ignore[arg-type]
     ws = Workspace(frames_for("zoom", 1), vlm.budget)
+    probe = ImageBudget(PROBE_PIXELS, min(vlm.budget.min_pixels, PROBE_PIXELS), vlm.budget.factor)
     peaks = []
     for box in boxes:
-        view = preview(box, 1, ws)
-        assert view is not None
+        view = preview(box, 1, ws, probe)
+        assert view is not None and view.pixels.shape[0] * view.pixels.shape[1] <= PROBE_PIXELS
         patches, grid = patchify(view.pixels, vlm.chat.spec)
         peaks.append(float(pointer._defect(patches, tuple(grid)).max()))
     return boxes[0], boxes[max(range(len(boxes)), key=lambda i: (peaks[i], -i))]
 
 
-def _brightness(self: CellPointer, images: list[tuple[object, tuple[int, ...]]]) -> list[torch.Tensor]:
-    """A stand-in cell map that any crop changes: the mean of each cell's pixels."""
-    return [torch.from_numpy(patches).float().mean(1)  # type: ignore[call-overload]
-            .reshape(grid[1] // self.merge, grid[2] // self.merge, -1).mean(-1) for patches, grid in images]
+def _brightness(self: CellPointer, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A stand-in cell map that any crop changes: the mean of each 28 px cell's pixels."""
+    cell = 14 * self.merge
+    return [torch.nn.functional.avg_pool2d(image.float().mean(0, keepdim=True), cell)[0] for image in pixels]
 
 
 def test_a_reranked_zoom_goes_to_the_candidate_whose_full_resolution_crop_looks_worst(
         taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(CellPointer, "_defects", _brightness)  # the micro model's map is all alike
+    monkeypatch.setattr(CellPointer, "_cell_maps", _brightness)  # the micro model's map is all alike
     k = 8
     trace = run(taught_vlm, "zoom", pointer=True, rerank=k)
     top, best = _probe_choice(taught_vlm, trace, k)
