@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from foveal.cli.context import settings_of
+from foveal.settings import Settings
 
 app = typer.Typer(help="Benchmarks of foveal's parts.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -31,12 +32,24 @@ def serve_command(
     port: int = typer.Option(28051, help="Port of the benchmarked reasoning service."),
 ) -> None:
     """Concurrency sweep of Inspect through the service and Triton, against the in-process loop."""
-    from foveal.serving import benchmark as b
-    from foveal.serving.process import ReasonerProcess
     from foveal.stack import Stack
 
     settings = settings_of(ctx)
-    Stack(settings, parts=["triton"]).up()  # no-op when it runs already, or is external
+    triton = Stack(settings, parts=["triton"])
+    # an embedded Triton this run starts is stopped at its end; one already running (or external) stays
+    started = [s.part for s in triton.status() if s.mode == "embedded" and s.state == "stopped"]
+    triton.up()
+    try:
+        _serve_bench(settings, bench, n, levels, out, port)
+    finally:
+        if started:
+            Stack(settings, parts=started).down()
+
+
+def _serve_bench(settings: Settings, bench: Path, n: int, levels: str, out: Path, port: int) -> None:
+    from foveal.serving import benchmark as b
+    from foveal.serving.process import ReasonerProcess
+
     labels = b.pick(bench, n)
     inspections = b.inspections_of(labels, bench)
     requests = [b.request_of(label, bench) for label in labels]
