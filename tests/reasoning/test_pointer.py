@@ -97,7 +97,8 @@ def test_a_crop_after_a_selection_goes_on_the_selected_frame_that_looks_worst(ta
     looks.selecting = selected  # the selection was written; its two frames are shown next
     frames = list(patches[1:3])
     pointer.shown(looks, frames, grids[1:3])
-    peaks = [float(pointer._defect(p, g).max()) for p, g in zip(frames, grids[1:3], strict=True)]
+    with torch.inference_mode():
+        peaks = [float(pointer._defect(p, g).max()) for p, g in zip(frames, grids[1:3], strict=True)]
     worst = max(range(2), key=lambda i: peaks[i])
     assert looks.box_image == 2 + worst and looks.images == 3
     assert looks.last is not None and looks.last[0] is frames[worst]  # and the answer reads it
