@@ -206,15 +206,17 @@ class LocalEngine:
                     continue
                 token = int(chosen[b])
                 pointing = looks[b]
-                probing = pointing is not None and not pointing.queue and self.pointer is not None \
-                    and self.pointer.wants_probes(pointing, [*reply.tokens, token])
-                if probing:  # the box opens: end the turn here and ask for the candidates' crops
-                    assert pointing is not None and self.pointer is not None
-                    reply.probes, reply.probe_image = self.pointer.probe_boxes(pointing), pointing.box_image
-                elif pointing is not None and not pointing.queue and self.pointer is not None:
-                    pointing.queue = self.pointer.forced(pointing, reply.tokens, token)
-                    if pointing.answered is not None:
-                        reply.answer_prob, pointing.answered = pointing.answered, None
+                probing = False
+                if pointing is not None and not pointing.queue and self.pointer is not None:
+                    if self.pointer.wants_probes(pointing, [*reply.tokens, token]):
+                        # the box opens: end the turn here and ask for the candidates' crops
+                        probing = True
+                        reply.probes = self.pointer.probe_boxes(pointing)
+                        reply.probe_image = pointing.box_image
+                    else:
+                        pointing.queue = self.pointer.forced(pointing, reply.tokens, token)
+                        if pointing.answered is not None:
+                            reply.answer_prob, pointing.answered = pointing.answered, None
                 forced = pointing is not None and bool(pointing.queue)
                 if forced:  # the pointer writes the box, the frames or the answer's type
                     assert pointing is not None

@@ -141,9 +141,8 @@ class Loop:
 
     def __init__(self, model: VLM | Engine, options: LoopOptions = LoopOptions(),
                  budget: ImageBudget | None = None) -> None:
-        self.engine: Engine = LocalEngine(model, seed=options.seed, pointer=options.pointer,
-                                                   rerank=options.rerank) \
-            if isinstance(model, VLM) else model
+        self.engine: Engine = model if not isinstance(model, VLM) else LocalEngine(
+            model, seed=options.seed, pointer=options.pointer, rerank=options.rerank)
         self.fmt = self.engine.chat
         self.options = options
         self.budget = budget or self.engine.budget  # the model's processor budget by default
