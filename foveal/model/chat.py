@@ -74,6 +74,9 @@ class ChatFormat:
     def token(self, token_id: int, loss: bool = False) -> Chunk:
         return Chunk([token_id], [TEXT], [loss])
 
+    def tokens(self, token_ids: list[int]) -> Chunk:
+        return Chunk(list(token_ids), [TEXT] * len(token_ids), [False] * len(token_ids))
+
     def image(self, view: npt.NDArray[np.uint8]) -> Chunk:
         patches, grid = patchify(view, self.spec)
         n = self.spec.tokens(grid)

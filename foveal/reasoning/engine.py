@@ -193,6 +193,10 @@ class LocalEngine:
             logits = logits[rows]  # (B, V)
         replies = [TurnReply() for _ in requests]
         generating = [r.max_new_tokens > 0 for r in requests]
+        # per row, the tokens the engine wrote after the one it fed first, in the same step: a
+        # forced box, frames or answer is appended as one chunk (one decoder pass instead of one
+        # per token; a box is 12 tokens) and their log-probabilities are read off that pass
+        written: list[list[int]] = [[] for _ in requests]
         while True:
             logprobs = torch.log_softmax(logits, dim=-1)  # (B, V)
             chosen = self._choose(logits, requests)
@@ -221,19 +225,46 @@ class LocalEngine:
                 if forced:  # the pointer writes the box, the frames or the answer's type
                     assert pointing is not None
                     token = pointing.queue.pop(0)
+                    # the rest of what it writes, up to a stop token or the turn's token cap
+                    room = r.max_new_tokens - len(reply.tokens) - 1
+                    rest = pointing.queue[:max(0, room)]
+                    ends = next((k for k, t in enumerate(rest) if t in r.stop_ids), None)
+                    written[b] = rest[:ends + 1] if ends is not None else rest
+                    pointing.queue = pointing.queue[len(written[b]):] if ends is None else []
                 reply.tokens.append(token)
                 if forced or reply.forced:
                     reply.forced += [False] * (len(reply.tokens) - 1 - len(reply.forced)) + [forced]
                 reply.logprobs.append(float(logprobs[b, token]))
                 reply.watch = np.concatenate([reply.watch, watched[None]]) if len(reply.tokens) > 1 \
                     else watched[None].astype(np.float32)
-                if probing or token in r.stop_ids or len(reply.tokens) >= r.max_new_tokens:
+                run = [token, *written[b]]
+                reply.tokens += written[b]
+                reply.forced += [True] * len(written[b])
+                last = run[-1]
+                if probing or last in r.stop_ids or len(reply.tokens) >= r.max_new_tokens:
                     generating[b] = False
-                else:
-                    feed[b] = self.chat.token(token)
-            if not any(generating):
+                    run = run[:-1]  # a turn's last token is not fed back
+                if run:
+                    feed[b] = self.chat.tokens(run)
+            if not any(len(c) for c in feed):
                 break
-            logits = self._append(batch, feed)
+            if not any(written):
+                logits = self._append(batch, feed)
+                continue
+            every = self._append(batch, feed, every=True)  # (B, L, V)
+            logits = every[:, 0].clone()
+            for b, extra in enumerate(written):
+                if not extra:
+                    continue
+                steps = torch.log_softmax(every[b, :len(extra)], dim=-1)  # the distributions they were read from
+                r, reply = requests[b], replies[b]
+                for k, t in enumerate(extra):
+                    reply.logprobs.append(float(steps[k, t]))
+                rows = steps[:, list(r.watch)].numpy() if r.watch else np.zeros((len(extra), 0), np.float32)
+                reply.watch = np.concatenate([reply.watch, rows.astype(np.float32)])
+                if generating[b]:
+                    logits[b] = every[b, len(extra)]
+                written[b] = []
         now = time.monotonic()
         for r, state in zip(requests, batch.split(), strict=True):
             if r.end:
@@ -291,9 +322,9 @@ class LocalEngine:
             chosen[hot] = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
         return chosen
 
-    def _append(self, batch: _Batch, chunks: Sequence[Chunk]) -> torch.Tensor:
+    def _append(self, batch: _Batch, chunks: Sequence[Chunk], every: bool = False) -> torch.Tensor:
         """Append each row's chunk (rows without one get masked padding); (B, V) logits at each
-        row's last real token."""
+        row's last real token, or with `every` (B, L, V) logits at each position of the chunks."""
         model, fmt = self.vlm.model, self.chat
         rows = len(chunks)
         length = max(1, *(len(c) for c in chunks))
@@ -331,6 +362,8 @@ class LocalEngine:
         batch.mask = torch.cat([batch.mask, new_mask.to(device)], dim=1)
         out = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.mask.long(),
                                          position_ids=pos.to(device), cache=batch.cache, use_cache=True)
+        if every:
+            return model.lm_head(out.last_hidden_state).float().cpu()  # type: ignore[no-any-return]
         at = last.clamp(min=0).to(device)
         hidden = out.last_hidden_state[torch.arange(rows, device=device), at]  # (B, D)
         logits: torch.Tensor = model.lm_head(hidden).float().cpu()  # (B, V)

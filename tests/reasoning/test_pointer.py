@@ -16,7 +16,7 @@ from foveal.model.chat import Chunk
 from foveal.model.loader import VLM, create
 from foveal.model.pixels import patchify
 from foveal.operations import ImageBudget, Workspace, preview
-from foveal.reasoning.engine import LocalEngine, TurnRequest, _Session
+from foveal.reasoning.engine import LocalEngine, TurnReply, TurnRequest, _Batch, _Session
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
 from foveal.reasoning.pointer import CLOSE, PROBE_PIXELS, TRIGGER, CellPointer, Looks
 from tests.reasoning.protocol_model import SCRIPTS, frames_for
@@ -261,3 +261,38 @@ def test_the_checkpoint_chooses_how_many_looks_are_reranked(taught_vlm: VLM) -> 
     assert engine.pointer is not None and engine.pointer.rerank == 4
     assert LocalEngine(vlm, rerank=0).pointer.rerank == 0  # type: ignore[union-attr]
     assert LocalEngine(taught_vlm, pointer=True).pointer.rerank == 0  # type: ignore[union-attr]
+
+
+def test_a_written_box_is_fed_in_one_pass_and_scored_as_the_model_reads_it(
+        taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    fed: list[list[int]] = []
+    replies: list[TurnReply] = []
+    append, turns = LocalEngine._append, LocalEngine._turns
+
+    def spy_append(self: LocalEngine, batch: _Batch, chunks: list[Chunk], every: bool = False) -> torch.Tensor:
+        fed.append([len(c) for c in chunks])
+        return append(self, batch, chunks, every)
+
+    def spy_turns(self: LocalEngine, requests: list[TurnRequest]) -> list[TurnReply]:
+        out = turns(self, requests)
+        replies.extend(out)
+        return out
+
+    monkeypatch.setattr(LocalEngine, "_append", spy_append)
+    monkeypatch.setattr(LocalEngine, "_turns", spy_turns)
+    trace = run(taught_vlm, "zoom", pointer=True)
+    reply = next(r for r in replies if any(r.forced))
+    written = [t for t, f in zip(reply.tokens, reply.forced, strict=False) if f]
+    assert len(written) > 8  # the box and the call's end
+    # one decoder pass for all of it (the call's last token, a stop, is not fed back)
+    assert [len(written) - 1] in fed
+    # and each token's log-probability is the one the model gives it reading the conversation
+    monkeypatch.undo()
+    engine = LocalEngine(taught_vlm)
+    batch = _Batch.stack([_Session([], 0, 0.0)], engine._empty_cache(), engine.device)
+    with torch.inference_mode():
+        logp = torch.log_softmax(engine._append(batch, [trace.conversation], every=True)[0], dim=-1)
+    ids = trace.conversation.ids
+    at = next(i for i in range(len(ids)) if ids[i:i + len(reply.tokens)] == reply.tokens)
+    expected = [float(logp[at + k - 1, ids[at + k]]) for k in range(len(reply.tokens))]
+    assert reply.logprobs == pytest.approx(expected, abs=1e-4)
