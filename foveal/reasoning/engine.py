@@ -256,12 +256,12 @@ class LocalEngine:
             for b, extra in enumerate(written):
                 if not extra:
                     continue
-                steps = torch.log_softmax(every[b, :len(extra)], dim=-1)  # the distributions they were read from
+                steps = torch.log_softmax(every[b, :len(extra)], dim=-1)  # what each was read after
                 r, reply = requests[b], replies[b]
                 for k, t in enumerate(extra):
                     reply.logprobs.append(float(steps[k, t]))
-                rows = steps[:, list(r.watch)].numpy() if r.watch else np.zeros((len(extra), 0), np.float32)
-                reply.watch = np.concatenate([reply.watch, rows.astype(np.float32)])
+                seen = steps[:, list(r.watch)].numpy() if r.watch else np.zeros((len(extra), 0), np.float32)
+                reply.watch = np.concatenate([reply.watch, seen.astype(np.float32)])
                 if generating[b]:
                     logits[b] = every[b, len(extra)]
                 written[b] = []

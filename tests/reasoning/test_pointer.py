@@ -269,7 +269,8 @@ def test_a_written_box_is_fed_in_one_pass_and_scored_as_the_model_reads_it(
     replies: list[TurnReply] = []
     append, turns = LocalEngine._append, LocalEngine._turns
 
-    def spy_append(self: LocalEngine, batch: _Batch, chunks: list[Chunk], every: bool = False) -> torch.Tensor:
+    def spy_append(self: LocalEngine, batch: _Batch, chunks: list[Chunk],
+                   every: bool = False) -> torch.Tensor:
         fed.append([len(c) for c in chunks])
         return append(self, batch, chunks, every)
 
