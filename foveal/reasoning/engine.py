@@ -360,7 +360,10 @@ class LocalEngine:
                                         .pooler_output))
             embeds[is_image.to(device)] = tokens.to(device, embeds.dtype)
         batch.mask = torch.cat([batch.mask, new_mask.to(device)], dim=1)
-        out = model.model.language_model(inputs_embeds=embeds, attention_mask=batch.mask.long(),
+        # no padding anywhere (one row, or rows of one length): the causal mask alone, which
+        # saves building a padded one every pass (~0.5 ms of a ~4 ms pass on two cores)
+        mask = None if bool(batch.mask.all()) else batch.mask.long()
+        out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask,
                                          position_ids=pos.to(device), cache=batch.cache, use_cache=True)
         if every:
             return model.lm_head(out.last_hidden_state).float().cpu()  # type: ignore[no-any-return]
