@@ -181,7 +181,7 @@ class LocalEngine:
         looks = self._point(requests, states)
         for r, pointing in zip(requests, looks, strict=True):
             if r.probes and pointing is not None and self.pointer is not None:
-                self.pointer.rank(pointing, r.probes)
+                self.pointer.probed(pointing, r.probes)
         source = _twins(requests, states) if self.share_prefill else list(range(len(requests)))
         unique = sorted(set(source))  # the rows that encode their chunk
         batch = _Batch.stack([states[i] for i in unique], self._empty_cache(), self.device)
@@ -212,11 +212,12 @@ class LocalEngine:
                 pointing = looks[b]
                 probing = False
                 if pointing is not None and not pointing.queue and self.pointer is not None:
-                    if self.pointer.wants_probes(pointing, [*reply.tokens, token]):
-                        # the box opens: end the turn here and ask for the candidates' crops
+                    asked = self.pointer.probe_request(pointing, [*reply.tokens, token])
+                    if asked is not None:
+                        # a box or an answer opens: end the turn here and ask for the crops of
+                        # the candidate looks, or of the tight look the type is read on
                         probing = True
-                        reply.probes = self.pointer.probe_boxes(pointing)
-                        reply.probe_image = pointing.box_image
+                        reply.probes, reply.probe_image = asked
                     else:
                         pointing.queue = self.pointer.forced(pointing, reply.tokens, token)
                         if pointing.answered is not None:

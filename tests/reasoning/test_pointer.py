@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -297,3 +298,43 @@ def test_a_written_box_is_fed_in_one_pass_and_scored_as_the_model_reads_it(
     at = next(i for i in range(len(ids)) if ids[i:i + len(reply.tokens)] == reply.tokens)
     expected = [float(logp[at + k - 1, ids[at + k]]) for k in range(len(reply.tokens))]
     assert reply.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_an_answer_after_a_grounded_crop_reads_its_type_on_a_tight_look_inside_it(
+        taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    got: list[np.ndarray | None] = []
+    read_tight = CellPointer.read_tight
+
+    def spy(self: CellPointer, looks: Looks, crop: np.ndarray | None) -> None:
+        got.append(crop)
+        read_tight(self, looks, crop)
+
+    monkeypatch.setattr(CellPointer, "read_tight", spy)
+    prompt, n, _ = SCRIPTS["zoom"]
+    loop = Loop(taught_vlm, LoopOptions(max_turn_tokens=48, pointer=True, rerank=8))
+    trace = loop.run([Inspection(frames_for("zoom", n), prompt)])[0]
+    step = trace.steps[0]
+    assert step.operation == "crop_image_normalized" and step.ok and len(got) == 1
+    # the probe is the tight look round the crop's most defect-like cell, cut from the frame
+    pointer = CellPointer(taught_vlm)
+    ws = Workspace(frames_for("zoom", n), taught_vlm.budget)
+    crop = preview(step.arguments["bbox_2d"], 1, ws)  # type: ignore[arg-type]
+    assert crop is not None
+    ws.views.append(crop)
+    looks = Looks([], last=patchify(crop.pixels, taught_vlm.chat.spec))  # type: ignore[arg-type]
+    budget = taught_vlm.budget
+    side = ImageBudget(PROBE_PIXELS, min(budget.min_pixels, PROBE_PIXELS), budget.factor)
+    tight = preview(pointer.tight_box(looks), 2, ws, side)
+    assert tight is not None and got[0] is not None and np.array_equal(got[0], tight.pixels)
+    assert tight.pixels.shape != crop.pixels.shape  # a smaller look than the crop the model saw
+    pointer.read_tight(looks, tight.pixels)
+    assert looks.reading is not None and trace.defect_type == looks.reading[0]
+    assert trace.confidence == pytest.approx(trace.defect_score * looks.reading[1], abs=1e-5)
+    # nothing more was shown, the answer is one turn, and the decision stays the decoder's
+    assert len(trace.conversation.patches) == 2 and trace.steps[-1].text.count("\\boxed{") == 1
+    monkeypatch.undo()
+    loop.engine.pointer.tight = False  # type: ignore[attr-defined]
+    before = loop.run([Inspection(frames_for("zoom", n), prompt)])[0]
+    assert before.defect_score == pytest.approx(trace.defect_score, abs=1e-5)
+    assert [s.arguments for s in before.steps] == [s.arguments for s in trace.steps]
+
