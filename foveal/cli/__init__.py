@@ -13,6 +13,7 @@ import sys
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 
 from foveal.cli import bench, camera, data, db, demo, export, model, serve, stack, users
 from foveal.cli.context import AppState
@@ -57,16 +58,22 @@ def _root(
     ctx.obj = AppState(settings=load_settings())
 
 
+def _error(err: Console, exc: Exception) -> None:
+    """One line per error, however wide the terminal (or none), and its text never read as markup
+    (a path may hold brackets)."""
+    err.print(Text.assemble(("error", "bold red"), " ", str(exc)), soft_wrap=True)
+
+
 def main() -> None:
     err = Console(stderr=True)
     try:
         app()
     except StackError as exc:
-        err.print(f"[bold red]error[/] {exc}")
+        _error(err, exc)
         if exc.log_tail:
             err.print("[dim]last log lines:[/]")
             err.print(exc.log_tail, markup=False, highlight=False)
         sys.exit(2)
     except FovealError as exc:
-        err.print(f"[bold red]error[/] {exc}")
+        _error(err, exc)
         sys.exit(2)

@@ -45,8 +45,10 @@ def test_paths_that_cannot_be_inspected_are_clear_errors(tmp_path: Path) -> None
 
 def test_predict_reports_a_bad_path_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
-    command = [sys.executable, "-m", "foveal", "predict", str(tmp_path / "nope.png"), "--out", str(out)]
+    missing = tmp_path / ("a-folder-name-long-enough-to-wrap-an-80-column-console-" * 2) / "[nope].png"
+    command = [sys.executable, "-m", "foveal", "predict", str(missing), "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 2
-    assert "does not exist" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"error {missing} does not exist"
+    assert "Traceback" not in done.stderr
     assert not out.exists()
