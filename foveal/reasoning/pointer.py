@@ -303,9 +303,6 @@ class CellPointer:
         looks.asking, looks.read_probed, looks.answer_open = "read", looks.crop_image, True
         return [self.tight_box(looks)], looks.crop_image
 
-    def probe_boxes(self, looks: Looks) -> list[tuple[float, float, float, float]]:
-        return looks.boxes[:self.rerank]
-
     @torch.inference_mode()
     def tight_box(self, looks: Looks) -> tuple[float, float, float, float]:
         """The look of side `TIGHT_SIDE` centred on the most defect-like cell of the last image
