@@ -341,7 +341,7 @@ class CellPointer:
     @torch.inference_mode()
     def rank(self, looks: Looks, probes: Sequence[npt.NDArray[np.uint8] | None]) -> None:
         """Order the candidates by how defect-like their crops at full resolution look (the
-        peak of the cell head on each, `probes[k]` the crop of `probe_boxes(looks)[k]`, None
+        peak of the cell head on each, `probes[k]` the crop of the k-th box `probe_request` asked for, None
         for a crop that cannot be made) and queue the best one's box: the next tokens the
         engine writes."""
         crops = list(probes[:len(looks.boxes)])
