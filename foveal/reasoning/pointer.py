@@ -220,11 +220,16 @@ class CellPointer:
         among the defect types (never `none`: the decoder has said there is a defect)."""
         if looks.reading is None:
             assert looks.last is not None
-            logits = self.tower.head.whole(self._maps(*looks.last))[0].float()
-            probs = torch.softmax(logits[1:len(DEFECT_TYPES)], dim=0)
-            best = int(probs.argmax())
-            looks.reading = DEFECT_TYPES[1 + best], float(probs[best])
+            looks.reading = self._type_of(self._maps(*looks.last))
         return looks.reading
+
+    def _type_of(self, maps: torch.Tensor) -> tuple[str, float]:
+        """The view head's most likely defect type on one image's maps (1, C, rows, cols) and
+        its probability among the defect types."""
+        logits = self.tower.head.whole(maps)[0].float()
+        probs = torch.softmax(logits[1:len(DEFECT_TYPES)], dim=0)
+        best = int(probs.argmax())
+        return DEFECT_TYPES[1 + best], float(probs[best])
 
     def _maps(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
         """The backbone's maps of one image given as its patches and grid: (1, C, rows, cols)."""
@@ -331,19 +336,15 @@ class CellPointer:
         without a crop the reading stays that of the last image shown."""
         if crop is None:
             return
-        tower = self.tower
-        pixels = torch.from_numpy(normalized(crop, self.spec)).to(tower.dtype)
-        logits = tower.head.whole(tower.feature_maps([pixels])[0][None])[0].float()
-        probs = torch.softmax(logits[1:len(DEFECT_TYPES)], dim=0)
-        best = int(probs.argmax())
-        looks.reading = DEFECT_TYPES[1 + best], float(probs[best])
+        pixels = torch.from_numpy(normalized(crop, self.spec)).to(self.tower.dtype)
+        looks.reading = self._type_of(self.tower.feature_maps([pixels])[0][None])
 
     @torch.inference_mode()
     def rank(self, looks: Looks, probes: Sequence[npt.NDArray[np.uint8] | None]) -> None:
         """Order the candidates by how defect-like their crops at full resolution look (the
-        peak of the cell head on each, `probes[k]` the crop of the k-th box `probe_request` asked for, None
-        for a crop that cannot be made) and queue the best one's box: the next tokens the
-        engine writes."""
+        peak of the cell head on each, `probes[k]` the crop of the k-th box `probe_request`
+        asked for, None for a crop that cannot be made) and queue the best one's box: the next
+        tokens the engine writes."""
         crops = list(probes[:len(looks.boxes)])
         shown = [k for k, crop in enumerate(crops) if crop is not None]
         tower = self.tower
