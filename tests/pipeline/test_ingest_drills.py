@@ -294,17 +294,21 @@ def test_postgres_down_for_10_s_mid_stream(drill: Drill, drill_stack: Stack) -> 
 
 
 def test_reasoner_stopped_and_restarted_mid_stream(drill: Drill, reasoner: Reasoner) -> None:
-    count = 120
+    before, during = 60, 60
     worker = drill.worker()
-    camera = drill.stream(count, rate_fps=10)
+    first = drill.stream(before, rate_fps=10)
     wait_for(lambda: drill.inspected() >= 30, 120, "30 inspections")
     reasoner.stop()
+    # Frames sent while the reasoner is down, whatever the host's speed: the worker must meet
+    # UNAVAILABLE on them (a fast worker could otherwise finish the first stream before the stop).
+    second = drill.stream(during, rate_fps=20)
     time.sleep(3)
     drill.assert_committed_is_durable()
     reasoner.start()  # the same port; the worker's channel reconnects
     drill.assert_committed_is_durable()
-    camera.join(timeout=60)
-    drill.assert_exactly_once(count)
+    first.join(timeout=60)
+    second.join(timeout=60)
+    drill.assert_exactly_once(before + during)
     assert metric(worker, "foveal_ingest_retries_total") > 0
     assert worker.stop() == 0
     assert not drill.dead_letters()

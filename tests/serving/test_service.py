@@ -7,6 +7,7 @@ Run: `.venv/bin/python -m pytest -q tests/serving`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -256,9 +257,13 @@ def test_a_grpc_stop_that_never_finishes_is_left_after_the_margin(
     assert grpc_server is not None
     real_stop = grpc_server.stop
 
-    async def stuck(grace: float | None) -> None:  # stops, then hangs as a lost confirmation would
+    async def stuck(grace: float | None) -> None:
+        """Stops, then hangs as a lost confirmation would, deaf to cancellation as well (a
+        bound built on asyncio.wait_for waits for the cancellation and hangs with it)."""
         await real_stop(grace)
-        await asyncio.Event().wait()
+        while True:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
 
     grpc_server.stop = stuck
     started = time.monotonic()
