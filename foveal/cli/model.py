@@ -201,15 +201,18 @@ def eval_command(
         help="Candidate looks seen at full resolution before a grounded box is written "
              "(0: none; default: the checkpoint's choice)."),
 ) -> None:
-    """Evaluate on FovealBench: F1, false reject at 1 % escape, type accuracy, box hits, RaPR, latency."""
+    """Evaluate on FovealBench: F1, false reject at 1 % escape, type accuracy, box hits, RaPR, latency.
+
+    Writes metrics.json, report.md, the figures and predictions.jsonl (each item's answer and label)."""
     from foveal.evaluation.bench import evaluate_model
-    from foveal.evaluation.report import write_report
+    from foveal.evaluation.report import PREDICTIONS_FILE, write_predictions, write_report
     from foveal.model import loader
     from foveal.reasoning.loop import LoopOptions
 
     vlm = loader.load(model or settings_of(ctx).model_dir)
     runs = [no_ops] + ([True] if compare_no_ops and not no_ops else [])
     results = {}
+    out.mkdir(parents=True, exist_ok=True)
     for ops_off in runs:
         with _bar() as bar:
             task = bar.add_task("eval --no-ops" if ops_off else "eval", total=None)
@@ -217,10 +220,13 @@ def eval_command(
             def advance(done: int, total: int, bar: Progress = bar, task: TaskID = task) -> None:
                 bar.update(task, completed=done, total=total)
 
-            metrics, _ = evaluate_model(vlm, bench, no_ops=ops_off, limit=limit, batch_size=batch_size,
-                                        named_prompt=named_prompt, on_item=advance,
-                                        options=LoopOptions(pointer=pointer, rerank=rerank))
+            metrics, records = evaluate_model(vlm, bench, no_ops=ops_off, limit=limit, batch_size=batch_size,
+                                              named_prompt=named_prompt, on_item=advance,
+                                              options=LoopOptions(pointer=pointer, rerank=rerank))
         results["no-ops" if ops_off else "ops"] = metrics
+        # the per-item answers beside their labels; the --no-ops run of a comparison apart
+        name = PREDICTIONS_FILE if ops_off == no_ops else PREDICTIONS_FILE.replace(".jsonl", "-no-ops.jsonl")
+        write_predictions(out / name, records)
     main = results.get("ops") or results["no-ops"]
     compare = {"no-ops": results["no-ops"]} if "ops" in results and "no-ops" in results else None
     where = model or settings_of(ctx).model_dir

@@ -2,7 +2,7 @@
 
 The loop runs in batches of `batch_size`; with `named_prompt` the prompt names the item's
 product and the taxonomy (the default on a line), else it is the generic prompt. Returns the
-metrics and the per-item records (the `foveal predict` objects plus the label's id).
+metrics and the per-item records (the `foveal predict` objects with the item's label beside them).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from foveal.domain import DEFECT_TYPES
 from foveal.evaluation.inference import prediction, read_rgb, record
-from foveal.evaluation.metrics import Metrics, Prediction, evaluate
+from foveal.evaluation.metrics import Metrics, Prediction, correct_type, evaluate, kind_key
 from foveal.model.loader import VLM
 from foveal.plant.dataset import Label, read_labels
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
@@ -51,7 +51,17 @@ def evaluate_model(vlm: VLM, folder: Path, *, no_ops: bool = False, limit: int |
     loop_options = LoopOptions(**{**base.__dict__, "allow_operations": not no_ops})
     predictions: list[Prediction] = []
     records: list[dict[str, Any]] = []
+    by_id = {label.id: label for label in labels}
     for trace in traces_for(vlm, labels, folder, loop_options, batch_size, named_prompt, on_item):
         predictions.append(prediction(trace, trace.item_id))
-        records.append(record(trace))
+        records.append(labelled_record(record(trace), by_id[trace.item_id]))
     return evaluate(labels, predictions), records
+
+
+def labelled_record(item: dict[str, Any], label: Label) -> dict[str, Any]:
+    """A `foveal predict` object with what the label says beside it, for error analysis
+    (`predictions.jsonl` of `foveal eval`)."""
+    return {**item, "label": {"defect_type": label.defect_type, "difficulty": label.difficulty,
+                              "product": label.product, "kind": kind_key(label), "bbox": label.bbox,
+                              "bbox_frame": label.bbox_frame},
+            "type_correct": correct_type(item["defect_type"], label.defect_type)}

@@ -2,10 +2,12 @@
 accuracy, evidence-box hits, the rate of pixel-space reasoning (RaPR), errors and latency.
 
 `evaluate(labels, predictions)` joins the two on the item id and computes every metric overall
-and per product, per difficulty (defect-free items under the key 'none') and per kind ('image' or
-'sequence'). Everything here is a pure function of its inputs; nothing imports matplotlib or
-torch. An item counts as *defective* when its type is anything but 'none': a model answer that is
-garbage or missing ('unanswered') is therefore a reject and never a correct type.
+and per product, per difficulty (defect-free items under the key 'none'), per kind ('image' or
+'sequence') and per route (answered after an operation or from the whole frame alone), plus the
+confusion of labelled against answered types. Everything here is a pure function of its
+inputs; nothing imports matplotlib or torch. An item counts as *defective* when its type is
+anything but 'none': a model answer that is garbage or missing ('unanswered') is therefore a
+reject and never a correct type.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from foveal.domain import NO_DEFECT
+from foveal.domain import DEFECT_TYPES, NO_DEFECT
 from foveal.errors import FovealError
 from foveal.plant.dataset import BoxN, Label
 
@@ -27,6 +29,9 @@ UNANSWERED = "unanswered"  # the defect_type stored for a prediction whose model
 DEFAULT_MAX_ESCAPE = 0.01  # the escape rate at which the false-reject rate is read off
 BOX_TOLERANCE = 0.005  # slack on each side, as a share of the frame, when checking box cover
 IMAGE, SEQUENCE = "image", "sequence"  # keys of the by_kind breakdown
+# keys of the by_route breakdown: did the model look closer before it answered?
+ZOOMED, WHOLE_FRAME = "after an operation", "whole frame only"
+OTHER_ANSWER = "other"  # confusion column of an answer outside the taxonomy (garbage text)
 UNKNOWN_DIFFICULTY = "unknown"  # difficulty key of a defective item whose label has none
 DIFFICULTY_ORDER = ("easy", "hard", "tiny", NO_DEFECT, UNKNOWN_DIFFICULTY)
 _EPS = 1e-9
@@ -118,6 +123,12 @@ class Metrics(BaseModel):
     # (`bootstrap_intervals`); greedy decoding makes a rerun give the same numbers, so this is the
     # spread a comparison between two models must beat. Empty in reports written before it existed.
     intervals: dict[str, tuple[float, float]] = {}
+    # The items split by what the model did: answered after at least one executed operation, or
+    # from the whole frame alone; the same metrics per route. Empty in older reports.
+    by_route: dict[str, GroupMetrics] = {}
+    # confusion[labelled type][answered type] = items; the taxonomy's order, then any other
+    # labelled types; answers outside the taxonomy count under 'other', no answer 'unanswered'.
+    confusion: dict[str, dict[str, int]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists) with keys in a stable order."""
@@ -339,12 +350,38 @@ def group_metrics(pairs: Sequence[tuple[Label, Prediction]],
     )
 
 
-def _breakdown(pairs: Sequence[tuple[Label, Prediction]], key: Callable[[Label], str],
+def route_key(prediction: Prediction) -> str:
+    """ZOOMED when at least one operation was executed (successful or not), else WHOLE_FRAME."""
+    return ZOOMED if prediction.operations >= 1 else WHOLE_FRAME
+
+
+def type_confusion(pairs: Sequence[tuple[Label, Prediction]]) -> dict[str, dict[str, int]]:
+    """Counts of answered type per labelled type, every row over the same columns: the
+    taxonomy (`DEFECT_TYPES`) and any other labelled type, then 'unanswered' and 'other'
+    (an answer that is none of those).
+
+    >>> from foveal.plant.dataset import Label
+    >>> good = Label(id="g", image="g.png", product="pcb", defect_type="none", width=8, height=8)
+    >>> c = type_confusion([(good, Prediction("g", "banana", 0.9, 0.5, None, None, 0, 0, 1.0))])
+    >>> c["none"]["other"], c["none"]["none"], list(c)[:2]
+    (1, 0, ['none', 'scratch'])
+    """
+    extra = sorted({label.defect_type for label, _ in pairs} - set(DEFECT_TYPES))
+    rows = [*DEFECT_TYPES, *extra]
+    columns = [*rows, UNANSWERED, OTHER_ANSWER]
+    table = {row: dict.fromkeys(columns, 0) for row in rows}
+    for label, prediction in pairs:
+        answer = prediction.defect_type if prediction.defect_type in columns else OTHER_ANSWER
+        table[label.defect_type][answer] += 1
+    return table
+
+
+def _breakdown(pairs: Sequence[tuple[Label, Prediction]], key: Callable[[Label, Prediction], str],
                order: Sequence[str], max_escape: float) -> dict[str, GroupMetrics]:
     """Group metrics per key; keys listed in `order` first in that order, the rest sorted."""
     groups: dict[str, list[tuple[Label, Prediction]]] = defaultdict(list)
     for label, prediction in pairs:
-        groups[key(label)].append((label, prediction))
+        groups[key(label, prediction)].append((label, prediction))
     rank = {name: i for i, name in enumerate(order)}
     keys = sorted(groups, key=lambda k: (rank.get(k, len(rank)), k))
     return {k: group_metrics(groups[k], max_escape) for k in keys}
@@ -394,10 +431,13 @@ def evaluate(labels: Sequence[Label], predictions: Sequence[Prediction], *,
     return Metrics(
         max_escape=max_escape,
         overall=overall,
-        by_product=_breakdown(pairs, lambda label: label.product, (), max_escape),
-        by_difficulty=_breakdown(pairs, difficulty_key, DIFFICULTY_ORDER, max_escape),
-        by_kind=_breakdown(pairs, kind_key, (IMAGE, SEQUENCE), max_escape),
+        by_product=_breakdown(pairs, lambda label, _: label.product, (), max_escape),
+        by_difficulty=_breakdown(pairs, lambda label, _: difficulty_key(label), DIFFICULTY_ORDER, max_escape),
+        by_kind=_breakdown(pairs, lambda label, _: kind_key(label), (IMAGE, SEQUENCE), max_escape),
         curve=curve,
         threshold=overall.threshold,
         intervals=bootstrap_intervals(pairs, max_escape=max_escape, resamples=resamples) if resamples else {},
+        by_route=_breakdown(pairs, lambda _, prediction: route_key(prediction), (ZOOMED, WHOLE_FRAME),
+                            max_escape),
+        confusion=type_confusion(pairs),
     )

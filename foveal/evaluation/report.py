@@ -1,24 +1,32 @@
 """Write an evaluation run to a folder: `metrics.json`, `report.md` with the acceptance bars
-checked, and three PNG figures (false reject against escape, RaPR per difficulty, accuracy per
-product). Other runs (say a `--no-ops` ablation) can be passed in `compare` and appear as extra
-columns and series; the key 'no-ops' also enables the ablation bar.
+checked, and PNG figures (false reject against escape, RaPR per difficulty, accuracy per
+product, the type confusion); `write_predictions` adds the per-item records. Other runs (say
+a `--no-ops` ablation) can be passed in `compare` and appear as extra columns and series; the
+key 'no-ops' also enables the ablation bar.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from foveal.evaluation.metrics import GroupMetrics, Metrics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 CURVE_FIGURE = "false_reject_curve.png"
 RAPR_FIGURE = "rapr_by_difficulty.png"
 ACCURACY_FIGURE = "accuracy_by_product.png"
+CONFUSION_FIGURE = "type_confusion.png"
+PREDICTIONS_FILE = "predictions.jsonl"  # one `foveal predict` object per item, with its label
 NO_OPS = "no-ops"  # the compare key of the run without pixel operations
 
 MIN_IMAGE_F1 = 0.97
@@ -169,16 +177,34 @@ def render_markdown(metrics: Metrics, *, title: str, meta: Mapping[str, str],
     lines += ["## Per difficulty", "", "Defect-free items are the group `none`.", ""]
     lines += _breakdown_table("Difficulty", metrics.by_difficulty)
     lines += ["## Per kind", "", *_breakdown_table("Kind", metrics.by_kind)]
+    if metrics.by_route:
+        lines += ["## Per route", "",
+                  "Did the model look closer before it answered? Items answered after at least one "
+                  "executed operation, against those answered from the whole frame alone.", ""]
+        lines += _breakdown_table("Route", metrics.by_route)
+    if metrics.confusion:
+        lines += ["## Defect types: labelled (rows) against answered (columns)", "",
+                  *_confusion_table(metrics.confusion)]
     lines += [
         "## Figures", "",
         f"![False reject against escape]({CURVE_FIGURE})", "",
         f"![RaPR per difficulty]({RAPR_FIGURE})", "",
         f"![Accuracy per product]({ACCURACY_FIGURE})", "",
+        *([f"![Type confusion]({CONFUSION_FIGURE})", ""] if metrics.confusion else []),
         f"False reject at escape: the lowest share of good parts rejected over score thresholds "
         f"that let at most {metrics.max_escape:.1%} of defective parts through. RaPR: share of "
         f"items with at least one executed pixel operation.", "",
     ]
     return "\n".join(lines)
+
+
+def _confusion_table(confusion: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """Rows with at least one item; columns that hold at least one answer; the row's accuracy."""
+    rows = {t: row for t, row in confusion.items() if sum(row.values())}
+    columns = [c for c in next(iter(confusion.values()), {}) if any(row.get(c) for row in rows.values())]
+    body = [[t, *(str(row[c]) for c in columns), str(sum(row.values())),
+             _fmt(row.get(t, 0) / sum(row.values()))] for t, row in rows.items()]
+    return _table(["labelled \\ answered", *columns, "items", "right"], body)
 
 
 def _per_key(runs: Mapping[str, Metrics], keys: Sequence[str],
@@ -198,7 +224,7 @@ def _per_key(runs: Mapping[str, Metrics], keys: Sequence[str],
 
 def write_figures(out_dir: Path, metrics: Metrics,
                   compare: Mapping[str, Metrics] | None = None) -> list[Path]:
-    """Write the three PNG figures into `out_dir` and return their paths."""
+    """Write the PNG figures into `out_dir` and return their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,7 +291,45 @@ def write_figures(out_dir: Path, metrics: Metrics,
     fig.autofmt_xdate(rotation=20)
     fig.tight_layout()
     fig.savefig(paths[2], dpi=100)
+    if metrics.confusion:
+        paths.append(out_dir / CONFUSION_FIGURE)
+        _confusion_figure(Figure(figsize=(7.2, 5.6)), metrics.confusion).savefig(paths[-1], dpi=100)
     return paths
+
+
+def _confusion_figure(fig: Figure, confusion: Mapping[str, Mapping[str, int]]) -> Figure:
+    """Each row's share of answers as colour, the count written in the cell."""
+    import numpy as np
+
+    rows = [t for t, row in confusion.items() if sum(row.values())]
+    columns = list(next(iter(confusion.values())))
+    counts = np.array([[confusion[t][c] for c in columns] for t in rows], dtype=float)
+    shares = counts / counts.sum(axis=1, keepdims=True)
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            if counts[i, j]:
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize="small",
+                        color="white" if shares[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("answered")
+    ax.set_ylabel("labelled")
+    ax.set_title("Defect types: labelled against answered (share of the row)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def write_predictions(path: Path, records: Sequence[Mapping[str, Any]]) -> Path:
+    """One JSON object per line (the per-item records of `evaluate_model`), written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        for item in records:
+            out.write(json.dumps(item, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def write_report(out_dir: Path, metrics: Metrics, *, title: str, meta: dict[str, str],

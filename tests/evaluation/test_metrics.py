@@ -94,6 +94,29 @@ def test_uncertain_verdicts_are_counted_and_the_rest_scored_alone(labels: list[L
     assert evaluate(labels, every).overall.confident_accuracy is None  # nothing decided alone
 
 
+def test_items_are_split_by_whether_the_model_looked_closer_before_answering(result: Metrics) -> None:
+    zoomed, whole = result.by_route["after an operation"], result.by_route["whole frame only"]
+    assert list(result.by_route) == ["after an operation", "whole frame only"]
+    # with >= 1 operation: g2 h1 h2 t1 t2 s1; the defective among them h1 h2 t1 t2 s1, of which
+    # h1 t1 s1 are named right; from the whole frame: g1 g3 e1 e2, e1 named right, e2 missed
+    assert (zoomed.n, zoomed.n_defective, whole.n, whole.n_defective) == (6, 5, 4, 2)
+    assert zoomed.type_accuracy == approx(3 / 5) and whole.type_accuracy == approx(1 / 2)
+    assert zoomed.overall_accuracy == approx(3 / 6) and whole.overall_accuracy == approx(3 / 4)
+    assert zoomed.rapr == 1.0 and whole.rapr == 0.0
+
+
+def test_the_type_confusion_counts_every_item_once_under_its_labelled_and_answered_type(
+        result: Metrics) -> None:
+    c = result.confusion
+    assert list(c) == ["none", "scratch", "crack", "pit", "stain", "burn", "dent"]
+    assert all(list(row) == [*c, "unanswered", "other"] for row in c.values())
+    assert sum(sum(row.values()) for row in c.values()) == 10
+    nonzero = {(t, a): n for t, row in c.items() for a, n in row.items() if n}
+    assert nonzero == {("none", "none"): 2, ("none", "scratch"): 1, ("scratch", "scratch"): 1,
+                       ("pit", "none"): 1, ("pit", "pit"): 2, ("crack", "crack"): 1,
+                       ("stain", "scratch"): 1, ("dent", "other"): 1}  # t2 answered 'banana'
+
+
 def test_box_hit_and_coverage(result: Metrics) -> None:
     # detected defective: e1 h1 h2 t1 t2 s1 (6); with a box: h1 h2 t1 s1 (4); hits: h1 h2 s1
     assert result.overall.box_hit_rate == approx(3 / 4)
@@ -273,7 +296,7 @@ def test_json_round_trip_with_stable_keys(result: Metrics) -> None:
     data = json.loads(result.to_json())
     assert list(data) == [
         "max_escape", "overall", "by_product", "by_difficulty", "by_kind", "curve", "threshold",
-        "intervals"]
+        "intervals", "by_route", "confusion"]
     assert list(data["overall"])[:3] == ["n", "n_defective", "n_good"]
     assert data["curve"][1] == [0.0, approx(2 / 3)]
     assert data == result.to_dict()

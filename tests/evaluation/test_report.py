@@ -1,14 +1,16 @@
-"""The report folder: metrics.json, report.md with the bar table, and three valid PNG figures."""
+"""The report folder: metrics.json, report.md with the bar table, valid PNG figures, and the
+per-item predictions."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
 from foveal.evaluation.metrics import Metrics, Prediction, evaluate
-from foveal.evaluation.report import check_bars, render_markdown, write_report
+from foveal.evaluation.report import check_bars, render_markdown, write_predictions, write_report
 from foveal.plant.dataset import Label
 from tests.evaluation.conftest import image_label, prediction
 
@@ -35,7 +37,8 @@ def test_write_report_writes_every_file(tmp_path: Path, result: Metrics, no_ops:
                           compare={"no-ops": no_ops})
     assert report == out / "report.md"
     assert Metrics.from_json((out / "metrics.json").read_text(encoding="utf-8")) == result
-    for name in ("false_reject_curve.png", "rapr_by_difficulty.png", "accuracy_by_product.png"):
+    for name in ("false_reject_curve.png", "rapr_by_difficulty.png", "accuracy_by_product.png",
+                 "type_confusion.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
     text = report.read_text(encoding="utf-8")
@@ -43,10 +46,25 @@ def test_write_report_writes_every_file(tmp_path: Path, result: Metrics, no_ops:
     assert "| model | tiny \\| test |" in text  # pipes in meta are escaped
     assert "| Bar | Target | Value | Met |" in text
     assert "| Metric | this run | no-ops |" in text
-    for section in ("## Overall", "## Per product", "## Per difficulty", "## Per kind"):
+    for section in ("## Overall", "## Per product", "## Per difficulty", "## Per kind", "## Per route",
+                    "## Defect types: labelled (rows) against answered (columns)"):
         assert section in text
+    # rows and columns that hold nothing are left out; 'right' is the row's accuracy
+    assert "| labelled \\ answered | none | scratch | crack | pit | other | items | right |" in text
+    assert "| pit | 1 | 0 | 0 | 2 | 0 | 3 | 0.667 |" in text and "| burn |" not in text
+    assert "| after an operation | 6 | 5 |" in text and "| whole frame only | 4 | 2 |" in text
     assert "| metal | 5 | 3 |" in text and "| sequence | 1 | 1 |" in text
     assert "![False reject against escape](false_reject_curve.png)" in text
+
+
+def test_predictions_are_written_one_object_per_line_and_replace_an_older_file(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("stale\n")
+    records = [{"image": "a", "defect_type": "pit", "label": {"defect_type": "pit"}, "type_correct": True},
+               {"image": "b", "defect_type": "none", "label": {"defect_type": "dent"}, "type_correct": False}]
+    assert write_predictions(path, records) == path
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_bars_are_checked(result: Metrics, no_ops: Metrics) -> None:

@@ -82,6 +82,13 @@ def test_eval_and_predict_run_on_the_trained_model(micro_model: Path, tiny_data:
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["overall"]["n"] == 6
     assert (tmp_path / "eval" / "report.md").is_file()
+    for name in ("predictions.jsonl", "predictions-no-ops.jsonl"):  # each run's items beside their labels
+        items = [json.loads(line) for line in (tmp_path / "eval" / name).read_text().splitlines()]
+        assert len(items) == 6
+        assert all(set(i["label"]) >= {"defect_type", "difficulty", "product"} for i in items)
+        assert all(i["type_correct"] == (i["defect_type"] == i["label"]["defect_type"]) for i in items)
+    no_ops = [json.loads(line) for line in (tmp_path / "eval" / "predictions-no-ops.jsonl").open()]
+    assert all(i["operations"] == 0 for i in no_ops)
     images = sorted((tiny_data / "images").iterdir())[:2]
     seq = next((tiny_data / "sequences").iterdir())
     out = tmp_path / "results.jsonl"
