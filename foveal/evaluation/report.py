@@ -302,7 +302,7 @@ def _confusion_figure(fig: Figure, confusion: Mapping[str, Mapping[str, int]]) -
     import numpy as np
 
     rows = [t for t, row in confusion.items() if sum(row.values())]
-    columns = list(next(iter(confusion.values())))
+    columns = [c for c in next(iter(confusion.values())) if any(confusion[t][c] for t in rows)]
     counts = np.array([[confusion[t][c] for c in columns] for t in rows], dtype=float)
     shares = counts / counts.sum(axis=1, keepdims=True)
     ax = fig.add_subplot()
