@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     # Frames on `foveal.frames`: images up to this size travel inline, larger ones by claim check.
     blob_dir: Path | None = Field(None, description="Directory blob store for frame images "
                                                     "(default: <home>/blobs).")
+    blob_url: str | None = Field(None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+                                 description="s3://bucket/prefix: new blobs go to this S3-compatible "
+                                             "store instead of the directory (credentials: boto3's chain).")
+    s3_endpoint_url: str | None = Field(None, pattern=r"^https?://",
+                                        description="Endpoint of an S3-compatible store other than AWS "
+                                                    "(MinIO, Ceph, SeaweedFS): http(s)://host:port.")
     # 1 MB keeps a record under a stock Kafka broker's message.max.bytes, and kafka-python
     # checksums records in pure Python (~0.25 s per MiB on each side); most 1024–2048 px PNGs
     # (0.3–8 MB, median 1.9 MB on FovealBench dev) therefore travel by claim check.

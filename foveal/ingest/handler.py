@@ -211,6 +211,8 @@ class FrameHandler:
             ref = image.blob
             try:
                 data = blobs.fetch(self.settings, ref.uri, ref.sha256 or None, ref.size_bytes or None)
+            except blobs.BlobUnavailable as exc:  # the store is down, not the record bad: retry
+                raise Transient("fetch", f"frame {envelope.frame_id}: claim check: {exc}") from exc
             except blobs.BlobError as exc:
                 raise Poison("fetch", f"frame {envelope.frame_id}: claim check: {exc}") from exc
             images.append((data, image.mime_type))

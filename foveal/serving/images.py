@@ -1,11 +1,12 @@
 """The images of an Inspect request, fetched, checked and decoded before any model sees them.
 
-An image comes inline or as a claim check (`BlobRef`); `file://` claim checks are read through
-the blob store (`foveal.blobs`, never outside its root, size and SHA-256 verified); other
-schemes are refused. The dimensions are read
+An image comes inline or as a claim check (`BlobRef`); `file://` and `s3://` claim checks are
+read through the blob stores this service is given (`foveal.blobs.Reader`: never outside a
+store's root, size and SHA-256 verified); other schemes are refused. The dimensions are read
 from the header with Pillow *before* anything is decoded, so a decompression bomb (a small file
 that claims 10000x10000 pixels) is refused without allocating its pixels. Every refusal is an
 `InvalidInput` whose message says what is wrong; the service answers it with INVALID_ARGUMENT.
+A store that cannot be reached is `StoreUnavailable` instead (UNAVAILABLE: the caller retries).
 Tests: `pytest tests/serving/test_images.py`.
 """
 
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
-from foveal.blobs import BlobError, DirectoryStore
+from foveal.blobs import BlobError, BlobUnavailable, Reader
 from foveal.errors import FovealError
 from foveal.operations import MAX_ASPECT, MAX_FRAMES, MIN_SIDE_PX, RGBImage
 from foveal.v1 import frame_pb2
@@ -34,6 +35,10 @@ class InvalidInput(FovealError):
     """The request cannot be inspected as sent (a bad image, sequence, product or type)."""
 
 
+class StoreUnavailable(FovealError):
+    """A claim check's blob store could not be reached; the same request may work later."""
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     max_pixels: int = 50_000_000  # per image; the decompression-bomb guard
@@ -42,7 +47,7 @@ class ImageLimits:
 
 
 def read_frames(image: frame_pb2.Image | None, sequence: Sequence[frame_pb2.Image],
-                limits: ImageLimits = ImageLimits(), blobs: DirectoryStore | None = None) -> list[RGBImage]:
+                limits: ImageLimits = ImageLimits(), blobs: Reader | None = None) -> list[RGBImage]:
     """The frames to inspect: the sequence when there is one, else the single image; each
     (H, W, 3) uint8 RGB at full resolution, all of one size."""
     if sequence:
@@ -65,8 +70,8 @@ def read_frames(image: frame_pb2.Image | None, sequence: Sequence[frame_pb2.Imag
 
 
 def image_bytes(image: frame_pb2.Image, where: str = "image", limits: ImageLimits = ImageLimits(),
-                blobs: DirectoryStore | None = None) -> bytes:
-    """The encoded bytes of `image`, inline or from its `file://` claim check."""
+                blobs: Reader | None = None) -> bytes:
+    """The encoded bytes of `image`, inline or from its claim check."""
     source = image.WhichOneof("source")
     if source == "inline":
         return image.inline
@@ -76,22 +81,25 @@ def image_bytes(image: frame_pb2.Image, where: str = "image", limits: ImageLimit
 
 
 def fetch_blob(blob: frame_pb2.BlobRef, where: str = "image", limits: ImageLimits = ImageLimits(),
-               blobs: DirectoryStore | None = None) -> bytes:
-    """Read a `file://` claim check from the blob store (never from outside its root) and verify
-    its size and SHA-256."""
-    uri = urlparse(blob.uri)
-    if uri.scheme != "file":
-        shown = f"{uri.scheme}://" if uri.scheme else repr(blob.uri[:80])
-        raise InvalidInput(f"{where}: blob references {shown} are not supported here; send the image "
-                           "inline or as a file:// URI in this service's blob store")
+               blobs: Reader | None = None) -> bytes:
+    """Read a claim check from the blob store of its scheme (never from outside its root) and
+    verify its size and SHA-256."""
     if blobs is None:
         raise InvalidInput(f"{where}: this service reads no claim checks (no blob store); "
                            "send the image inline")
+    uri = urlparse(blob.uri)
+    if uri.scheme not in blobs.schemes:
+        shown = f"{uri.scheme}://" if uri.scheme else repr(blob.uri[:80])
+        raise InvalidInput(f"{where}: blob references {shown} are not supported here; send the image "
+                           f"inline or as a {' or '.join(s + '://' for s in blobs.schemes)} URI in this "
+                           "service's blob store")
     if blob.size_bytes > limits.max_bytes:
         raise InvalidInput(f"{where}: blob {blob.uri} has {blob.size_bytes} bytes, "
                            f"more than {limits.max_bytes}")
     try:
         data = blobs.get(blob.uri, blob.sha256.lower() or None, blob.size_bytes or None)
+    except BlobUnavailable as exc:
+        raise StoreUnavailable(f"{where}: {exc}") from exc
     except BlobError as exc:
         raise InvalidInput(f"{where}: {exc}") from exc
     if len(data) > limits.max_bytes:

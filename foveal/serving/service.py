@@ -29,13 +29,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from foveal.blobs import DirectoryStore
+from foveal.blobs import Reader
 from foveal.domain import Taxonomy
 from foveal.errors import FovealError
 from foveal.reasoning.engine import Engine, EngineError, EngineUnavailable
 from foveal.reasoning.loop import DeadlineExceeded, Loop, LoopOptions
 from foveal.rpc.convert import FrameGeometry, Timing, inspect_result
-from foveal.serving.images import ImageLimits, InvalidInput, read_frames
+from foveal.serving.images import ImageLimits, InvalidInput, StoreUnavailable, read_frames
 from foveal.serving.metrics import MetricsHttp, ServiceMetrics
 from foveal.serving.request import default_catalog, inspection_for, loop_options
 from foveal.settings import Settings
@@ -52,6 +52,7 @@ MiB = 1024 * 1024
 # Errors the service expects, and the status each becomes; anything else is INTERNAL and logged.
 ERROR_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (EngineUnavailable, grpc.StatusCode.UNAVAILABLE),
     (EngineError, grpc.StatusCode.INTERNAL),
@@ -72,7 +73,9 @@ class ServiceConfig:
     max_megapixels: float = 50.0
     health_poll_s: float = 1.0
     timeout_s: float | None = 60.0  # bounds an inspection whose client set no deadline
-    blob_root: Path | None = None  # the blob store claim checks are read from; None: inline only
+    blob_root: Path | None = None  # the directory claim checks (file://) are read from
+    blob_url: str | None = None  # s3://bucket/prefix claim checks are read from (with s3_endpoint_url)
+    s3_endpoint_url: str | None = None  # neither store: inline images only
     grace_s: float = 5.0  # how long calls in flight may finish at shutdown
     stop_margin_s: float = 10.0  # how much longer than the grace gRPC may take to stop before it is left
     loop: LoopOptions = LoopOptions()
@@ -88,6 +91,7 @@ class ServiceConfig:
             max_megapixels=settings.reasoner_max_megapixels,
             health_poll_s=settings.reasoner_health_poll_s,
             timeout_s=settings.reasoner_timeout_s, blob_root=settings.blob_root,
+            blob_url=settings.blob_url, s3_endpoint_url=settings.s3_endpoint_url,
         )
         values.update(overrides)
         return cls(**values)
@@ -112,7 +116,7 @@ class ReasonerService(reasoner_pb2_grpc.ReasonerServicer):
 
     def __init__(self, engine: Engine, config: ServiceConfig, metrics: ServiceMetrics) -> None:
         self.engine, self.config, self.metrics = engine, config, metrics
-        self.blobs = DirectoryStore(config.blob_root) if config.blob_root is not None else None
+        self.blobs = Reader.of(config.blob_root, config.blob_url, config.s3_endpoint_url)
         self.ready = False  # the engine's last reported readiness (set by the server's poller)
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="inspect")
         self._busy = 0

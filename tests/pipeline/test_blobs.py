@@ -1,4 +1,5 @@
-"""The directory blob store: content-addressed keys, idempotent atomic puts, verified gets."""
+"""The directory blob store: content-addressed keys, idempotent atomic puts, verified gets
+(the S3 store: test_s3_blobs.py)."""
 
 from __future__ import annotations
 
@@ -79,9 +80,11 @@ def test_store_for_dispatches_by_scheme_and_rejects_unknown_ones(tmp_path: Path)
     assert isinstance(store, DirectoryStore) and store.root == settings.blob_root
     ref = store.put(PNG, "image/png")
     assert blobs.fetch(settings, ref.uri, ref.sha256, ref.size_bytes) == PNG
-    for uri in ("s3://bucket/ab/abc.png", "http://host/x.png", "no-scheme/x.png"):
-        with pytest.raises(BlobError, match=r"unsupported scheme .*supported: file"):
+    for uri in ("http://host/x.png", "no-scheme/x.png"):
+        with pytest.raises(BlobError, match=r"unsupported scheme .*supported: file, s3"):
             blobs.store_for(settings, uri)
+    with pytest.raises(BlobError, match="no S3 blob store is configured here: set FOVEAL_BLOB_URL"):
+        blobs.store_for(settings, "s3://bucket/ab/abc.png")  # tests/pipeline/test_s3_blobs.py: with one
 
 
 def test_blob_dir_setting_moves_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

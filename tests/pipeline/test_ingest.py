@@ -7,7 +7,8 @@ consistent, full frame in the blob store, every frame of a sequence too, a NOTIF
 with offsets committed to the end; a replay by a new group adds no rows; a sequence of inline
 and claim-check frames handled twice at once keeps each frame's blob key once, in order; each
 kind of poison lands on the DLQ with its reason while good frames on the same partition flow; a
-reasoner that is down blocks commits until it is back, then nothing is lost or duplicated.
+reasoner that is down blocks commits until it is back, then nothing is lost or duplicated;
+with an S3 blob store (a real SeaweedFS) the claim checks and the kept frames live there.
 Run: `.venv/bin/python -m pytest -q tests/pipeline/test_ingest.py` (≈ 1–2 min).
 """
 
@@ -48,6 +49,7 @@ from foveal.storage.database import make_engine, session_factory
 from foveal.storage.models import EvidenceCrop, Frame, FrameBlob, Inspection, Step
 from foveal.storage.repository import INSPECTIONS_CHANNEL
 from foveal.v1 import frame_pb2, reasoner_pb2_grpc
+from tests.seaweed import CREDENTIALS, SeaweedS3
 from tests.serving.helpers import ControlledEngine
 
 pytestmark = pytest.mark.slow
@@ -407,3 +409,37 @@ def test_a_sequence_handled_twice_at_once_keeps_each_frame_once_in_order(
     finally:
         check.dispose()
     assert len(read_all(settings, names.verdicts)) == 3
+
+
+def test_claim_checks_through_an_s3_store_end_in_rows_whose_frames_are_kept_there(
+        settings: Settings, tiny_dataset: Path, engine: ControlledEngine,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """FOVEAL_BLOB_URL=s3://…: the camera's claim checks go to a real S3 server (SeaweedFS), the
+    reasoner reads them there, and the worker keeps the full frames there too."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in CREDENTIALS.items():
+            env.setenv(name, value)
+        with SeaweedS3(tmp_path_factory.mktemp("ingest-s3")) as s3:
+            s3.create_bucket("plant-frames")
+            on_s3 = dict(blob_url="s3://plant-frames/line-1", s3_endpoint_url=s3.endpoint_url)
+            config = ServiceConfig(port=0, metrics_port=None, health_poll_s=0.05, grace_s=1.0,
+                                   loop=LoopOptions(max_turn_tokens=8), **on_s3)
+            with ServerThread(engine, config) as reasoner:
+                here = settings.model_copy(update=dict(reasoner_url=reasoner.address, **on_s3))
+                names = make_names(here)
+                camera_config = CameraConfig(stations=("st-a", "st-b"), source=tiny_dataset,
+                                             sequence_share=0.25, inline_max_bytes=1024, seed=4,
+                                             topic=names.frames)
+                with Camera(here, camera_config) as camera:
+                    report = camera.run(count=4)
+                assert report.blob_images and not report.inline_images  # every image by claim check
+                url = str(here.database_url)
+                with running(here, config_for(here, names)):
+                    wait_for(lambda: counts(url)["inspections"] == 4, 120, "4 inspections")
+                engine_db = create_engine(url)
+                with Session(engine_db) as s:
+                    kept = [b.blob_key for f in s.scalars(select(Frame)).all() for b in f.blobs]
+                engine_db.dispose()
+                assert len(kept) == report.blob_images
+                assert all(key.startswith("s3://plant-frames/line-1/") for key in kept)
+                assert all(blobs.fetch(here, key)[:8] == b"\x89PNG\r\n\x1a\n" for key in kept)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from foveal.blobs import DirectoryStore
+from foveal.blobs import DirectoryStore, Reader
 from foveal.serving.images import (
     ImageLimits,
     InvalidInput,
@@ -65,7 +65,7 @@ def test_a_file_claim_check_is_read_and_verified(tmp_path: Path) -> None:
     path = tmp_path / "a b.png"
     path.write_bytes(data)
     good = frame_pb2.BlobRef(uri=path.as_uri(), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
-    store = DirectoryStore(tmp_path)
+    store = Reader({"file": DirectoryStore(tmp_path)})
     assert fetch_blob(good, blobs=store) == data
     with pytest.raises(InvalidInput, match="no blob store"):
         fetch_blob(good)
