@@ -30,6 +30,7 @@ import numpy.typing as npt
 import torch
 from render_throughput import git_commit  # type: ignore[import-not-found]
 from torch import nn
+from tower_sight import WINDOW, native_windows  # type: ignore[import-not-found]
 
 from foveal.domain import DEFECT_TYPES
 from foveal.evaluation.inference import read_rgb
@@ -37,7 +38,6 @@ from foveal.plant.dataset import Label, read_labels
 from foveal.training.pretrain import auroc
 
 PATCH = 64
-WINDOW = 224  # tower_sight's native windows
 DIFFICULTIES = ("easy", "hard", "tiny")
 
 
@@ -125,33 +125,20 @@ def train(x: np.ndarray, y: np.ndarray, steps: int, batch: int = 64) -> tuple[Fi
 
 def windows(net: FineNet, labels: list[Label], folder: Path) -> dict[str, object]:
     """tower_sight's window protocol (same seed and spots) scored by the fine net."""
-    rng = random.Random(2)
     scores, holds, named, truth, where = [], [], [], [], []
     ms = []
-    for lb in labels:
-        frame = read_rgb(folder / str(lb.image))
-        mask = read_rgb(folder / lb.mask)[:, :, 0] > 0 if lb.mask else None
-        h, w = frame.shape[:2]
-        kind = DEFECT_TYPES.index(lb.defect_type) if lb.defect_type in DEFECT_TYPES else 0
-        spots = []
-        if mask is not None and mask.any():
-            ys_, xs_ = np.nonzero(mask)
-            cy, cx = int(ys_.mean()), int(xs_.mean())
-            spots += [(min(max(0, cy - rng.randint(8, WINDOW - 8)), h - WINDOW),
-                       min(max(0, cx - rng.randint(8, WINDOW - 8)), w - WINDOW)) for _ in range(2)]
-        spots += [(rng.randint(0, h - WINDOW), rng.randint(0, w - WINDOW)) for _ in range(2)]
-        for y0, x0 in spots:
-            inside = bool(mask is not None and mask[y0:y0 + WINDOW, x0:x0 + WINDOW].any())
-            began = time.perf_counter()
-            with torch.inference_mode():
-                probs = torch.softmax(net(torch.from_numpy(
-                    standardized(frame[y0:y0 + WINDOW, x0:x0 + WINDOW]))[None]), 1)[0]
-            ms.append((time.perf_counter() - began) * 1000)
-            scores.append(1.0 - float(probs[0]))
-            holds.append(inside)
-            named.append(1 + int(probs[1:].argmax()))
-            truth.append(kind if inside else 0)
-            where.append(lb.difficulty or "none")
+    for lb, frame, mask, kind, y0, x0 in native_windows(labels, folder):
+        inside = bool(mask is not None and mask[y0:y0 + WINDOW, x0:x0 + WINDOW].any())
+        began = time.perf_counter()
+        with torch.inference_mode():
+            probs = torch.softmax(net(torch.from_numpy(
+                standardized(frame[y0:y0 + WINDOW, x0:x0 + WINDOW]))[None]), 1)[0]
+        ms.append((time.perf_counter() - began) * 1000)
+        scores.append(1.0 - float(probs[0]))
+        holds.append(inside)
+        named.append(1 + int(probs[1:].argmax()))
+        truth.append(kind if inside else 0)
+        where.append(lb.difficulty or "none")
     s, hd, wh = np.array(scores), np.array(holds), np.array(where)
     out_auroc: dict[str, float | None] = {}
     for d in (*DIFFICULTIES, "all"):

@@ -27,6 +27,7 @@ import os
 import platform
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -98,10 +99,12 @@ def scan(ptr: CellPointer, spec: object, labels: list[Label], folder: Path, scal
     return out
 
 
-def windows(ptr: CellPointer, spec: object, labels: list[Label], folder: Path) -> dict[str, object]:
+def native_windows(labels: list[Label], folder: Path) -> Iterator[
+        tuple[Label, npt.NDArray[np.uint8], npt.NDArray[np.bool_] | None, int, int, int]]:
+    """Per frame, two `WINDOW` px windows of original pixels holding its defect (when it has one)
+    and two anywhere, from a fixed seed: (label, frame, mask, defect type index, y0, x0). The
+    window protocol of this bench and of bench/fine_sight.py."""
     rng = random.Random(2)
-    cell = ptr.tower.cell_px
-    xs, targets, difficulty = [], [], []
     for lb in labels:
         frame = read_rgb(folder / str(lb.image))
         mask = read_rgb(folder / lb.mask)[:, :, 0] > 0 if lb.mask else None
@@ -115,14 +118,21 @@ def windows(ptr: CellPointer, spec: object, labels: list[Label], folder: Path) -
                        min(max(0, cx - rng.randint(8, WINDOW - 8)), w - WINDOW)) for _ in range(2)]
         spots += [(rng.randint(0, h - WINDOW), rng.randint(0, w - WINDOW)) for _ in range(2)]
         for y0, x0 in spots:
-            target = np.zeros((WINDOW // cell, WINDOW // cell), np.int64)
-            if mask is not None:
-                part = mask[y0:y0 + WINDOW, x0:x0 + WINDOW].astype(np.float32)
-                touched = cv2.resize(part, target.shape[::-1], interpolation=cv2.INTER_AREA) > 0
-                target = np.where(touched, kind, 0)
-            xs.append(normalized(frame[y0:y0 + WINDOW, x0:x0 + WINDOW], spec))  # type: ignore[arg-type]
-            targets.append(target)
-            difficulty.append(lb.difficulty or "none")
+            yield lb, frame, mask, kind, y0, x0
+
+
+def windows(ptr: CellPointer, spec: object, labels: list[Label], folder: Path) -> dict[str, object]:
+    cell = ptr.tower.cell_px
+    xs, targets, difficulty = [], [], []
+    for lb, frame, mask, kind, y0, x0 in native_windows(labels, folder):
+        target = np.zeros((WINDOW // cell, WINDOW // cell), np.int64)
+        if mask is not None:
+            part = mask[y0:y0 + WINDOW, x0:x0 + WINDOW].astype(np.float32)
+            touched = cv2.resize(part, target.shape[::-1], interpolation=cv2.INTER_AREA) > 0
+            target = np.where(touched, kind, 0)
+        xs.append(normalized(frame[y0:y0 + WINDOW, x0:x0 + WINDOW], spec))  # type: ignore[arg-type]
+        targets.append(target)
+        difficulty.append(lb.difficulty or "none")
     tower = ptr.tower
     with torch.inference_mode():
         probs = torch.cat([torch.softmax(tower.head(tower.backbone(torch.from_numpy(np.stack(xs[i:i + 64]))
