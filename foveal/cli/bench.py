@@ -151,6 +151,9 @@ def pipeline_command(
         ("inspected / DLQ / lost / duplicates", f"{s['inspected']} / {s['dlq']} / {s['lost']} / "
                                                 f"{s['duplicates']}"),
         ("committed to the end", str(s["committed_to_end"])),
+        ("CPU ms per frame by part", ", ".join(f"{part} {ms:g}" for part, ms in sorted(
+            s["cpu_ms_per_frame"].items(), key=lambda kv: -kv[1]))),
+        ("CPU busy (all cores)", f"{s['cpu_busy_share']:.0%}"),
         ("lag plot", str(s["plot"])),
     ]
     for name, value in rows:

@@ -46,6 +46,7 @@ from sqlalchemy.engine import make_url
 from foveal import messaging
 from foveal.camera import Bank, BankItem, Camera, CameraConfig, SentFrame
 from foveal.errors import FovealError
+from foveal.ingest.cpu import CpuMeter
 from foveal.ingest.lag import LagSample, LagSampler, lag_slope_per_s, plot_lag
 from foveal.ingest.process import IngestProcess
 from foveal.settings import Settings
@@ -156,8 +157,10 @@ def run_pipeline(settings: Settings, options: PipelineOptions, plot_path: Path,
             raise BenchError("no rate: give --rate, or a probe of at least 10 frames")
         say(f"run: {options.frames} frames at {rate:.2f} frames/s")
         before = _triton_counts(serve_bench, settings)
+        meter = CpuMeter().start()
         _produce(camera, main, options.frames, rate, sampler)
         _await_handled(url, run_settings, len(probe.sent) + len(main.sent), options.stall_s)
+        cpu = meter.stop()
         after = _triton_counts(serve_bench, settings)
         committed_to_end = _await_committed(sampler, 60.0)
         samples = sampler.stop()
@@ -170,6 +173,7 @@ def run_pipeline(settings: Settings, options: PipelineOptions, plot_path: Path,
     written_s = [w - sampler.started_epoch for _, w in rows.times.values()]
     spans = {p.name: (p.start_s, p.end_s) for p in (probe, main) if p.sent}
     summary["plot"] = str(plot_lag(samples, spans, plot_path, _plot_title(summary), written_s))
+    summary.update(cpu_ms_per_frame=cpu.per_frame_ms(len(main.sent)), cpu_busy_share=round(cpu.busy_share, 3))
     summary.update(source=str(camera.bank.folder), vision=vision, load_average_start=load_before,
                    in_flight=run_settings.ingest_max_in_flight,
                    load_average_end=os.getloadavg(), partitions=settings.frames_partitions)

@@ -65,9 +65,14 @@ class ModelHost:
 
     @classmethod
     def load(cls, weights: Path, idle_timeout_s: float = 120.0, vision: str = "torch",
-             device: str = "auto") -> ModelHost:
+             device: str = "auto", threads: int = 0) -> ModelHost:
         """`vision`: "torch" (the model's own tower) or "onnx" (onnxruntime; compact model only).
-        `device`: "auto" (CUDA when torch sees a GPU), "cpu" or "cuda[:n]"."""
+        `device`: "auto" (CUDA when torch sees a GPU), "cpu" or "cuda[:n]". `threads`: torch's
+        intra-op threads on the CPU (0: torch's default, one per core)."""
+        if threads < 0:
+            raise ValueError(f"threads must be 0 (torch's default) or more, not {threads}")
+        if threads:
+            torch.set_num_threads(threads)
         vlm = load(weights)
         target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         vlm.model.to(torch.device(target))  # type: ignore[arg-type]  # transformers types `to` oddly

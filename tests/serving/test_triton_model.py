@@ -1,7 +1,7 @@
 """The reasoning model on a real tritonserver: the loop run through Triton lives exactly the
 conversation it lives in process, concurrent inspections are batched by Triton, an unloaded model
 is `EngineUnavailable`, a deadline is `DeadlineExceeded`; and the host behind `model.py` rejects
-a malformed request alone."""
+a malformed request alone and runs torch on the threads it is given."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as triton_grpc
 
-from foveal.model.loader import VLM
+from foveal.model.loader import VLM, save
 from foveal.reasoning.engine import EngineUnavailable, LocalEngine, TurnReply, TurnRequest
 from foveal.reasoning.loop import DeadlineExceeded, Inspection, Loop, LoopOptions, Trace
 from foveal.serving.model_host import Control, ModelHost
@@ -129,6 +131,19 @@ def test_the_host_rejects_a_malformed_request_alone(taught_vlm: VLM) -> None:
     assert set(host.engine.sessions) == {1}
     host.execute([({"TOKENS": np.zeros((1, 0), np.int64)}, Control(1, False, True))])
     assert host.engine.sessions == {}
+
+
+def test_the_host_runs_torch_on_the_threads_its_config_names(taught_vlm: VLM, tmp_path: Path) -> None:
+    save(taught_vlm, tmp_path / "weights")
+    before = torch.get_num_threads()
+    try:
+        host = ModelHost.load(tmp_path / "weights", threads=1, device="cpu")
+        assert torch.get_num_threads() == 1
+        assert isinstance(host.engine, LocalEngine)
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads"):
+        ModelHost.load(tmp_path / "weights", threads=-1)
 
 
 def test_the_host_tells_the_pointer_a_sequence_from_a_frame(taught_vlm: VLM) -> None:

@@ -17,7 +17,8 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"] / params.get("weights", "weights")
         self.host = ModelHost.load(folder, idle_timeout_s=float(params.get("idle_timeout_s", "120")),
-                                   vision=params.get("vision", "torch"), device=params.get("device", "auto"))
+                                   vision=params.get("vision", "torch"), device=params.get("device", "auto"),
+                                   threads=int(params.get("threads", "0")))
 
     def execute(self, requests):
         batch = []
