@@ -173,6 +173,15 @@ class LocalEngine:
 
     @torch.inference_mode()
     def _turns(self, requests: Sequence[TurnRequest]) -> list[TurnReply]:
+        if self.pointer is None:
+            return self._run_turns(requests)
+        self.pointer.forget()
+        try:
+            return self._run_turns(requests)
+        finally:
+            self.pointer.forget()
+
+    def _run_turns(self, requests: Sequence[TurnRequest]) -> list[TurnReply]:
         started = time.perf_counter()
         for r in requests:
             if r.restart:
@@ -356,6 +365,8 @@ class LocalEngine:
             grid_thw = torch.tensor(grids)
             if self.vision is not None:
                 tokens = self.vision(pixel_values, grid_thw)
+            elif self.pointer is not None:  # one backbone pass per image, shared with the pointer
+                tokens = self.pointer.tower.tokens(self.pointer.backbone_maps(patches, grids))
             else:
                 tokens = torch.cat(list(model.model.get_image_features(pixel_values, grid_thw.to(device))
                                         .pooler_output))

@@ -157,6 +157,28 @@ class CellPointer:
         self.tight = bool(tight and self.rerank and answers)
         none = self._encode(NO_DEFECT)[0]
         self._type_starts = frozenset(self._encode(n)[0] for n in DEFECT_TYPES[1:]) - {none}
+        # backbone maps (C, rows, cols) of the images of the turn being run, keyed by the id of
+        # their patch array: the engine's encoding and the pointer's readings share one backbone
+        # pass per image. Valid only while the turn's chunks hold those arrays: the engine
+        # clears it at the start and end of every turn (`forget`), so an id is never reused.
+        self.maps: dict[int, torch.Tensor] = {}
+
+    def forget(self) -> None:
+        self.maps.clear()
+
+    def backbone_maps(self, patches: Sequence[npt.NDArray[np.float32]], grids: Sequence[tuple[int, ...]]
+                      ) -> list[torch.Tensor]:
+        """The backbone's maps (C, rows, cols) of images given as their patches and grids: those
+        seen this turn from `maps`, the others in one backbone pass per image size."""
+        tower = self.tower
+        missing = [k for k, p in enumerate(patches) if id(p) not in self.maps]
+        if missing:
+            device = next(tower.parameters()).device
+            images = [tower.images(torch.from_numpy(patches[k]).to(device, tower.dtype),
+                                   torch.tensor([list(grids[k])]))[0] for k in missing]
+            for k, fmap in zip(missing, tower.feature_maps(images), strict=True):
+                self.maps[id(patches[k])] = fmap
+        return [self.maps[id(p)] for p in patches]
 
     @staticmethod
     def available(vlm: VLM) -> bool:
@@ -233,9 +255,7 @@ class CellPointer:
 
     def _maps(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
         """The backbone's maps of one image given as its patches and grid: (1, C, rows, cols)."""
-        tower = self.tower
-        image = tower.images(torch.from_numpy(patches).to(tower.dtype), torch.tensor([list(grid)]))[0]
-        return tower.backbone(image[None].to(tower.dtype))  # type: ignore[no-any-return]
+        return self.backbone_maps([patches], [grid])[0][None]
 
     def _defect(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
         return self._defects([(patches, grid)])[0]
@@ -244,18 +264,17 @@ class CellPointer:
                  ) -> list[torch.Tensor]:
         """Per image (its patches and grid), P(defect) per cell (rows, cols); images of one size
         run through the backbone as one batch."""
-        tower = self.tower
-        return self._cell_maps([tower.images(torch.from_numpy(p).to(tower.dtype), torch.tensor([list(g)]))[0]
-                                for p, g in images])
+        maps = self.backbone_maps([p for p, _ in images], [g for _, g in images])
+        return [self._defect_of(fmap) for fmap in maps]
 
     def _cell_maps(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
         """P(defect) per cell of each normalized (3, H, W) image."""
-        tower = self.tower
-        out = []
-        for fmap in tower.feature_maps(pixels):
-            cells = tower.head(fmap[None])  # (1, K, rows, cols)
-            out.append(1.0 - torch.softmax(cells.float(), dim=1)[0, 0])
-        return out
+        return [self._defect_of(fmap) for fmap in self.tower.feature_maps(pixels)]
+
+    def _defect_of(self, fmap: torch.Tensor) -> torch.Tensor:
+        """P(defect) per cell (rows, cols) of one image's backbone maps (C, rows, cols)."""
+        cells = self.tower.head(fmap[None])  # (1, K, rows, cols)
+        return 1.0 - torch.softmax(cells.float(), dim=1)[0, 0]
 
     def forced(self, looks: Looks, generated: list[int], token: int) -> list[int]:
         """What the engine writes instead of the model's `token`, given the turn's tokens so far

@@ -7,6 +7,7 @@ they were."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -29,6 +30,22 @@ def run(vlm: VLM, name: str, **options: object) -> Trace:
     prompt, n, _ = SCRIPTS[name]
     loop = Loop(vlm, LoopOptions(max_turn_tokens=48, **options))  # type: ignore[arg-type]
     return loop.run([Inspection(frames_for(name, n), prompt)])[0]
+
+
+def test_each_image_goes_through_the_backbone_once_for_the_model_and_the_pointer(
+        taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    tower = taught_vlm.model.model.visual
+    original = type(tower).backbone
+    seen: list[int] = []
+
+    def counting(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        seen.append(int(x.shape[0]))
+        return original(self, x)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(type(tower), "backbone", counting)
+    trace = run(taught_vlm, "zoom", pointer=True, rerank=0)
+    assert trace.operations == 1 and trace.defect_type  # the frame, a grounded crop, an answer read on it
+    assert sum(seen) == len(trace.conversation.patches) == 2
 
 
 def test_a_zoom_takes_its_box_from_the_cell_head(taught_vlm: VLM) -> None:
@@ -225,9 +242,18 @@ def _brightness(self: CellPointer, pixels: list[torch.Tensor]) -> list[torch.Ten
     return [torch.nn.functional.avg_pool2d(image.float().mean(0, keepdim=True), cell)[0] for image in pixels]
 
 
+def _brightness_of_patches(self: CellPointer, images: Sequence[tuple[np.ndarray, tuple[int, ...]]]
+                           ) -> list[torch.Tensor]:
+    """`_brightness` of images given as their patches and grids (the whole view's candidates)."""
+    pixels = [self.tower.images(torch.from_numpy(p), torch.tensor([list(g)]))[0] for p, g in images]
+    return _brightness(self, pixels)
+
+
 def test_a_reranked_zoom_goes_to_the_candidate_whose_full_resolution_crop_looks_worst(
         taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(CellPointer, "_cell_maps", _brightness)  # the micro model's map is all alike
+    # the micro model's map is all alike: a stand-in for the whole view's cells and the probes' alike
+    monkeypatch.setattr(CellPointer, "_cell_maps", _brightness)
+    monkeypatch.setattr(CellPointer, "_defects", _brightness_of_patches)
     k = 8
     trace = run(taught_vlm, "zoom", pointer=True, rerank=k)
     top, best = _probe_choice(taught_vlm, trace, k)
