@@ -214,9 +214,17 @@ class Drill:
         with psycopg.connect(self.url) as conn:
             framed = {str(r[0]) for r in conn.execute("SELECT frame_id FROM frames")}
         assert framed == set(rows), "a frame row without its inspection, or the reverse"
-        verdicts = {messaging.decode_verdict(r.value).frame_id for r in read_all(self.settings,
-                                                                                 self.names.verdicts)}
-        assert set(rows) <= verdicts, "an inspected frame without a verdict"
+        missing = set(rows) - self.verdict_ids()
+        if missing:  # once in a clean-clone run (session 15) a verdict the worker had seen
+            # acknowledged was not read back; read again to tell a late read from a lost record
+            time.sleep(5.0)
+            late = missing & self.verdict_ids()
+            assert not late, f"verdicts of {sorted(late)} were acknowledged but read back only later"
+        assert not missing, f"inspected frames without a verdict: {sorted(missing)[:5]}"
+
+    def verdict_ids(self) -> set[str]:
+        records = read_all(self.settings, self.names.verdicts)
+        return {messaging.decode_verdict(r.value).frame_id for r in records}
 
 
 @pytest.fixture
