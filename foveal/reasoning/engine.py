@@ -332,6 +332,21 @@ class LocalEngine:
             chosen[hot] = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
         return chosen
 
+    def _image_tokens(self, patches: list[npt.NDArray[np.float32]], grids: Sequence[Sequence[int]],
+                      dtype: torch.dtype) -> torch.Tensor:
+        """The decoder's image tokens of the images of a batch's chunks, in order."""
+        if self.vision is None and self.pointer is not None:  # one backbone pass per image, shared
+            maps = self.pointer.backbone_maps(patches, [tuple(g) for g in grids])
+            shared: torch.Tensor = self.pointer.tower.tokens(maps)
+            return shared
+        model, device = self.vlm.model, self.device
+        pixel_values = torch.from_numpy(np.concatenate(patches)).to(device, dtype)
+        grid_thw = torch.tensor([list(g) for g in grids])
+        if self.vision is not None:
+            return self.vision(pixel_values, grid_thw)
+        features = model.model.get_image_features(pixel_values, grid_thw.to(device))
+        return torch.cat(list(features.pooler_output))
+
     def _append(self, batch: _Batch, chunks: Sequence[Chunk], every: bool = False) -> torch.Tensor:
         """Append each row's chunk (rows without one get masked padding); (B, V) logits at each
         row's last real token, or with `every` (B, L, V) logits at each position of the chunks."""
@@ -361,15 +376,7 @@ class LocalEngine:
         device = self.device
         embeds = model.get_input_embeddings()(ids.to(device))  # (B, L, D)
         if patches:
-            pixel_values = torch.from_numpy(np.concatenate(patches)).to(device, embeds.dtype)
-            grid_thw = torch.tensor(grids)
-            if self.vision is not None:
-                tokens = self.vision(pixel_values, grid_thw)
-            elif self.pointer is not None:  # one backbone pass per image, shared with the pointer
-                tokens = self.pointer.tower.tokens(self.pointer.backbone_maps(patches, grids))
-            else:
-                tokens = torch.cat(list(model.model.get_image_features(pixel_values, grid_thw.to(device))
-                                        .pooler_output))
+            tokens = self._image_tokens(patches, grids, embeds.dtype)
             embeds[is_image.to(device)] = tokens.to(device, embeds.dtype)
         batch.mask = torch.cat([batch.mask, new_mask.to(device)], dim=1)
         # no padding anywhere (one row, or rows of one length): the causal mask alone, which
