@@ -161,8 +161,9 @@ class LiveHub:
                     sent.add(missed.id)
                     yield missed.event()
             while not await disconnected():
-                try:
-                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                    async with asyncio.timeout(KEEPALIVE_S):
+                        item = await queue.get()
                 except TimeoutError:
                     yield ": keepalive\n\n"
                     continue

@@ -14,7 +14,6 @@ Tests: `pytest tests/serving`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import threading
@@ -232,6 +231,7 @@ class ReasonerServer:
         self._health: health.aio.HealthServicer | None = None
         self._metrics_http: MetricsHttp | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         cfg = self.config
@@ -268,10 +268,11 @@ class ReasonerServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Health goes NOT_SERVING, new calls get UNAVAILABLE, calls in flight get `grace_s`."""
+        self._stopping = True
         if self._poller is not None:
+            # The flag ends the poller's loop even if a cancel is lost; the wait is bounded too.
             self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            await asyncio.wait({self._poller}, timeout=max(1.0, self.config.health_poll_s) + 2.0)
         self.service.ready = False
         self.metrics.model_ready.set(0)
         if self._health is not None:
@@ -290,7 +291,7 @@ class ReasonerServer:
         assert self._server is not None
         limit_s = (grace_s or 0.0) + self.config.stop_margin_s
         # Not asyncio.wait_for: on its timeout it cancels the stop and then waits for the
-        # cancellation to finish, which is the wait with no end (a CI teardown hung 60 s in it).
+        # cancellation to finish, which is the wait with no end.
         stopping = asyncio.ensure_future(self._server.stop(grace_s))
         done, _ = await asyncio.wait({stopping}, timeout=limit_s)
         if not done:
@@ -303,15 +304,17 @@ class ReasonerServer:
             await self._server.wait_for_termination()
 
     async def _poll_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.config.health_poll_s)
             await self._poll_readiness()
 
     async def _poll_readiness(self, initial: bool = False) -> None:
         timeout_s = max(0.1, self.config.health_poll_s)
         try:
-            probe = asyncio.to_thread(self.engine.ready, timeout_s)
-            ready = bool(await asyncio.wait_for(probe, timeout_s + 1.0))
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that arrives as the probe
+            # finishes, and the poller then outlived stop() (a CI teardown hung 60 s on it).
+            async with asyncio.timeout(timeout_s + 1.0):
+                ready = bool(await asyncio.to_thread(self.engine.ready, timeout_s))
         except Exception as exc:  # noqa: BLE001 (a failing readiness probe means: not ready)
             log.warning("readiness probe failed: %s", exc)
             ready = False

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from foveal.reasoning.engine import EngineError, EngineUnavailable, LocalEngine
 from foveal.reasoning.loop import LoopOptions
 from foveal.serving.logs import JsonFormatter
-from foveal.serving.service import SERVICE_NAME, ServerThread, ServiceConfig
+from foveal.serving.service import SERVICE_NAME, ReasonerServer, ServerThread, ServiceConfig
 from foveal.v1 import frame_pb2, inspection_pb2, reasoner_pb2_grpc, verdict_pb2
 from tests.serving.helpers import FRAME_ID, ControlledEngine, frame, inline, png, png_header, request
 
@@ -271,6 +271,31 @@ def test_a_grpc_stop_that_never_finishes_is_left_after_the_margin(
         server.stop(grace_s=0.2)
     assert time.monotonic() - started < 5.0
     assert any("had not stopped" in r.getMessage() for r in caplog.records)
+
+
+def test_stop_ends_the_readiness_poller_even_when_a_probe_finishes_as_it_is_cancelled(
+        engine: ControlledEngine) -> None:
+    """A CI teardown hung 60 s: on Python 3.11 `asyncio.wait_for` swallowed the poller's cancel
+    when the probe finished at that moment, and stop() waited on the poller for ever. Polling
+    every half millisecond makes that moment likely; before the fix one of ~100 stops hung."""
+
+    async def cycles() -> float:
+        config = ServiceConfig(port=0, metrics_port=None, health_poll_s=0.0005, grace_s=0.0,
+                               stop_margin_s=1.0)
+        worst = 0.0
+        for i in range(300):
+            server = ReasonerServer(engine, config)
+            await server.start()
+            await asyncio.sleep(0.001 * (i % 5))
+            started = time.monotonic()
+            stopping = asyncio.ensure_future(server.stop(0.0))
+            done, _ = await asyncio.wait({stopping}, timeout=5.0)
+            assert done, f"stop() hung at cycle {i}"
+            assert server._poller is not None and server._poller.done()
+            worst = max(worst, time.monotonic() - started)
+        return worst
+
+    assert asyncio.run(cycles()) < 5.0
 
 
 def test_more_concurrent_calls_than_allowed_is_resource_exhausted(engine: ControlledEngine) -> None:
