@@ -54,9 +54,11 @@ def _serve_bench(settings: Settings, bench: Path, n: int, levels: str, out: Path
     inspections = b.inspections_of(labels, bench)
     requests = [b.request_of(label, bench) for label in labels]
     console.print(f"{len(labels)} items from {bench}; in-process reference first")
-    vision = b.served_vision(settings)
+    vision, threads = b.served_vision(settings), b.served_threads(settings)
     rows = [b.in_process(settings, inspections, vision),
             b.in_process_same_work(settings, requests, inspections, vision)]
+    if threads:  # the same work on the thread budget one Triton instance has
+        rows.append(b.in_process_same_work(settings, requests, inspections, vision, threads))
     service = ReasonerProcess(settings, port, port + 1, settings.home_dir / "logs" / "bench-reasoner.log")
     try:
         service.wait_serving()
@@ -79,7 +81,7 @@ def _serve_bench(settings: Settings, bench: Path, n: int, levels: str, out: Path
         f"vision encoder per whole-frame view: torch {e['vision_torch_ms']} ms, onnxruntime "
         f"{e['vision_onnxruntime_ms']} ms (max |diff| {e['vision_max_abs_diff']:.1e}); "
         f"Triton's model uses {vision}")
-    reference, same_work = rows[0], rows[1]
+    reference, same_work, same_threads = rows[0], rows[1], (rows[2] if threads else None)
     by_c = {level.concurrency: level for level in rows if level.name.startswith("service")}
     kept, resent = rows[-2], rows[-1]
     summary = {
@@ -88,6 +90,9 @@ def _serve_bench(settings: Settings, bench: Path, n: int, levels: str, out: Path
         if 1 in by_c else None,
         "overhead_same_work_pct": round((np.mean(by_c[1].latencies_ms) / np.mean(same_work.latencies_ms) - 1)
                                         * 100, 1) if 1 in by_c else None,
+        "overhead_same_threads_pct": round((np.mean(by_c[1].latencies_ms) / np.mean(same_threads.latencies_ms)
+                                            - 1) * 100, 1) if 1 in by_c and same_threads else None,
+        "served_threads": threads or None,
         "triton_kept_vs_resent_speedup": round(resent.seconds / kept.seconds, 3),
         **encoder, "served_vision": vision,
         "levels": [level.row() for level in rows], "items": len(labels), "bench": str(bench),

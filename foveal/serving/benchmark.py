@@ -14,14 +14,17 @@ Figures: throughput, latency p50/p95/p99; `throughput_ratio_c16` = concurrency-1
 over the sequential in-process batch-1 throughput; `overhead_pct` = the service's mean latency at
 concurrency 1 over the in-process batch-1 mean, minus 1 (equal batching: none);
 `overhead_same_work_pct` the same against the reference that also decodes and encodes, i.e. what
-gRPC, Triton and the process boundary add.
+gRPC, Triton and the process boundary add; `overhead_same_threads_pct` the same again with the
+reference on the torch threads of one Triton instance (config.pbtxt's "threads"), so that at
+concurrency 1 both sides compute on the same thread budget and only the serving machinery differs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,8 +119,8 @@ def triton_counts(settings: Settings, model: str) -> tuple[float, float]:
     return totals["nv_inference_count"], totals["nv_inference_exec_count"]
 
 
-def served_vision(settings: Settings) -> str:
-    """The vision backend the served model is configured with ("torch" or "onnx")."""
+def served_parameters(settings: Settings) -> dict[str, str]:
+    """The served model's config.pbtxt parameters, as Triton reports them."""
     import tritonclient.grpc as triton_grpc
 
     client = triton_grpc.InferenceServerClient(settings.triton_address)
@@ -125,7 +128,31 @@ def served_vision(settings: Settings) -> str:
         config = client.get_model_config(settings.triton_model, as_json=True)["config"]
     finally:
         client.close()
-    return str(config.get("parameters", {}).get("vision", {}).get("string_value", "torch"))
+    return {key: str(value.get("string_value", "")) for key, value in config.get("parameters", {}).items()}
+
+
+def served_vision(settings: Settings) -> str:
+    """The vision backend the served model is configured with ("torch" or "onnx")."""
+    return served_parameters(settings).get("vision") or "torch"
+
+
+def served_threads(settings: Settings) -> int:
+    """torch threads of one served instance (config.pbtxt's "threads"; 0: torch's default)."""
+    return int(served_parameters(settings).get("threads") or 0)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` (0: unchanged) for the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def reference_loop(settings: Settings, vision: str = "torch") -> Loop:
@@ -150,7 +177,7 @@ def in_process(settings: Settings, inspections: Sequence[Inspection], vision: st
 
 
 def in_process_same_work(settings: Settings, requests: Sequence[inspection_pb2.InspectRequest],
-                         inspections: Sequence[Inspection], vision: str = "torch") -> Level:
+                         inspections: Sequence[Inspection], vision: str = "torch", threads: int = 0) -> Level:
     """The in-process loop doing the service's whole job at batch 1: decode the request's encoded
     frames (`read_frames`, with its checks), run the loop, build the `InspectResult` with its
     PNG-encoded evidence crops. Against this, what the service adds is gRPC, Triton and the
@@ -165,10 +192,12 @@ def in_process_same_work(settings: Settings, requests: Sequence[inspection_pb2.I
         trace = loop.run([Inspection(frames, known.prompt, known.taxonomy, request.frame_id)])[0]
         return inspect_result(request.frame_id, trace, FrameGeometry.of(frames), Timing(0.0, 0.0))
 
-    for request in requests[:2]:
-        one(request)  # warm-up
-    seconds, latencies = timed_each(requests, one, 1)  # type: ignore[arg-type]
-    return Level(f"in-process loop, batch 1, from encoded bytes ({vision})", 1, seconds, latencies)
+    with torch_threads(threads):
+        for request in requests[:2]:
+            one(request)  # warm-up
+        seconds, latencies = timed_each(requests, one, 1)  # type: ignore[arg-type]
+    on = f", {threads} torch thread{'s' if threads > 1 else ''} as one Triton instance" if threads else ""
+    return Level(f"in-process loop, batch 1, from encoded bytes ({vision}{on})", 1, seconds, latencies)
 
 
 def through_service(settings: Settings, service: ReasonerProcess,

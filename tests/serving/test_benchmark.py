@@ -45,3 +45,29 @@ def test_same_work_reference_really_decodes(tmp_path: Path, taught_vlm: VLM) -> 
     requests[2].image.inline = b"not a png"
     with pytest.raises(InvalidInput, match="not an image"):
         benchmark.in_process_same_work(settings, requests, inspections)
+
+
+def test_same_threads_reference_computes_on_one_instances_threads_and_restores_them(
+        tmp_path: Path, taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    save(taught_vlm, tmp_path / "model")
+    settings = embedded_settings(tmp_path / "home", model_dir=tmp_path / "model")
+    requests, inspections = _requests(3)
+    seen: list[int] = []
+    real = benchmark.read_frames
+
+    def watched(*args: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(benchmark, "read_frames", watched)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        level = benchmark.in_process_same_work(settings, requests, inspections, threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1] * 5  # two warm-up calls and three timed, all on one thread
+    assert len(level.latencies_ms) == 3 and "1 torch thread as one Triton instance" in level.name
