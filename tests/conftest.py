@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +27,26 @@ TEST_MODEL_REPOSITORY = Path(__file__).parent / "integration" / "model_repositor
 
 
 __all__ = ["free_ports"]  # tests import it from here
+
+SESSION_ROOT = Path(tempfile.gettempdir()) / "foveal-pytest"
+KEEP_SESSIONS, KEEP_YOUNGER_S = 3, 6 * 3600
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, the embedded PostgreSQL runs as its own system user, which must traverse the
+    session's temporary folders. Every pytest session chmods the shared `/tmp/pytest-of-root`
+    back to 0700 when it starts, which locked a session already running out of its own database
+    (its checkpointer PANICked with "Permission denied" and 30 dashboard tests errored). So, as
+    root and without `--basetemp`, each session gets a folder of its own under SESSION_ROOT; the
+    newest three are kept, as pytest keeps its own, and none younger than six hours is removed."""
+    if os.geteuid() != 0 or config.option.basetemp or hasattr(config, "workerinput"):
+        return
+    SESSION_ROOT.mkdir(exist_ok=True)
+    old = sorted(SESSION_ROOT.glob("session-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in old[KEEP_SESSIONS:]:
+        if time.time() - stale.stat().st_mtime > KEEP_YOUNGER_S:
+            shutil.rmtree(stale, ignore_errors=True)
+    config.option.basetemp = tempfile.mkdtemp(prefix="session-", dir=SESSION_ROOT)
 
 
 def embedded_settings(home: Path, **overrides: object) -> Settings:
