@@ -159,20 +159,22 @@ class FrameHandler:
         frame_id = uuid.UUID(envelope.frame_id)
         stored = self._stored(frame_id)
         if stored is not None:
-            self._publish(record, envelope, stored, consumed_at)
+            at = self._publish(record, envelope, stored, consumed_at)
             self.metrics.replayed.inc()
-            log.info("frame %s at %s: already inspected, verdict produced again", frame_id, record.where,
-                     extra={"frame_id": str(frame_id), "where": record.where})
+            log.info("frame %s at %s: already inspected, verdict produced again to %s", frame_id,
+                     record.where, at,
+                     extra={"frame_id": str(frame_id), "where": record.where, "verdict_at": at})
             return "replayed"
         images = self._fetch(envelope)
         result = self._inspect(envelope)
         decided = decided_from_result(result)
         blob_uris = self._keep(images)
         self._write(record, envelope, result, blob_uris)
-        self._publish(record, envelope, decided, consumed_at)
+        at = self._publish(record, envelope, decided, consumed_at)
         self.metrics.inspected.inc()
-        log.info("frame %s at %s: %s %s (%.2f)", frame_id, record.where, decided.verdict, decided.defect_type,
-                 decided.confidence, extra={"frame_id": str(frame_id), "where": record.where})
+        log.info("frame %s at %s: %s %s (%.2f), verdict at %s", frame_id, record.where, decided.verdict,
+                 decided.defect_type, decided.confidence, at,
+                 extra={"frame_id": str(frame_id), "where": record.where, "verdict_at": at})
         return "inspected"
 
     def _decode(self, record: Record) -> frame_pb2.FrameEnvelope:
@@ -259,22 +261,26 @@ class FrameHandler:
                 repo.notify_inspection(session, frame.frame_id)
 
     def _publish(self, record: Record, envelope: frame_pb2.FrameEnvelope, decided: Decided,
-                 consumed_at: float) -> None:
+                 consumed_at: float) -> str:
+        """Produce the verdict; returns where the broker acknowledged it ("topic[partition]@offset")."""
         verdict = verdict_message(envelope, decided, (time.monotonic() - consumed_at) * 1000.0)
         try:
             value = messaging.encode_verdict(verdict)
         except CodecError as exc:
             raise Poison("verdict", str(exc)) from exc
-        self._send(self.topics.verdicts, messaging.frame_key(envelope.station), value, [], "verdict")
+        at = self._send(self.topics.verdicts, messaging.frame_key(envelope.station), value, [], "verdict")
         captured_at = envelope.captured_at.ToDatetime(tzinfo=UTC)
         self.metrics.latency.observe(max(0.0, (datetime.now(UTC) - captured_at).total_seconds()))
+        return at
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
-              stage: str) -> None:
+              stage: str) -> str:
         try:
-            self.producer.send(topic, key=key, value=value, headers=headers).get(timeout=SEND_TIMEOUT_S)
+            sent = self.producer.send(topic, key=key, value=value, headers=headers)
+            meta = sent.get(timeout=SEND_TIMEOUT_S)
         except KafkaError as exc:
             raise Transient(stage, f"producing to {topic}: {exc}") from exc
+        return f"{meta.topic}[{meta.partition}]@{meta.offset}"
 
     def _dead_letter(self, record: Record, error: IngestError, attempts: int,
                      cancelled: threading.Event) -> str:

@@ -14,6 +14,7 @@ Run: `.venv/bin/python -m pytest -q tests/pipeline/test_ingest.py` (≈ 1–2 mi
 
 from __future__ import annotations
 
+import logging
 import statistics
 import threading
 import time
@@ -349,7 +350,8 @@ def test_a_reasoner_outage_blocks_commits_then_recovers_without_loss_or_duplicat
 
 
 def test_a_sequence_handled_twice_at_once_keeps_each_frame_once_in_order(
-        settings: Settings, tiny_dataset: Path, engine: ControlledEngine, reasoner: ServerThread) -> None:
+        settings: Settings, tiny_dataset: Path, engine: ControlledEngine, reasoner: ServerThread,
+        caplog: pytest.LogCaptureFixture) -> None:
     # Two frames inline, two by claim check; both handlers pass the lookup before either writes
     # (the model is held at its first turn until both are there), so both write.
     names = make_names(settings, frames_partitions=1)
@@ -387,7 +389,8 @@ def test_a_sequence_handled_twice_at_once_keeps_each_frame_once_in_order(
         for thread in threads:
             thread.join(timeout=60)
         assert outcomes == ["inspected", "inspected"]
-        assert handler.handle(record, cancelled) == "replayed"  # and once more, after both
+        with caplog.at_level(logging.INFO, logger="foveal.ingest.handler"):
+            assert handler.handle(record, cancelled) == "replayed"  # and once more, after both
     finally:
         cancelled.set()
         producer.close()
@@ -408,7 +411,12 @@ def test_a_sequence_handled_twice_at_once_keeps_each_frame_once_in_order(
                 assert blobs.fetch(settings, blob.blob_key) == original
     finally:
         check.dispose()
-    assert len(read_all(settings, names.verdicts)) == 3
+    verdicts = read_all(settings, names.verdicts)
+    assert len(verdicts) == 3
+    # the log says where the broker acknowledged the verdict, and the replay's is the last one
+    [said] = [getattr(r, "verdict_at", None) for r in caplog.records if "produced again" in r.getMessage()]
+    last = max(verdicts, key=lambda r: r.offset)
+    assert said == f"{names.verdicts}[{last.partition}]@{last.offset}"
 
 
 def test_claim_checks_through_an_s3_store_end_in_rows_whose_frames_are_kept_there(

@@ -18,6 +18,7 @@ Run: `.venv/bin/python -m pytest -q tests/pipeline/test_ingest_drills.py` (≈ 4
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import signal
 import subprocess
@@ -220,11 +221,36 @@ class Drill:
             time.sleep(5.0)
             late = missing & self.verdict_ids()
             assert not late, f"verdicts of {sorted(late)} were acknowledged but read back only later"
-        assert not missing, f"inspected frames without a verdict: {sorted(missing)[:5]}"
+        assert not missing, (f"inspected frames without a verdict: {sorted(missing)[:5]}; "
+                             f"{self.verdict_layout()}; the workers said: {self.said_of(missing)}")
 
     def verdict_ids(self) -> set[str]:
         records = read_all(self.settings, self.names.verdicts)
         return {messaging.decode_verdict(r.value).frame_id for r in records}
+
+    def verdict_layout(self) -> str:
+        """Per partition of the verdicts topic: its end offset, the records read back, and the
+        offsets below the end that none of them holds (a broker that acknowledged and lost)."""
+        records = read_all(self.settings, self.names.verdicts)
+        ends = end_offsets(self.settings, self.names.verdicts)
+        parts = []
+        for partition, end in sorted(ends.items()):
+            seen = collections.Counter(r.offset for r in records if r.partition == partition)
+            holes = [o for o in range(end) if o not in seen]
+            twice = [o for o, n in seen.items() if n > 1]
+            parts.append(f"[{partition}] end {end}, read {sum(seen.values())}, holes {holes[:10]}, "
+                         f"offsets read twice {twice[:10]}")
+        return "verdicts " + "; ".join(parts)
+
+    def said_of(self, frame_ids: set[str]) -> list[str]:
+        """What the workers' logs say about these frames (where each verdict was acknowledged)."""
+        lines = []
+        for path in sorted(self.logs.glob("ingest-*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                if any(f in line for f in frame_ids):
+                    lines.append(f"{path.name}: {json.loads(line).get('message', line)[:200]}"
+                                 if line.startswith("{") else f"{path.name}: {line[:200]}")
+        return lines[:10]
 
 
 @pytest.fixture
