@@ -40,6 +40,7 @@ from foveal.camera import Bank, Camera, CameraConfig, SentFrame
 from foveal.ingest import IngestConfig, IngestWorker, Limits, Topics
 from foveal.ingest.handler import FrameHandler, Record
 from foveal.ingest.metrics import IngestMetrics
+from foveal.ingest.reading import read_topic
 from foveal.reasoning.engine import LocalEngine
 from foveal.reasoning.loop import LoopOptions
 from foveal.serving.service import ServerThread, ServiceConfig
@@ -198,21 +199,8 @@ def all_committed(settings: Settings, group: str, topic: str) -> bool:
 
 
 def read_all(settings: Settings, topic: str) -> list[Any]:
-    """Every record of `topic` (all partitions), from the beginning."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_address, enable_auto_commit=False)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(tps)
-        records: list[Any] = []
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
+    """Every record of `topic` (all partitions), from the beginning (`foveal.ingest.reading`)."""
+    return read_topic(settings.kafka_address, topic)
 
 
 def envelope(image: frame_pb2.Image, product: str = "pcb", station: str = "st-1") -> frame_pb2.FrameEnvelope:

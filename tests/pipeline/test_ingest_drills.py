@@ -215,12 +215,9 @@ class Drill:
         with psycopg.connect(self.url) as conn:
             framed = {str(r[0]) for r in conn.execute("SELECT frame_id FROM frames")}
         assert framed == set(rows), "a frame row without its inspection, or the reverse"
+        # Sessions 15 and 16 saw a verdict missing here, 1 run in ~12: the reader then stopped at
+        # Tansu's under-counted end offset inside the last batch (foveal/ingest/reading.py).
         missing = set(rows) - self.verdict_ids()
-        if missing:  # once in a clean-clone run (session 15) a verdict the worker had seen
-            # acknowledged was not read back; read again to tell a late read from a lost record
-            time.sleep(5.0)
-            late = missing & self.verdict_ids()
-            assert not late, f"verdicts of {sorted(late)} were acknowledged but read back only later"
         assert not missing, (f"inspected frames without a verdict: {sorted(missing)[:5]}; "
                              f"{self.verdict_layout()}; the workers said: {self.said_of(missing)}")
 
