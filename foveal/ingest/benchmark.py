@@ -49,7 +49,7 @@ from foveal.errors import FovealError
 from foveal.ingest.cpu import CpuMeter
 from foveal.ingest.lag import LagSample, LagSampler, lag_slope_per_s, plot_lag
 from foveal.ingest.process import IngestProcess
-from foveal.ingest.reading import read_topic
+from foveal.ingest.reading import TopicReader, read_topic
 from foveal.settings import Settings
 from foveal.stack.process import free_ports
 
@@ -380,10 +380,12 @@ def _await_handled(url: str, settings: Settings, expected: int, stall_s: float) 
     target = make_url(url).set(drivername="postgresql").render_as_string(False)
     last, progress_at = -1, time.monotonic()
     # the DLQ's records are counted by reading them: Tansu's end offsets under-count (reading.py)
-    with psycopg.connect(target, autocommit=True) as conn:
+    dead = 0
+    with psycopg.connect(target, autocommit=True) as conn, \
+            TopicReader(settings.kafka_address, settings.ingest_dlq_topic) as dlq:
         while True:
             row = conn.execute("SELECT count(*) FROM inspections").fetchone()
-            dead = len(read_topic(settings.kafka_address, settings.ingest_dlq_topic))
+            dead += len(dlq.poll(timeout_ms=50))
             handled = (int(row[0]) if row else 0) + dead
             if handled >= expected:
                 return

@@ -22,30 +22,57 @@ class ReadTimeout(RuntimeError):
     """The topic was not read to its end within the time allowed."""
 
 
+class TopicReader:
+    """A consumer kept open on every partition of `topic`, from the beginning: `poll()` returns
+    the records that arrived since the last call. One reader serves a whole wait (the pipeline
+    bench counts DLQ records with it); opening and closing a consumer every tick makes
+    kafka-python log "Metadata refresh: failed Cancelled" at ERROR each time."""
+
+    def __init__(self, bootstrap: str, topic: str, max_poll_records: int = 500) -> None:
+        self.topic = topic
+        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
+                                       max_poll_records=max_poll_records)
+        partitions = sorted(self._consumer.partitions_for_topic(topic) or ())
+        self._tps = [TopicPartition(topic, p) for p in partitions]
+        if self._tps:
+            self._consumer.assign(self._tps)
+            self._consumer.seek_to_beginning()
+
+    def poll(self, timeout_ms: int = 200) -> list[ConsumerRecord]:
+        if not self._tps:
+            return []
+        return [r for batch in self._consumer.poll(timeout_ms=timeout_ms).values() for r in batch]
+
+    def past(self, ends: dict[TopicPartition, int]) -> bool:
+        return all(self._consumer.position(tp) >= ends[tp] for tp in self._tps)
+
+    def ends(self) -> dict[TopicPartition, int]:
+        return dict(self._consumer.end_offsets(self._tps)) if self._tps else {}
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0,
                max_poll_records: int = 500) -> list[ConsumerRecord]:
     """Every record of `topic`, partition by partition in offset order."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
-                             max_poll_records=max_poll_records)
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(tps)
+    with TopicReader(bootstrap, topic, max_poll_records) as reader:
+        ends = reader.ends()
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
         while True:
-            polled = consumer.poll(timeout_ms=200)
-            for batch in polled.values():
-                records.extend(batch)
-            if not polled and all(consumer.position(tp) >= ends[tp] for tp in tps):
+            polled = reader.poll()
+            records.extend(polled)
+            if not polled and reader.past(ends):
                 break
             if time.monotonic() > deadline:
                 raise ReadTimeout(f"{topic}: read {len(records)} records in {timeout_s:.0f} s without "
                                   f"reaching the end offsets {ends}")
-        records.sort(key=lambda r: (r.partition, r.offset))
-        return records
-    finally:
-        consumer.close()
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return records
