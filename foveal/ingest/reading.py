@@ -17,16 +17,19 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from foveal.errors import FovealError
 
-class ReadTimeout(RuntimeError):
+
+class ReadTimeout(FovealError):
     """The topic was not read to its end within the time allowed."""
 
 
 class TopicReader:
     """A consumer kept open on every partition of `topic`, from the beginning: `poll()` returns
     the records that arrived since the last call. One reader serves a whole wait (the pipeline
-    bench counts DLQ records with it); opening and closing a consumer every tick makes
-    kafka-python log "Metadata refresh: failed Cancelled" at ERROR each time."""
+    bench counts DLQ records with it): a consumer opened and closed every tick made kafka-python
+    log "Metadata refresh: failed Cancelled" at ERROR whenever a close cut a refresh short (59
+    times in one 2,000-frame run)."""
 
     def __init__(self, bootstrap: str, topic: str, max_poll_records: int = 500) -> None:
         self.topic = topic
