@@ -17,17 +17,21 @@ from foveal.stack import Stack
 pytestmark = pytest.mark.slow
 
 
+def _create(address: str, topic: str, partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=address)
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        admin.close()
+
+
 def test_a_poll_that_stops_inside_the_last_batch_still_reads_the_rest(embedded_stack: Stack) -> None:
     """Three records one at a time, then six in one batch; polls of four records stop inside that
     batch, past the end offset Tansu reports (4). The drill's reader stopped there and lost a
     verdict in 1 run of 12."""
     address = embedded_stack.settings.kafka_address
     topic = f"t{uuid.uuid4().hex[:8]}.reading"
-    admin = KafkaAdminClient(bootstrap_servers=address)
-    try:
-        admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        admin.close()
+    _create(address, topic, 1)
     producer = KafkaProducer(bootstrap_servers=address, acks="all", linger_ms=50)
     try:
         for i in range(3):
@@ -45,11 +49,7 @@ def test_a_poll_that_stops_inside_the_last_batch_still_reads_the_rest(embedded_s
 def test_an_empty_topic_reads_as_no_records(embedded_stack: Stack) -> None:
     address = embedded_stack.settings.kafka_address
     topic = f"t{uuid.uuid4().hex[:8]}.empty"
-    admin = KafkaAdminClient(bootstrap_servers=address)
-    try:
-        admin.create_topics([NewTopic(topic, 2, 1)])
-    finally:
-        admin.close()
+    _create(address, topic, 2)
     assert read_topic(address, topic) == []
 
 
@@ -60,11 +60,7 @@ def test_one_reader_returns_what_arrived_since_its_last_poll(
     failed Cancelled" at ERROR 59 times in one bench run.)"""
     address = embedded_stack.settings.kafka_address
     topic = f"t{uuid.uuid4().hex[:8]}.tail"
-    admin = KafkaAdminClient(bootstrap_servers=address)
-    try:
-        admin.create_topics([NewTopic(topic, 2, 1)])
-    finally:
-        admin.close()
+    _create(address, topic, 2)
     producer = KafkaProducer(bootstrap_servers=address, acks="all")
 
     def send(values: range) -> None:
