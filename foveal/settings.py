@@ -81,8 +81,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, pattern=r"^https?://",
                                         description="Endpoint of an S3-compatible store other than AWS "
                                                     "(MinIO, Ceph, SeaweedFS): http(s)://host:port.")
-    # 1 MB keeps a record under a stock Kafka broker's message.max.bytes, and kafka-python
-    # checksums records in pure Python (~0.25 s per MiB on each side); most 1024–2048 px PNGs
+    # 1 MB keeps a record under a stock Kafka broker's message.max.bytes; most 1024–2048 px PNGs
     # (0.3–8 MB, median 1.9 MB on FovealBench dev) therefore travel by claim check.
     frame_inline_max_bytes: int = Field(1_000_000, ge=1024,
                                         description="Largest inline image bytes per frame record; "

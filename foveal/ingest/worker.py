@@ -128,9 +128,9 @@ class IngestWorker:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=config.bootstrap.split(","), client_id=config.client_id,
                 group_id=config.group, enable_auto_commit=False, auto_offset_reset="earliest",
-                # kafka-python checks CRCs in pure Python, ~0.25 s per MiB: for MB-sized frames
-                # that would dominate; TCP checksums and the broker's own checks remain.
-                check_crcs=False,
+                # Every batch's CRC-32C is checked (the default): the pinned `crc32c` C extension
+                # does it in ~0.07 ms per MiB (kafka-python's pure-Python fallback: ~115 ms).
+                check_crcs=True,
                 max_poll_records=config.max_in_flight,
                 max_partition_fetch_bytes=max_record, fetch_max_bytes=max(52_428_800, max_record),
                 session_timeout_ms=config.session_timeout_ms,
