@@ -18,7 +18,7 @@ import numpy.typing as npt
 from transformers import PreTrainedTokenizerBase
 
 from foveal.model import tokenizer as tk
-from foveal.model.pixels import Grid, PixelSpec, patchify
+from foveal.model.pixels import Grid, PixelSpec, grid_of, patchify
 from foveal.reasoning.prompts import SYSTEM_PROMPT
 
 TEXT, IMAGE = 0, 1
@@ -29,7 +29,8 @@ class Chunk:
     ids: list[int] = field(default_factory=list)
     types: list[int] = field(default_factory=list)  # TEXT or IMAGE per token
     loss: list[bool] = field(default_factory=list)
-    patches: list[npt.NDArray[np.float32]] = field(default_factory=list)  # per image (n, 1176)
+    # per image (n, 1176); empty when the format was made with patches=False (remote models)
+    patches: list[npt.NDArray[np.float32]] = field(default_factory=list)
     grids: list[Grid] = field(default_factory=list)
     # per image, the (h, w, 3) uint8 view the patches came from: what a remote model receives
     images: list[npt.NDArray[np.uint8]] = field(default_factory=list)
@@ -51,9 +52,12 @@ class ChatFormat:
     """Encodes turns for one tokenizer (the compact model's or a real Qwen2.5-VL's)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, spec: PixelSpec = PixelSpec(),
-                 system_prompt: str = SYSTEM_PROMPT) -> None:
+                 system_prompt: str = SYSTEM_PROMPT, patches: bool = True) -> None:
         self.tokenizer = tokenizer
         self.spec = spec
+        # False for a client of a remote model (Triton), which sends the uint8 views and never
+        # reads patches: chunks then carry the views and grids only (no float copy per image)
+        self.patches = patches
         self.system_prompt = system_prompt
         found = {name: tokenizer.convert_tokens_to_ids(name) for name in
                  (tk.IM_START, tk.IM_END, tk.PAD, tk.IMAGE_PAD, tk.VISION_START, tk.VISION_END,
@@ -78,10 +82,14 @@ class ChatFormat:
         return Chunk(list(token_ids), [TEXT] * len(token_ids), [False] * len(token_ids))
 
     def image(self, view: npt.NDArray[np.uint8]) -> Chunk:
-        patches, grid = patchify(view, self.spec)
+        if self.patches:
+            patches, grid = patchify(view, self.spec)
+        else:
+            patches, grid = None, grid_of(view, self.spec)
         n = self.spec.tokens(grid)
         return Chunk([self.vision_start, *[self.image_pad] * n, self.vision_end],
-                     [TEXT, *[IMAGE] * n, TEXT], [False] * (n + 2), [patches], [grid], [view])
+                     [TEXT, *[IMAGE] * n, TEXT], [False] * (n + 2),
+                     [] if patches is None else [patches], [grid], [view])
 
     def header(self, role: str) -> Chunk:
         return self.token(self.im_start).extend(self.text(f"{role}\n"))

@@ -69,7 +69,7 @@ def load_chat(path: Path) -> tuple[ChatFormat, ImageBudget]:
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load the tokenizer in {path}: {exc}") from exc
     spec = pixel_spec(path)
-    return ChatFormat(tokenizer, spec), image_budget(path, spec)
+    return ChatFormat(tokenizer, spec, patches=False), image_budget(path, spec)
 
 
 def load(path: Path, *, dtype: torch.dtype = torch.float32) -> VLM:

@@ -12,7 +12,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from foveal.model import loader
 from foveal.model.chat import ChatFormat, Chunk, positions
-from foveal.model.pixels import patchify
+from foveal.model.pixels import CLIP_MEAN, CLIP_STD, normalized, patchify
 from foveal.model.vision import unpatchify
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions
 
@@ -34,6 +34,30 @@ def test_the_conv_tower_rebuilds_the_image_from_patches() -> None:
     assert image.shape == (3, 280, 420)
     expected = (view[..., 0] / 255.0 - 0.48145466) / 0.26862954
     np.testing.assert_allclose(image[0].numpy(), expected, atol=1e-5)
+
+
+def test_normalized_pixels_equal_the_processors_arithmetic_on_a_cropped_view() -> None:
+    frame = np.random.default_rng(4).integers(0, 256, (600, 700, 3), dtype=np.uint8)
+    view = frame[33:33 + 308, 51:51 + 476]  # a crop: not contiguous
+    ours = normalized(view)
+    mean, std = np.asarray(CLIP_MEAN), np.asarray(CLIP_STD)
+    expected = ((view / 255.0 - mean) / std).transpose(2, 0, 1)  # float64 throughout
+    assert ours.dtype == np.float32 and ours.shape == (3, 308, 476) and ours.flags.c_contiguous
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+
+
+def test_a_remote_models_chat_format_carries_views_and_grids_but_no_patches(
+        micro_vlm: loader.VLM, tmp_path: Path) -> None:
+    loader.save(micro_vlm, tmp_path / "m")
+    remote, _ = loader.load_chat(tmp_path / "m")
+    view = np.random.default_rng(5).integers(0, 256, (336, 448, 3), dtype=np.uint8)
+    local_chunk, remote_chunk = (fmt.prompt([view], "Inspect this part.") for fmt in (micro_vlm.chat, remote))
+    assert remote_chunk.ids == local_chunk.ids and remote_chunk.types == local_chunk.types
+    assert remote_chunk.grids == local_chunk.grids == [(1, 24, 32)]
+    assert remote_chunk.images[0] is view and local_chunk.images[0] is view
+    assert remote_chunk.patches == [] and len(local_chunk.patches) == 1
+    with pytest.raises(ValueError, match="multiples of 28"):
+        remote.image(view[:300])
 
 
 def test_chunk_positions_equal_get_rope_index(micro_vlm: loader.VLM) -> None:
