@@ -65,7 +65,10 @@ class BlobRef:
 class BlobStore(Protocol):
     """What every backend offers. `put` is idempotent; `get` verifies what it returns."""
 
-    def put(self, data: bytes, mime_type: str) -> BlobRef: ...
+    def put(self, data: bytes, mime_type: str, sha256: str | None = None) -> BlobRef:
+        """Store `data` (idempotent). `sha256`: its digest when the caller has just computed or
+        verified it, which saves hashing MB-sized frames again; otherwise it is computed."""
+        ...
 
     def get(self, uri: str, expected_sha256: str | None = None,
             expected_size: int | None = None) -> bytes: ...
@@ -106,8 +109,8 @@ class DirectoryStore:
     def from_settings(cls, settings: Settings) -> DirectoryStore:
         return cls(settings.blob_root)
 
-    def put(self, data: bytes, mime_type: str) -> BlobRef:
-        digest = sha256_hex(data)
+    def put(self, data: bytes, mime_type: str, sha256: str | None = None) -> BlobRef:
+        digest = sha256.lower() if sha256 else sha256_hex(data)
         path = self.root / blob_key(digest, mime_type)
         ref = BlobRef(uri=path.as_uri(), sha256=digest, size_bytes=len(data), mime_type=mime_type)
         # Same key, same bytes: a file of the right size is this blob (a torn write never gets
@@ -244,8 +247,8 @@ class S3Store:
         return cls(S3Location.parse(settings.blob_url),
                    s3_client(settings.s3_endpoint_url, settings.connect_timeout_s))
 
-    def put(self, data: bytes, mime_type: str) -> BlobRef:
-        digest = sha256_hex(data)
+    def put(self, data: bytes, mime_type: str, sha256: str | None = None) -> BlobRef:
+        digest = sha256.lower() if sha256 else sha256_hex(data)
         key = self.location.prefix + blob_key(digest, mime_type)
         ref = BlobRef(uri=f"s3://{self.location.bucket}/{key}", sha256=digest, size_bytes=len(data),
                       mime_type=mime_type)

@@ -203,12 +203,13 @@ class FrameHandler:
             return Decided(row.verdict, row.defect_type, row.confidence, box, row.model_name,
                            row.model_version, row.created_at)
 
-    def _fetch(self, envelope: frame_pb2.FrameEnvelope) -> list[tuple[bytes, str]]:
-        """Every image's bytes and mime type; a claim check is read and verified here."""
-        images = []
+    def _fetch(self, envelope: frame_pb2.FrameEnvelope) -> list[tuple[bytes, str, str | None]]:
+        """Every image's bytes, mime type and, for a claim check (read and verified here), the
+        digest it was verified against."""
+        images: list[tuple[bytes, str, str | None]] = []
         for image in _images(envelope):
             if image.WhichOneof("source") == "inline":
-                images.append((image.inline, image.mime_type))
+                images.append((image.inline, image.mime_type, None))
                 continue
             ref = image.blob
             try:
@@ -217,7 +218,7 @@ class FrameHandler:
                 raise Transient("fetch", f"frame {envelope.frame_id}: claim check: {exc}") from exc
             except blobs.BlobError as exc:
                 raise Poison("fetch", f"frame {envelope.frame_id}: claim check: {exc}") from exc
-            images.append((data, image.mime_type))
+            images.append((data, image.mime_type, ref.sha256 or None))
         return images
 
     def _inspect(self, envelope: frame_pb2.FrameEnvelope) -> inspection_pb2.InspectResult:
@@ -240,12 +241,13 @@ class FrameHandler:
             raise IngestError("inspect", f"frame {envelope.frame_id}: the result has no verdict")
         return result
 
-    def _keep(self, images: list[tuple[bytes, str]]) -> list[str]:
-        """Put every image in the blob store (idempotent); their URIs in order."""
+    def _keep(self, images: list[tuple[bytes, str, str | None]]) -> list[str]:
+        """Put every image in the blob store (idempotent; a claim check already in it is found by
+        its verified digest, not hashed again); their URIs in order."""
         uris = []
-        for data, mime_type in images:
+        for data, mime_type, digest in images:
             try:
-                uris.append(self.store.put(data, mime_type).uri)
+                uris.append(self.store.put(data, mime_type, digest).uri)
             except blobs.BlobError as exc:
                 raise Transient("blob", str(exc)) from exc
         return uris

@@ -29,6 +29,23 @@ def test_put_then_get_round_trips_under_a_content_addressed_key(tmp_path: Path) 
     assert store.put(b"x", "application/x-unknown").uri.endswith(".bin")
 
 
+def test_put_with_a_known_digest_stores_the_same_blob_without_hashing_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = DirectoryStore(tmp_path)
+    expected = store.put(PNG, "image/png")
+    digest = expected.sha256
+
+    def no_hashing(data: bytes) -> str:
+        raise AssertionError("hashed although the digest was given")
+
+    monkeypatch.setattr(blobs, "sha256_hex", no_hashing)
+    assert store.put(PNG, "image/png", digest.upper()) == expected  # found where it is
+    other = DirectoryStore(tmp_path / "other")
+    ref = other.put(PNG, "image/png", digest)  # written where it belongs
+    assert ref.uri == (tmp_path / "other" / digest[:2] / f"{digest}.png").as_uri()
+    assert (tmp_path / "other" / digest[:2] / f"{digest}.png").read_bytes() == PNG
+
+
 def test_put_is_idempotent_and_leaves_no_temp_files(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path)
     first = store.put(PNG, "image/png")

@@ -118,6 +118,31 @@ def test_frames_reach_the_topic_keyed_by_station_inline_and_by_claim_check(
     assert kinds == {"inline": report.inline_images, "blob": report.blob_images}
 
 
+def test_a_bank_file_sent_again_by_claim_check_is_not_hashed_again(
+    camera_settings: Settings, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed: list[int] = []
+    real = blobs.sha256_hex
+
+    def counting(data: bytes) -> str:
+        hashed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(blobs, "sha256_hex", counting)
+    config = CameraConfig(sequence_share=0.25, seed=2, source=tiny_dataset, inline_max_bytes=1024)
+    sent: list[SentFrame] = []
+    with Camera(camera_settings, config) as cam:
+        report = cam.run(count=24, rate_fps=100, on_sent=sent.append)  # the bank of 8 items, thrice
+    files = {path for item in cam.bank.frames + cam.bank.sequences for path in item.paths}
+    assert report.inline_images == 0 and report.blob_images > len(files)
+    assert len(hashed) == len(files)  # once per file, however often it was sent
+    records = _consume(camera_settings, {s.frame_id for s in sent})
+    for info in sent[-8:]:  # the last round still names verified blobs
+        envelope = messaging.decode_frame(records[info.frame_id].value)
+        for image in (list(envelope.sequence) if info.sequence else [envelope.image]):
+            _image_bytes(camera_settings, image)
+
+
 @pytest.mark.slow
 def test_the_rendered_bank_is_sent_at_the_asked_rate(camera_settings: Settings) -> None:
     config = CameraConfig(bank_frames=4, size=SIZE_PX, seed=11)
