@@ -174,13 +174,14 @@ def _machine() -> dict[str, object]:
 
 
 def _commit() -> str:
-    """HEAD of the checkout foveal runs from, `-dirty` with uncommitted changes."""
+    """HEAD of the checkout foveal runs from, `-dirty` with uncommitted changes to tracked files
+    (untracked ones, such as this run's own outputs, change no code that ran)."""
     root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True, cwd=root).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                               check=True, cwd=root).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, cwd=root).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.strip() + ("-dirty" if dirty.strip() else "")
