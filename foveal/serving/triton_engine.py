@@ -61,16 +61,20 @@ class TritonEngine:
             return list(pool.map(lambda r: self._turn(r, timeout_s), requests))
 
     def release(self, sessions: Iterable[int]) -> None:
-        """End sequences still open on the server (best effort: the server evicts idle ones)."""
+        """End sequences still open on the server, without waiting for the answers: an inspection
+        that ended on its own answer is over, and its result should not wait one more round
+        trip (best effort: the server also evicts idle sequences)."""
         for session in sessions:
             with self._lock:
                 if session not in self._started:
                     continue
                 self._started.discard(session)
             try:
-                self._infer(_inputs(np.zeros(0, np.int64), [], 0, (), (), 0.0, False, 1, ()), session,
-                            start=False, end=True, timeout_s=5.0)
-            except (EngineUnavailable, EngineError, DeadlineExceeded):
+                self.client.async_infer(
+                    self.model_name, _inputs(np.zeros(0, np.int64), [], 0, (), (), 0.0, False, 1, ()),
+                    _ignore, model_version=self.model_version, sequence_id=session,
+                    sequence_start=False, sequence_end=True, client_timeout=5.0)
+            except InferenceServerException:
                 pass
 
     def close(self) -> None:
@@ -125,6 +129,10 @@ class TritonEngine:
         if result is None:
             raise EngineError(f"{self.model_name} returned no result")
         return result, (time.perf_counter() - began) * 1000
+
+
+def _ignore(result: object, error: object) -> None:
+    """The callback of a release: nothing waits for it, and a failed one changes nothing."""
 
 
 def _inputs(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]], max_new: int,

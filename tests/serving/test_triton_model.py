@@ -17,10 +17,10 @@ import torch
 import tritonclient.grpc as triton_grpc
 
 from foveal.model.loader import VLM, save
-from foveal.reasoning.engine import EngineUnavailable, LocalEngine, TurnReply, TurnRequest
+from foveal.reasoning.engine import EngineError, EngineUnavailable, LocalEngine, TurnReply, TurnRequest
 from foveal.reasoning.loop import DeadlineExceeded, Inspection, Loop, LoopOptions, Trace
 from foveal.serving.model_host import Control, ModelHost
-from foveal.serving.triton_engine import TritonEngine
+from foveal.serving.triton_engine import TritonEngine, _inputs
 from foveal.stack import Stack
 from tests.reasoning.protocol_model import SCRIPTS, frames_for
 
@@ -90,6 +90,35 @@ def test_concurrent_inspections_are_batched_by_triton(triton: Stack, triton_engi
     assert requests > executions > 0, (requests, executions)  # several turns per model execution
     for name, trace in zip(names, traces, strict=True):
         assert trace.defect_type == SCRIPTS[name][2][-1].removeprefix("\\boxed{").removesuffix("}")
+
+
+def test_a_release_ends_the_sequence_on_triton_without_a_blocking_call(
+        triton_engine: TritonEngine, taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    chat, session = taught_vlm.chat, 7_000_001
+    view = np.zeros((336, 448, 3), np.uint8)
+    triton_engine.turns([TurnRequest(session, chat.prompt([view], "Inspect this part."), 2, chat.stop_ids)])
+    blocking: list[object] = []
+    real_infer = triton_engine.client.infer
+
+    def seen(*args: object, **kwargs: object) -> object:
+        blocking.append(kwargs)
+        return real_infer(*args, **kwargs)
+
+    monkeypatch.setattr(triton_engine.client, "infer", seen)
+    triton_engine.release([session])
+    assert blocking == []  # the inspection's result does not wait for the release's round trip
+    monkeypatch.undo()
+    # the sequence is over on the server: going on with it (no START) is refused
+    empty = _inputs(np.zeros(0, np.int64), [], 0, (), (), 0.0, False, 1, ())
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            triton_engine._infer(empty, session, start=False, end=False, timeout_s=5.0)
+        except EngineError as exc:
+            assert "START" in str(exc)
+            break
+        assert time.monotonic() < deadline, "the release never reached Triton"
+        time.sleep(0.05)
 
 
 def test_a_passed_deadline_is_deadline_exceeded_and_the_model_stays_usable(
