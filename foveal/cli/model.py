@@ -200,6 +200,10 @@ def eval_command(
         None, "--rerank", min=0, max=8,
         help="Candidate looks seen at full resolution before a grounded box is written "
              "(0: none; default: the checkpoint's choice)."),
+    look_first: bool | None = typer.Option(
+        None, "--look-first/--no-look-first",
+        help="A defect named from the whole view is looked at up close first "
+             "(default: the checkpoint's choice)."),
 ) -> None:
     """Evaluate on FovealBench: F1, false reject at 1 % escape, type accuracy, box hits, RaPR, latency.
 
@@ -222,7 +226,8 @@ def eval_command(
 
             metrics, records = evaluate_model(vlm, bench, no_ops=ops_off, limit=limit, batch_size=batch_size,
                                               named_prompt=named_prompt, on_item=advance,
-                                              options=LoopOptions(pointer=pointer, rerank=rerank))
+                                              options=LoopOptions(pointer=pointer, rerank=rerank,
+                                                                  look_first=look_first))
         results["no-ops" if ops_off else "ops"] = metrics
         # the per-item answers beside their labels; the --no-ops run of a comparison apart
         name = PREDICTIONS_FILE if ops_off == no_ops else PREDICTIONS_FILE.replace(".jsonl", "-no-ops.jsonl")
@@ -234,6 +239,7 @@ def eval_command(
             "prompt": "named" if named_prompt else "generic", "batch_size": str(batch_size),
             "pointer": "checkpoint's choice" if pointer is None else ("on" if pointer else "off"),
             "rerank": "checkpoint's choice" if rerank is None else str(rerank),
+            "look_first": "checkpoint's choice" if look_first is None else ("on" if look_first else "off"),
             "date": time.strftime("%Y-%m-%d %H:%M")}
     path = write_report(out, main, title=f"FovealBench eval: {bench.name}", meta=meta, compare=compare)
     console.print(f"report: {path}")
@@ -256,6 +262,10 @@ def predict_command(
         None, "--rerank", min=0, max=8,
         help="Candidate looks seen at full resolution before a grounded box is written "
              "(0: none; default: the checkpoint's choice)."),
+    look_first: bool | None = typer.Option(
+        None, "--look-first/--no-look-first",
+        help="A defect named from the whole view is looked at up close first "
+             "(default: the checkpoint's choice)."),
 ) -> None:
     """Inspect images; write verdict, defect type, confidence, evidence box and steps per image."""
     from foveal.evaluation import inference
@@ -264,7 +274,8 @@ def predict_command(
 
     items = inference.discover(paths)
     vlm = loader.load(model or settings_of(ctx).model_dir)
-    loop = Loop(vlm, LoopOptions(allow_operations=not no_ops, pointer=pointer, rerank=rerank))
+    loop = Loop(vlm, LoopOptions(allow_operations=not no_ops, pointer=pointer, rerank=rerank,
+                                 look_first=look_first))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     with tmp.open("w") as sink, _bar() as bar:

@@ -54,6 +54,7 @@ class TurnRequest:
     # the crops of the candidate looks a reply asked for (`TurnReply.probes`), in its order, at
     # full resolution (None: that crop cannot be made); the turn then goes on with the best
     probes: tuple[npt.NDArray[np.uint8] | None, ...] = ()
+    operations: bool = True  # the inspection may call operations (False: `--no-ops`)
 
 
 @dataclass
@@ -121,7 +122,8 @@ class LocalEngine:
 
     def __init__(self, vlm: VLM, seed: int | None = None, idle_timeout_s: float | None = None,
                  vision: ImageFeatures | None = None, share_prefill: bool = True,
-                 pointer: bool | None = None, rerank: int | None = None) -> None:
+                 pointer: bool | None = None, rerank: int | None = None,
+                 look_first: bool | None = None) -> None:
         self.vlm = vlm
         # grounded zooms (`foveal.reasoning.pointer`): None = the checkpoint's choice (its
         # foveal.json `pointer`), which needs a tower with a cell head
@@ -133,7 +135,11 @@ class LocalEngine:
         # candidate looks seen at full resolution before a box is written: None = the
         # checkpoint's choice (its foveal.json `rerank`, 0 when absent)
         probes = int(vlm.meta.get("rerank", 0)) if rerank is None else rerank
-        self.pointer: CellPointer | None = CellPointer(vlm, rerank=probes) if wanted else None
+        # a defect named from the whole view is looked at first: None = the checkpoint's choice
+        # (its foveal.json `look_first`, off when absent)
+        look = bool(vlm.meta.get("look_first", False)) if look_first is None else look_first
+        self.pointer: CellPointer | None = (CellPointer(vlm, rerank=probes, look_first=look)
+                                            if wanted else None)
         self.looks: dict[int, Looks] = {}  # per session: the pointer's candidate boxes
         self.share_prefill = share_prefill  # False: every row encodes its own chunk (the baseline)
         self.vision = vision  # None: the model's own (torch) vision tower
@@ -228,7 +234,7 @@ class LocalEngine:
                         probing = True
                         reply.probes, reply.probe_image = asked
                     else:
-                        pointing.queue = self.pointer.forced(pointing, reply.tokens, token)
+                        pointing.queue = self.pointer.forced(pointing, reply.tokens, token, r.operations)
                         if pointing.answered is not None:
                             reply.answer_prob, pointing.answered = pointing.answered, None
                 forced = pointing is not None and bool(pointing.queue)

@@ -61,6 +61,9 @@ class LoopOptions:
     # candidate looks the pointer sees at full resolution before it writes a box (0: none);
     # None: the checkpoint's choice (its foveal.json `rerank`). Only for a loaded `VLM`, too
     rerank: int | None = None
+    # a defect named from the whole view is looked at first (`foveal.reasoning.pointer`); None:
+    # the checkpoint's choice (its foveal.json `look_first`). Only for a loaded `VLM`, too
+    look_first: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ class Loop:
     def __init__(self, model: VLM | Engine, options: LoopOptions = LoopOptions(),
                  budget: ImageBudget | None = None) -> None:
         self.engine: Engine = model if not isinstance(model, VLM) else LocalEngine(
-            model, seed=options.seed, pointer=options.pointer, rerank=options.rerank)
+            model, seed=options.seed, pointer=options.pointer, rerank=options.rerank,
+            look_first=options.look_first)
         self.fmt = self.engine.chat
         self.options = options
         self.budget = budget or self.engine.budget  # the model's processor budget by default
@@ -224,7 +228,8 @@ class Loop:
         room = options.max_total_tokens - len(row.trace.conversation) - so_far
         return TurnRequest(row.session, chunk, max(1, min(options.max_turn_tokens - so_far, room)),
                            self.fmt.stop_ids, (self.first_id(NO_DEFECT),), options.temperature,
-                           restart=restart, frames=len(row.item.frames), probes=probes)
+                           restart=restart, frames=len(row.item.frames), probes=probes,
+                           operations=options.allow_operations)
 
     def _probe(self, row: _Row, reply: TurnReply) -> None:
         """The turn stopped where the engine is about to write a grounded box: crop its candidate

@@ -18,6 +18,7 @@ Per-request tensors (each with Triton's leading batch dimension of 1):
   FRAMES int32 [1]              frames of the inspection (> 1: a sequence; grounded frame choice)
   PROBES uint8 [sum h*w*3]      crops of the candidate looks a reply asked for, raw RGB, in order
   PROBE_SHAPES int32 [2k]       (h, w) per crop; (0, 0) for a crop that could not be made
+  OPERATIONS bool [1]           the inspection may call operations (absent: true; false: no-ops)
   START / END int32 [1]         sequence controls (Triton fills them)
 Outputs: GENERATED int64 [g], LOGPROBS fp32 [g], WATCH_LOGPROBS fp32 [max(1, g), w],
   FORCED bool [g] (tokens the engine wrote: a grounded box, frames or answer type) and
@@ -135,7 +136,8 @@ class ModelHost:
             temperature=float(_row(tensors, "TEMPERATURE", np.zeros(1, np.float32))[0]),
             restart=control.start or bool(_row(tensors, "RESTART", np.zeros(1, bool))[0]),
             end=control.end, frames=max(1, int(_row(tensors, "FRAMES", np.ones(1, np.int32))[0])),
-            probes=tuple(self._images(tensors, "PROBES", "PROBE_SHAPES", empty=True)))
+            probes=tuple(self._images(tensors, "PROBES", "PROBE_SHAPES", empty=True)),
+            operations=bool(_row(tensors, "OPERATIONS", np.ones(1, bool))[0]))
 
     @staticmethod
     def _images(tensors: Tensors, data_name: str = "IMAGES", shapes_name: str = "IMAGE_SHAPES",

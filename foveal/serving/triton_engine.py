@@ -88,7 +88,8 @@ class TritonEngine:
             else:
                 self._started.add(r.session)
         inputs = _inputs(np.asarray(r.chunk.ids, np.int64), r.chunk.images, r.max_new_tokens,
-                         sorted(r.stop_ids), r.watch, r.temperature, r.restart, r.frames, r.probes)
+                         sorted(r.stop_ids), r.watch, r.temperature, r.restart, r.frames, r.probes,
+                         r.operations)
         result, ms = self._infer(inputs, r.session, start=start, end=r.end, timeout_s=timeout_s)
         tokens = result.as_numpy("GENERATED")
         logprobs = result.as_numpy("LOGPROBS")
@@ -137,11 +138,12 @@ def _ignore(result: object, error: object) -> None:
 
 def _inputs(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]], max_new: int,
             stop_ids: Sequence[int], watch: Sequence[int], temperature: float,
-            restart: bool, frames: int, probes: Sequence[npt.NDArray[np.uint8] | None]
+            restart: bool, frames: int, probes: Sequence[npt.NDArray[np.uint8] | None],
+            operations: bool = True
             ) -> list[triton_grpc.InferInput]:
     inputs = []
     for name, value, dtype in _arrays(ids, images, max_new, stop_ids, watch, temperature, restart,
-                                      frames, probes):
+                                      frames, probes, operations):
         tensor = triton_grpc.InferInput(name, [1, *value.shape], dtype)
         tensor.set_data_from_numpy(value[None])
         inputs.append(tensor)
@@ -150,7 +152,8 @@ def _inputs(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]],
 
 def _arrays(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]], max_new: int,
             stop_ids: Sequence[int], watch: Sequence[int], temperature: float,
-            restart: bool, frames: int, probes: Sequence[npt.NDArray[np.uint8] | None]
+            restart: bool, frames: int, probes: Sequence[npt.NDArray[np.uint8] | None],
+            operations: bool = True
             ) -> list[tuple[str, npt.NDArray[np.generic], str]]:
     """A turn's input tensors (name, value without Triton's batch dimension, Triton dtype)."""
     shapes, pixels = _packed(images)
@@ -168,6 +171,8 @@ def _arrays(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]],
     if probes:
         probe_shapes, probe_pixels = _packed(probes)
         arrays += [("PROBES", probe_pixels, "UINT8"), ("PROBE_SHAPES", probe_shapes, "INT32")]
+    if not operations:  # optional: the model reads its absence as operations allowed
+        arrays.append(("OPERATIONS", np.asarray([False]), "BOOL"))
     return arrays
 
 

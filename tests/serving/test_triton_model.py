@@ -19,8 +19,9 @@ import tritonclient.grpc as triton_grpc
 from foveal.model.loader import VLM, save
 from foveal.reasoning.engine import EngineError, EngineUnavailable, LocalEngine, TurnReply, TurnRequest
 from foveal.reasoning.loop import DeadlineExceeded, Inspection, Loop, LoopOptions, Trace
+from foveal.reasoning.pointer import ZOOM_SENTENCE
 from foveal.serving.model_host import Control, ModelHost
-from foveal.serving.triton_engine import TritonEngine, _inputs
+from foveal.serving.triton_engine import TritonEngine, _arrays, _inputs
 from foveal.stack import Stack
 from tests.reasoning.protocol_model import SCRIPTS, frames_for
 
@@ -187,6 +188,26 @@ def test_the_host_tells_the_pointer_a_sequence_from_a_frame(taught_vlm: VLM) -> 
     sequence, frame = host.engine.looks[1], host.engine.looks[2]
     assert sorted(sequence.frames) == [1, 2, 3] and not sequence.boxes  # tiles ranked, no crop on them
     assert frame.boxes and not frame.frames  # a frame without FRAMES: crop candidates only
+
+
+def test_the_host_hears_that_operations_are_disabled(taught_vlm: VLM) -> None:
+    # a look-first checkpoint turns a defect named from the whole view into a zoom, which an
+    # inspection without operations cannot take: OPERATIONS tells the model
+    host = ModelHost(LocalEngine(taught_vlm, pointer=True, look_first=True))
+    fmt = taught_vlm.chat
+    prompt = fmt.prompt([frames_for("zoom", 1)[0]], SCRIPTS["zoom"][0])
+    zoom = taught_vlm.tokenizer.encode(ZOOM_SENTENCE, add_special_tokens=False)
+    ids = np.asarray(prompt.ids, np.int64)
+    first = {name: value for name, value, _ in _arrays(ids, prompt.images, len(zoom), sorted(fmt.stop_ids),
+                                                       (), 0.0, False, 1, ())}
+    off = {name: value for name, value, _ in _arrays(ids, prompt.images, len(zoom), sorted(fmt.stop_ids),
+                                                     (), 0.0, False, 1, (), operations=False)}
+    assert "OPERATIONS" not in first and not off["OPERATIONS"][0]
+    out = host.execute([({k: v[None] for k, v in first.items()}, Control(1, True, False)),
+                        ({k: v[None] for k, v in off.items()}, Control(2, True, False))])
+    assert isinstance(out[0], dict) and isinstance(out[1], dict)
+    assert out[0]["GENERATED"][0].tolist() == zoom and out[0]["FORCED"][0].all()
+    assert out[1]["GENERATED"][0].tolist() != zoom and not out[1]["FORCED"][0].any()
 
 
 def test_a_grounded_selection_reaches_the_service_as_it_is_in_process(triton: Stack, taught_vlm: VLM) -> None:
