@@ -57,17 +57,17 @@ highest, on that frame's image; what the prose says of them stays the model's ow
 as "frame 7 (image 3)." too led to zooms on good parts: 54 of 60 good test sequences rejected,
 against 41 without, `/work/data/exp/seqacc.py`).
 
-With `look_first` (the checkpoint's foveal.json `"look_first"`, or `--look-first`), a defect is
-never named from the whole view of a single frame: when the first turn opens a direct answer
-("A crack at the centre: ..."), the engine writes the zoom sentence instead, and the decoder
-goes on into a grounded crop and answers after it (saying `none` there if the crop shows
-nothing). `none` from the whole view stays the model's own, and an inspection without
-operations (`TurnRequest.operations` False, on Triton the `OPERATIONS` input) answers as it
-would. Measured on FovealBench test (session 18, `docs/benchmarks.md`): v9 named 236 of 1,000
-single images' defects from the whole view, and its type was right 0.59 of the time on easy and
-0.31 on hard ones against 0.87 and 0.79 after a crop that held the defect; with the look first
-type accuracy 0.332 -> 0.400, evidence boxes on 0.78 of the defects instead of 0.34, image F1
-0.753 -> 0.742 (within its interval): a look can veto a defect the whole view named.
+With `look_first` (the checkpoint's foveal.json `"look_first"`, or `--look-first`), a single
+frame is never judged from the whole view: when the first turn opens anything but the zoom
+sentence (a verdict: "A crack at the centre: ..." or "No marks: ..."), the engine writes the
+zoom sentence instead, and the decoder goes on into a grounded crop and gives its verdict after
+it. Sequences, and inspections without operations (`TurnRequest.operations` False, on Triton
+the `OPERATIONS` input), answer as they would. Measured on FovealBench test (session 18,
+`docs/benchmarks.md`, "Look first"): v9 named 236 of 1,000 single images' defects from the whole
+view, and its type was right 0.59 of the time on easy and 0.31 on hard ones against 0.87 and
+0.79 after a crop that held the defect; looking first lifts type accuracy 0.332 -> 0.408 and
+puts an evidence box on most defects. Looking only before a defect is named (not before `none`)
+gave 0.400 and cost 1.1 F1 points; looking before every verdict gives back that point.
 
 It applies greedy and sampled alike. The tokens the engine writes are flagged
 (`TurnReply.forced`) and the loop gives them no loss, so an RL rollout's box or frames are not
@@ -108,10 +108,9 @@ PROBE_PIXELS = 336 * 336
 # 448 px on 167 test crops (`/work/data/exp/tight.py`)
 TIGHT_SIDE = 0.25
 FRAMES_PER_LOOK = 2  # frames per selection (the trajectories select 2-4 of the frames that show it)
-# the trajectories' openings (`foveal.training.trajectories`): a zoom's one sentence, and the
-# first word of an answer that names a defect ("A pit at the centre: ...")
+# the trajectories' one zoom sentence (`foveal.training.trajectories`): every zoom of a single
+# frame's first turn opens with it
 ZOOM_SENTENCE = "Let me zoom in for a closer look."
-DIRECT_OPENING = "A "
 _NAMING = re.compile(r"(?:^|\W)(?:tiles?|frames?) $")  # prose about to name frame numbers
 
 
@@ -172,12 +171,10 @@ class CellPointer:
         self.rerank = max(0, min(int(rerank), MAX_LOOKS))
         # with probes on: an answer after a grounded crop reads its type on a tight look inside it
         self.tight = bool(tight and self.rerank and answers)
-        # a defect named from the whole view is looked at first: the direct answer's opening
-        # becomes the zoom sentence (when the request allows operations)
+        # a single frame is looked at before its verdict: a first turn that opens anything but
+        # the zoom sentence (a verdict from the whole view) gets the zoom sentence instead, when
+        # the request allows operations
         self.look_first = look_first
-        self._direct = frozenset(i for i in vocab.values()  # "A ", "A crack ", ...
-                                 if self._text([i]) in (DIRECT_OPENING, DIRECT_OPENING.strip())
-                                 or self._text([i]).startswith(DIRECT_OPENING))
         self._zoom = self._encode(ZOOM_SENTENCE)
         none = self._encode(NO_DEFECT)[0]
         self._type_starts = frozenset(self._encode(n)[0] for n in DEFECT_TYPES[1:]) - {none}
@@ -306,7 +303,7 @@ class CellPointer:
         whole view (`look_first`), a box, frames in a call or frames in prose, the type of an
         answer; or nothing."""
         resumed = looks.answer_open and not generated  # the answer opened before the stop
-        if self.look_first and operations and not generated and token in self._direct and not resumed \
+        if self.look_first and operations and not generated and token != self._zoom[0] and not resumed \
                 and looks.boxes and not looks.frames and looks.images == 1 and looks.used == 0:
             return list(self._zoom)
         if not generated:

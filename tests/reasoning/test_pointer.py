@@ -22,8 +22,7 @@ from foveal.reasoning.engine import LocalEngine, TurnReply, TurnRequest, _Batch,
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
 from foveal.reasoning.pointer import (
     CLOSE,
-    DIRECT_OPENING,
-    PROBE_PIXELS,
+        PROBE_PIXELS,
     TRIGGER,
     ZOOM_SENTENCE,
     CellPointer,
@@ -227,33 +226,31 @@ def test_the_decision_that_there_is_a_defect_stays_the_decoders(taught_vlm: VLM)
     assert CellPointer(taught_vlm, answers=False).forced(looks, opened, pit) == []
 
 
-def test_a_defect_named_from_the_whole_view_is_looked_at_first(taught_vlm: VLM) -> None:
+def test_a_single_frame_is_looked_at_before_its_verdict(taught_vlm: VLM) -> None:
     tok = taught_vlm.tokenizer
     frame = run(taught_vlm, "zoom", pointer=True).conversation
     pointer = CellPointer(taught_vlm, look_first=True)
-    naming = tok.encode(DIRECT_OPENING, add_special_tokens=False)[0]  # "A pit at the centre: ..."
     zoom = tok.encode(ZOOM_SENTENCE, add_special_tokens=False)
     looks = pointer.looks(frame.patches[0], tuple(frame.grids[0]))
-    assert pointer.forced(looks, [], naming) == zoom
-    merged = tok.encode("A crack at the centre", add_special_tokens=False)[0]  # "A crack " in v9's
-    assert pointer.forced(looks, [], merged) == zoom
-    assert pointer.forced(looks, [], naming, operations=False) == []  # `--no-ops`: it may answer
-    assert CellPointer(taught_vlm).forced(looks, [], naming) == []  # off unless asked for
-    none = tok.encode("No marks", add_special_tokens=False)[0]
-    assert pointer.forced(looks, [], none) == []  # `none` from the whole view stays the model's
+    for verdict in ("A crack at the centre", "A pit", "No marks: the whole frame shows an even surface."):
+        first = tok.encode(verdict, add_special_tokens=False)[0]
+        assert pointer.forced(looks, [], first) == zoom, verdict
+        assert pointer.forced(looks, [], first, operations=False) == [], verdict  # `--no-ops` answers
+        assert CellPointer(taught_vlm).forced(looks, [], first) == [], verdict  # off unless asked for
+    assert pointer.forced(looks, [], zoom[0]) == []  # the model's own zoom is its own
+    naming = tok.encode("A ", add_special_tokens=False)[0]
     assert pointer.forced(looks, tok.encode("The ", add_special_tokens=False), naming) == []  # mid-turn
-    looks.images = 2  # a crop is shown: "A pit: up close ..." is an answer after a look
+    looks.images = 2  # a crop is shown: "A pit: up close ..." is a verdict after a look
     assert pointer.forced(looks, [], naming) == []
     overview = pointer.frame_looks(frame.patches[0], tuple(frame.grids[0]), 3)
     assert pointer.forced(overview, [], naming) == []  # a sequence's overview cannot be cropped
 
 
-def test_the_zoom_that_replaces_a_named_defect_is_the_trajectories_and_carries_no_loss(
+def test_the_zoom_written_before_a_verdict_is_the_trajectories_and_carries_no_loss(
         taught_vlm: VLM) -> None:
     from foveal.training import trajectories
 
     assert ZOOM_SENTENCE == trajectories._ZOOM
-    assert all(t.startswith(DIRECT_OPENING) for t in trajectories._DIRECT)
     trace = run(taught_vlm, "zoom", pointer=True, look_first=True)
     assert trace.steps[0].text.startswith(ZOOM_SENTENCE)  # the taught script opens "A mark."
     zoom = taught_vlm.tokenizer.encode(ZOOM_SENTENCE, add_special_tokens=False)
