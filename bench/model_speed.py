@@ -49,16 +49,19 @@ def main() -> None:
                         help="only single images or only sequences (multi-turn for today's model)")
     parser.add_argument("--rerank", type=int, default=None,
                         help="candidate looks seen at full resolution (default: the checkpoint's choice)")
+    parser.add_argument("--look-first", action=argparse.BooleanOptionalAction, default=None,
+                        help="a defect named from the whole view is looked at first (default: the checkpoint's choice)")
     args = parser.parse_args()
     vlm = loader.load(args.model)
     labels = [label for label in read_labels(args.bench)
               if args.kind == "all" or (label.is_sequence == (args.kind == "sequence"))][: args.n]
     items = [inspection_of(label, args.bench, True) for label in labels]
-    Loop(vlm, LoopOptions(rerank=args.rerank)).run(items[:2])  # warm-up
+    Loop(vlm, LoopOptions(rerank=args.rerank, look_first=args.look_first)).run(items[:2])  # warm-up
     rows = []
     latencies: list[float] = []
     results: dict[str, object] = {}
-    kept, resent = LoopOptions(rerank=args.rerank), LoopOptions(reuse_cache=False, rerank=args.rerank)
+    kept = LoopOptions(rerank=args.rerank, look_first=args.look_first)
+    resent = LoopOptions(reuse_cache=False, rerank=args.rerank, look_first=args.look_first)
     for name, options, batch in (("kv-reuse, batch 1", kept, 1), ("re-encode, batch 1", resent, 1),
                                  (f"kv-reuse, batch {args.batch}", kept, args.batch)):
         seconds, traces = timed(Loop(vlm, options), items, batch)
@@ -74,6 +77,7 @@ def main() -> None:
     results = {
         "n": len(items), "kind": args.kind, "threads": torch.get_num_threads(),
         "rerank": "checkpoint's choice" if args.rerank is None else args.rerank,
+        "look_first": "checkpoint's choice" if args.look_first is None else args.look_first,
         "p50_ms_batch1": round(float(np.percentile(latencies, 50)), 1),
         "p95_ms_batch1": round(float(np.percentile(latencies, 95)), 1),
         "throughput_batch1": round(rows[0][1], 3), "throughput_reencode_batch1": round(rows[1][1], 3),

@@ -1,0 +1,85 @@
+"""Paired comparison of two `foveal eval` runs on the same items: the difference in image F1 and
+defect-type accuracy with 95 % paired bootstrap intervals (items resampled together, so the
+interval is that of the difference, far narrower than the two runs' own intervals).
+
+Reads the `predictions.jsonl` each run writes (each item's answer beside its label), prints a
+table and, as its last line, one JSON object (also written to `--out` when given).
+
+Run: `.venv/bin/python bench/compare_evals.py BEFORE/predictions.jsonl AFTER/predictions.jsonl`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from foveal.evaluation.metrics import detection_scores, is_defective
+
+Record = dict[str, Any]
+
+
+def read(path: Path) -> dict[str, Record]:
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["image"]: r for r in records}
+
+
+def f1(records: Sequence[Record]) -> float:
+    truth = [is_defective(r["label"]["defect_type"]) for r in records]
+    answered = [is_defective(r["defect_type"] or "unanswered") for r in records]
+    return float(detection_scores(truth, answered)[2] or 0.0)
+
+
+def type_accuracy(records: Sequence[Record]) -> float:
+    defective = [r for r in records if is_defective(r["label"]["defect_type"])]
+    return sum(bool(r["type_correct"]) for r in defective) / max(1, len(defective))
+
+
+METRICS: dict[str, Callable[[Sequence[Record]], float]] = {"image_f1": f1, "type_accuracy": type_accuracy}
+
+
+def compare(before: dict[str, Record], after: dict[str, Record], resamples: int = 2000,
+            seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per metric: before, after, their difference and its 95 % paired bootstrap interval."""
+    if set(before) != set(after):
+        raise SystemExit(f"the runs hold different items ({len(set(before) ^ set(after))} differ)")
+    ids = sorted(before)
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(ids), len(ids)) for _ in range(resamples)]
+    out = {}
+    for name, metric in METRICS.items():
+        a, b = [before[i] for i in ids], [after[i] for i in ids]
+        diffs = sorted(metric([b[k] for k in d]) - metric([a[k] for k in d]) for d in draws)
+        out[name] = {"before": round(metric(a), 4), "after": round(metric(b), 4),
+                     "difference": round(metric(b) - metric(a), 4),
+                     "low": round(diffs[int(0.025 * resamples)], 4),
+                     "high": round(diffs[int(0.975 * resamples) - 1], 4)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before", type=Path)
+    parser.add_argument("after", type=Path)
+    parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    result = compare(read(args.before), read(args.after), args.resamples)
+    print(f"{'metric':<15} {'before':>8} {'after':>8} {'diff':>8}   95 % paired interval")
+    for name, r in result.items():
+        print(f"{name:<15} {r['before']:>8.4f} {r['after']:>8.4f} {r['difference']:>+8.4f}   "
+              f"{r['low']:+.4f} … {r['high']:+.4f}")
+    line = json.dumps({"benchmark": "compare_evals", "before": str(args.before), "after": str(args.after),
+                       "resamples": args.resamples, "results": result})
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""`bench/compare_evals.py`: the paired difference of two eval runs, checked by hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[2] / "bench" / "compare_evals.py"
+
+
+def _record(image: str, truth: str, answered: str) -> dict[str, object]:
+    return {"image": image, "defect_type": answered, "type_correct": answered == truth,
+            "label": {"defect_type": truth}}
+
+
+def _write(path: Path, answers: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(_record(f"f{i}", t, a)) + "\n" for i, (t, a) in enumerate(answers)))
+    return path
+
+
+def test_the_difference_of_two_runs_is_paired_and_computed_as_by_hand(tmp_path: Path) -> None:
+    # 4 defects and 2 good parts; the second run names two more types right and passes a good part
+    before = _write(tmp_path / "a.jsonl", [("pit", "burn"), ("pit", "burn"), ("dent", "dent"), ("crack", "none"),
+                                           ("none", "none"), ("none", "stain")])
+    after = _write(tmp_path / "b.jsonl", [("pit", "pit"), ("pit", "pit"), ("dent", "dent"), ("crack", "none"),
+                                          ("none", "none"), ("none", "none")])
+    out = subprocess.run([sys.executable, str(SCRIPT), str(before), str(after), "--resamples", "400"],
+                         check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])["results"]
+    # before: tp 3, fp 1, fn 1 -> F1 6/8; after: tp 3, fp 0, fn 1 -> F1 6/7
+    assert result["image_f1"]["before"] == pytest.approx(0.75)
+    assert result["image_f1"]["after"] == pytest.approx(round(6 / 7, 4))
+    assert result["type_accuracy"]["before"] == 0.25 and result["type_accuracy"]["after"] == 0.75
+    assert result["type_accuracy"]["difference"] == 0.5
+    typ = result["type_accuracy"]
+    assert typ["low"] <= typ["difference"] <= typ["high"] and typ["low"] >= 0.0  # never worse in a resample
+
+
+def test_runs_on_different_items_are_refused(tmp_path: Path) -> None:
+    before = _write(tmp_path / "a.jsonl", [("pit", "pit"), ("none", "none")])
+    after = _write(tmp_path / "b.jsonl", [("pit", "pit")])
+    done = subprocess.run([sys.executable, str(SCRIPT), str(before), str(after)], capture_output=True, text=True)
+    assert done.returncode != 0 and "different items" in done.stderr
