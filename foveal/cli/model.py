@@ -157,6 +157,10 @@ def train_rl(
                                         "and plots here (e.g. docs/rl/<run>)."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default; 1 is "
                                 "measured 2.5-9x faster on 2 cores while other work runs, docs/rl.md)."),
+    look_first: bool | None = typer.Option(
+        None, "--look-first/--no-look-first",
+        help="A single frame is looked at before its verdict (default: the checkpoint's choice; "
+             "off lets RL train the whole-view decision)."),
 ) -> None:
     """Curiosity-driven GRPO from an SFT model; saves a loadable model, metrics.jsonl and plots."""
     import torch
@@ -173,7 +177,7 @@ def train_rl(
                       rewards=RewardConfig(alpha=alpha, beta=beta, rapr_target=rapr_target, n_free=n_free),
                       lr=lr, temperature=temperature, max_turn_tokens=max_turn_tokens,
                       micro_batch=micro_batch, max_items=max_items, dev_items=dev_items,
-                      eval_every=eval_every, seed=seed)
+                      eval_every=eval_every, seed=seed, look_first=look_first)
     with _bar() as bar:
         rows = run(config, _Phases(bar))
     last = rows[-1] if rows else {}

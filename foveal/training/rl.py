@@ -78,6 +78,10 @@ class RLConfig:
     dev_items: int = 64
     seed: int = 0
     version: str = ""  # recorded with the model ("" keeps the SFT model's with an `-rl` suffix)
+    # a single frame is looked at before its verdict (`foveal.reasoning.pointer`); None: the
+    # checkpoint's choice. With it on, the written zoom carries no loss, so the policy's whole-view
+    # decision is not trained: the learning-trap runs want it off
+    look_first: bool | None = None
 
     def resolved(self) -> dict[str, Any]:
         """JSON-ready, every default filled in: what `rl_config.json` and the checkpoint keep."""
@@ -191,7 +195,8 @@ def restore(path: Path, policy: VLM, optimizer: torch.optim.Optimizer, rng: rand
 def dev_metrics(policy: VLM, config: RLConfig) -> dict[str, float | None]:
     """The greedy loop on the first dev items: the FovealBench figures RL should move."""
     assert config.dev is not None
-    metrics, _ = evaluate_model(policy, config.dev, limit=config.dev_items, batch_size=8)
+    metrics, _ = evaluate_model(policy, config.dev, limit=config.dev_items, batch_size=8,
+                                options=LoopOptions(look_first=config.look_first))
     o = metrics.overall
     return {"overall_accuracy": o.overall_accuracy, "type_accuracy": o.type_accuracy, "rapr": o.rapr,
             "false_reject_at_escape": o.false_reject_at_escape, "image_f1": o.image_f1}
@@ -230,7 +235,8 @@ def run_episode(policy: VLM, rollout: RolloutPolicy, optimizer: torch.optim.Opti
                 progress: Progress) -> tuple[EpisodeState, int]:
     """Rollouts and updates of one episode, step by step; the state and the queries seen after it."""
     options = LoopOptions(max_operations=config.max_operations, max_turn_tokens=config.max_turn_tokens,
-                          max_turns=config.max_turns, temperature=config.temperature)
+                          max_turns=config.max_turns, temperature=config.temperature,
+                          look_first=config.look_first)
     picked = episode_queries(queries, config.queries_per_episode, episode, config.seed)
     state = EpisodeState()
     for n, start in enumerate(range(0, len(picked), config.queries_per_step)):

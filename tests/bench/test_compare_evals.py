@@ -24,10 +24,10 @@ def _write(path: Path, answers: list[tuple[str, str]]) -> Path:
 
 def test_the_difference_of_two_runs_is_paired_and_computed_as_by_hand(tmp_path: Path) -> None:
     # 4 defects and 2 good parts; the second run names two more types right and passes a good part
-    before = _write(tmp_path / "a.jsonl", [("pit", "burn"), ("pit", "burn"), ("dent", "dent"), ("crack", "none"),
-                                           ("none", "none"), ("none", "stain")])
-    after = _write(tmp_path / "b.jsonl", [("pit", "pit"), ("pit", "pit"), ("dent", "dent"), ("crack", "none"),
-                                          ("none", "none"), ("none", "none")])
+    before = _write(tmp_path / "a.jsonl", [("pit", "burn"), ("pit", "burn"), ("dent", "dent"),
+                                           ("crack", "none"), ("none", "none"), ("none", "stain")])
+    after = _write(tmp_path / "b.jsonl", [("pit", "pit"), ("pit", "pit"), ("dent", "dent"),
+                                          ("crack", "none"), ("none", "none"), ("none", "none")])
     out = subprocess.run([sys.executable, str(SCRIPT), str(before), str(after), "--resamples", "400"],
                          check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])["results"]
@@ -43,5 +43,6 @@ def test_the_difference_of_two_runs_is_paired_and_computed_as_by_hand(tmp_path: 
 def test_runs_on_different_items_are_refused(tmp_path: Path) -> None:
     before = _write(tmp_path / "a.jsonl", [("pit", "pit"), ("none", "none")])
     after = _write(tmp_path / "b.jsonl", [("pit", "pit")])
-    done = subprocess.run([sys.executable, str(SCRIPT), str(before), str(after)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(SCRIPT), str(before), str(after)],
+                          capture_output=True, text=True)
     assert done.returncode != 0 and "different items" in done.stderr

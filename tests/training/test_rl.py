@@ -258,3 +258,31 @@ def test_queries_cover_every_folder(tiny_data: Path) -> None:
     queries = queries_from([tiny_data, tiny_data], limit=2)
     assert [q.folder for q in queries] == [tiny_data] * 4
     assert isinstance(queries[0], Query) and queries[0].inspection().frames
+
+
+def test_rollouts_and_dev_evals_follow_the_runs_look_first_choice(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a look-first checkpoint writes the zoom with no loss, so a learning-trap run turns it off
+    from foveal.training import rl
+
+    seen: list[bool | None] = []
+
+    def rollouts(rollout: object, queries: object, group: int, options: LoopOptions, *rest: object) -> None:
+        seen.append(options.look_first)
+        raise StopIteration
+
+    def dev_eval(policy: object, folder: Path, **kwargs: object) -> None:
+        seen.append(kwargs["options"].look_first)  # type: ignore[attr-defined]
+        raise StopIteration
+
+    monkeypatch.setattr(rl, "roll_out", rollouts)
+    monkeypatch.setattr(rl, "evaluate_model", dev_eval)
+    queries = queries_from([tiny_data])
+    for choice in (False, None):
+        config = RLConfig(model=tmp_path, data=[tiny_data], out=tmp_path, dev=tiny_data, look_first=choice)
+        with pytest.raises(StopIteration):
+            rl.run_episode(None, None, None, 0, queries, 0, config, random.Random(0), None)  # type: ignore[arg-type]
+        with pytest.raises(StopIteration):
+            rl.dev_metrics(None, config)  # type: ignore[arg-type]
+    assert seen == [False, False, None, None]
+    assert RLConfig(model=tmp_path, data=[], out=tmp_path, look_first=False).resolved()["look_first"] is False
