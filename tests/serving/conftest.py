@@ -40,6 +40,14 @@ def triton_settings(tmp_path_factory: pytest.TempPathFactory, taught_vlm: VLM) -
     pointer_vlm = copy.copy(taught_vlm)
     pointer_vlm.meta = dict(taught_vlm.meta, pointer=True, rerank=8)
     save(pointer_vlm, pointing / "1" / "weights")
+    # and as one that also looks at a single frame before its verdict, as the default does
+    looking = repo / "foveal_vl_look"
+    (looking / "1").mkdir(parents=True)
+    (looking / "config.pbtxt").write_text(config.replace('name: "foveal_vl"', 'name: "foveal_vl_look"', 1))
+    shutil.copy(REPOSITORY / "1" / "model.py", looking / "1" / "model.py")
+    look_vlm = copy.copy(taught_vlm)
+    look_vlm.meta = dict(pointer_vlm.meta, look_first=True)
+    save(look_vlm, looking / "1" / "weights")
     return embedded_settings(root / "home", model_repository=repo,
                              model_dir=repo / "foveal_vl" / "1" / "weights")
 

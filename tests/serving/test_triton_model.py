@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,25 @@ def test_the_host_hears_that_operations_are_disabled(taught_vlm: VLM) -> None:
     assert isinstance(out[0], dict) and isinstance(out[1], dict)
     assert out[0]["GENERATED"][0].tolist() == zoom and out[0]["FORCED"][0].all()
     assert out[1]["GENERATED"][0].tolist() != zoom and not out[1]["FORCED"][0].any()
+
+
+def test_a_look_first_checkpoint_on_triton_looks_as_in_process_and_not_without_operations(
+        triton: Stack, taught_vlm: VLM) -> None:
+    # the config.pbtxt declares OPERATIONS (Triton refuses an undeclared input) and the model
+    # reads it: without operations the checkpoint answers as it would, with them it looks first
+    address = triton.settings.triton_address
+    engine = TritonEngine(address, "foveal_vl_look", taught_vlm.chat, taught_vlm.budget)
+    try:
+        remote = run(engine, "zoom")
+        plain = Loop(engine, replace(OPTIONS, allow_operations=False)).run([item("zoom")])[0]
+    finally:
+        engine.close()
+    looking = LocalEngine(taught_vlm, pointer=True, rerank=8, look_first=True)
+    local = Loop(looking, OPTIONS).run([item("zoom")])[0]
+    assert local.steps[0].text.startswith(ZOOM_SENTENCE)
+    assert remote.conversation.ids == local.conversation.ids
+    assert remote.conversation.loss == local.conversation.loss
+    assert plain.steps[0].text.startswith("A mark.") and plain.operations == 0
 
 
 def test_a_grounded_selection_reaches_the_service_as_it_is_in_process(triton: Stack, taught_vlm: VLM) -> None:
