@@ -206,7 +206,7 @@ def eval_command(
              "(0: none; default: the checkpoint's choice)."),
     look_first: bool | None = typer.Option(
         None, "--look-first/--no-look-first",
-        help="A defect named from the whole view is looked at up close first "
+        help="A single frame is looked at up close before its verdict "
              "(default: the checkpoint's choice)."),
 ) -> None:
     """Evaluate on FovealBench: F1, false reject at 1 % escape, type accuracy, box hits, RaPR, latency.
@@ -268,7 +268,7 @@ def predict_command(
              "(0: none; default: the checkpoint's choice)."),
     look_first: bool | None = typer.Option(
         None, "--look-first/--no-look-first",
-        help="A defect named from the whole view is looked at up close first "
+        help="A single frame is looked at up close before its verdict "
              "(default: the checkpoint's choice)."),
 ) -> None:
     """Inspect images; write verdict, defect type, confidence, evidence box and steps per image."""

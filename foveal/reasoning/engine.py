@@ -135,7 +135,7 @@ class LocalEngine:
         # candidate looks seen at full resolution before a box is written: None = the
         # checkpoint's choice (its foveal.json `rerank`, 0 when absent)
         probes = int(vlm.meta.get("rerank", 0)) if rerank is None else rerank
-        # a defect named from the whole view is looked at first: None = the checkpoint's choice
+        # a single frame is looked at before its verdict: None = the checkpoint's choice
         # (its foveal.json `look_first`, off when absent)
         look = bool(vlm.meta.get("look_first", False)) if look_first is None else look_first
         self.pointer: CellPointer | None = (CellPointer(vlm, rerank=probes, look_first=look)

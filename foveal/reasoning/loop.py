@@ -61,8 +61,8 @@ class LoopOptions:
     # candidate looks the pointer sees at full resolution before it writes a box (0: none);
     # None: the checkpoint's choice (its foveal.json `rerank`). Only for a loaded `VLM`, too
     rerank: int | None = None
-    # a defect named from the whole view is looked at first (`foveal.reasoning.pointer`); None:
-    # the checkpoint's choice (its foveal.json `look_first`). Only for a loaded `VLM`, too
+    # a single frame is looked at before its verdict (`foveal.reasoning.pointer`); None: the
+    # checkpoint's choice (its foveal.json `look_first`). Only for a loaded `VLM`, too
     look_first: bool | None = None
 
 

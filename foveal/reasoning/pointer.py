@@ -299,8 +299,8 @@ class CellPointer:
 
     def forced(self, looks: Looks, generated: list[int], token: int, operations: bool = True) -> list[int]:
         """What the engine writes instead of the model's `token`, given the turn's tokens so far
-        (`generated`, without `token`): the zoom sentence instead of a defect named from the
-        whole view (`look_first`), a box, frames in a call or frames in prose, the type of an
+        (`generated`, without `token`): the zoom sentence instead of a verdict from the whole
+        view (`look_first`), a box, frames in a call or frames in prose, the type of an
         answer; or nothing."""
         resumed = looks.answer_open and not generated  # the answer opened before the stop
         if self.look_first and operations and not generated and token != self._zoom[0] and not resumed \
