@@ -92,6 +92,7 @@ from foveal.domain import DEFECT_TYPES, NO_DEFECT
 from foveal.model.loader import VLM
 from foveal.model.pixels import normalized
 from foveal.operations import look_box
+from foveal.reasoning.prompts import ZOOM_SENTENCE
 
 TRIGGER = '"bbox_2d": ['
 CLOSE = '], "target_image": 1}}</tool_call>'  # the call's only valid ending on the whole frame
@@ -108,9 +109,6 @@ PROBE_PIXELS = 336 * 336
 # 448 px on 167 test crops (`/work/data/exp/tight.py`)
 TIGHT_SIDE = 0.25
 FRAMES_PER_LOOK = 2  # frames per selection (the trajectories select 2-4 of the frames that show it)
-# the trajectories' one zoom sentence (`foveal.training.trajectories`): every zoom of a single
-# frame's first turn opens with it
-ZOOM_SENTENCE = "Let me zoom in for a closer look."
 _NAMING = re.compile(r"(?:^|\W)(?:tiles?|frames?) $")  # prose about to name frame numbers
 
 

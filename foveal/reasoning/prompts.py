@@ -8,6 +8,10 @@ from collections.abc import Sequence
 
 from foveal.domain import NO_DEFECT
 
+# the one sentence every zoom of a single frame's first turn opens with: the trajectories teach
+# it (`foveal.training.trajectories`) and a look-first pointer writes it (`foveal.reasoning.pointer`)
+ZOOM_SENTENCE = "Let me zoom in for a closer look."
+
 SYSTEM_PROMPT = (
     "You are an industrial visual inspector. You may call a tool inside <tool_call></tool_call>: "
     '{"name": "crop_image_normalized", "arguments": {"bbox_2d": [x1, y1, x2, y2], "target_image": k}} '

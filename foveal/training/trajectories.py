@@ -35,7 +35,7 @@ from foveal.operations import (
     to_original,
 )
 from foveal.plant.dataset import BoxN, Label
-from foveal.reasoning.prompts import inspection_prompt
+from foveal.reasoning.prompts import ZOOM_SENTENCE, inspection_prompt
 
 KINDS = ("direct", "single", "wrong1", "wrong2", "refine", "look_none",
          "seq_direct", "seq_single", "seq_zoom", "seq_wrong")
@@ -133,7 +133,7 @@ _TOO_SMALL = ("The mark is too small to judge at this scale. Zooming in further.
 # random for looks at defect-free parts) with `\boxed{}`, and never zoomed; with answers that
 # all opened "The whole frame shows" (v5) the verdict came at the fifth word, outside the weighted
 # tokens, and the model answered `none` to every test item.
-_ZOOM = "Let me zoom in for a closer look."
+_ZOOM = ZOOM_SENTENCE
 _FINAL = ("A {type}: up close, the {loc} shows {app}.",
           "A {type}: zoomed in, the {loc} shows {app}.",
           "A {type}: the crop of the {loc} shows {app}.",
