@@ -375,15 +375,23 @@ def _crop_view(box: Sequence[float], view: View, ws: Workspace, budget: ImageBud
                ) -> View | str:
     """The crop of `box` (normalized to `view`, padded) from the full-resolution frame behind
     `view`, resized to the budget; or why the box is too small."""
-    left, top, right, bottom = pixel_region(to_original(pad_and_clamp(box), view.region))
+    return crop_of(box, ws.frames[view.frame_index], view.region, view.frame_index, budget or ws.budget)
+
+
+def crop_of(box: Sequence[float], frame: RGBImage, region: Sequence[int], frame_index: int,
+            budget: ImageBudget) -> View | str:
+    """The crop of `box` (normalized to an image showing `region` of `frame`, padded) from
+    `frame` at full resolution, resized to `budget`; or why the box is too small. A crop needs
+    only the frame and the region of the image it is drawn on, so the model's server can make
+    the grounded pointer's probes itself (`foveal.reasoning.engine`)."""
+    left, top, right, bottom = pixel_region(to_original(pad_and_clamp(box), region))
     width, height = right - left, bottom - top
     if min(width, height) <= MIN_SIDE_PX or max(width, height) / min(width, height) > MAX_ASPECT:
         return (f"with its padding the box covers {width}x{height} pixels of the original; "
                 f"each side must exceed {MIN_SIDE_PX} pixels (aspect ratio at most "
                 f"{MAX_ASPECT}). Choose a larger box.")
-    frame = ws.frames[view.frame_index]
-    return View(resize_to_budget(frame[top:bottom, left:right], budget or ws.budget),
-                (left, top, right, bottom), view.frame_index, "crop")
+    return View(resize_to_budget(frame[top:bottom, left:right], budget),
+                (left, top, right, bottom), frame_index, "crop")
 
 
 def preview(box: Sequence[float], target: int, ws: Workspace, budget: ImageBudget | None = None

@@ -28,8 +28,8 @@ from transformers import DynamicCache
 from foveal.errors import FovealError
 from foveal.model.chat import IMAGE, ChatFormat, Chunk, positions
 from foveal.model.loader import VLM
-from foveal.operations import ImageBudget
-from foveal.reasoning.pointer import CellPointer, Looks
+from foveal.operations import ImageBudget, crop_of
+from foveal.reasoning.pointer import CellPointer, Looks, probe_budget
 
 
 class EngineUnavailable(FovealError):
@@ -55,6 +55,14 @@ class TurnRequest:
     # full resolution (None: that crop cannot be made); the turn then goes on with the best
     probes: tuple[npt.NDArray[np.uint8] | None, ...] = ()
     operations: bool = True  # the inspection may call operations (False: `--no-ops`)
+    # the inspection's full-resolution frame, sent once (with the session's first turn) by a
+    # client that lets the engine cut the pointer's probes itself: the turn then goes on through
+    # them instead of stopping for them (`TurnReply.probes`), a round trip less per probe
+    source: npt.NDArray[np.uint8] | None = None
+    # per image of the chunk, the region of `source` it shows (left, top, right, bottom in whole
+    # pixels; None: not a view of the source, such as a sequence's overview). Probes on an image
+    # whose region the engine does not know are asked for as before
+    regions: tuple[tuple[int, int, int, int] | None, ...] = ()
 
 
 @dataclass
@@ -107,6 +115,15 @@ class Engine(Protocol):
 
 
 @dataclass
+class _Source:
+    """A session's full-resolution frame and, per image shown so far, the region of it that the
+    image shows (None: unknown): what the engine cuts the pointer's probes from."""
+
+    frame: npt.NDArray[np.uint8]
+    regions: list[tuple[int, int, int, int] | None]
+
+
+@dataclass
 class _Session:
     layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (1, H, L, D) keys and values
     next_pos: int  # rotary position after the last cached token
@@ -141,6 +158,7 @@ class LocalEngine:
         self.pointer: CellPointer | None = (CellPointer(vlm, rerank=probes, look_first=look)
                                             if wanted else None)
         self.looks: dict[int, Looks] = {}  # per session: the pointer's candidate boxes
+        self.sources: dict[int, _Source] = {}  # per session that sent its frame (`TurnRequest.source`)
         self.share_prefill = share_prefill  # False: every row encodes its own chunk (the baseline)
         self.vision = vision  # None: the model's own (torch) vision tower
         self.chat = vlm.chat
@@ -157,8 +175,12 @@ class LocalEngine:
     def release(self, sessions: Iterable[int]) -> None:
         with self._lock:
             for session in sessions:
-                self.sessions.pop(session, None)
-                self.looks.pop(session, None)
+                self._forget(session)
+
+    def _forget(self, session: int) -> None:
+        self.sessions.pop(session, None)
+        self.looks.pop(session, None)
+        self.sources.pop(session, None)
 
     def ready(self, timeout_s: float = 1.0) -> bool:
         return True
@@ -169,6 +191,8 @@ class LocalEngine:
             return 0
         cutoff = time.monotonic() - self.idle_timeout_s
         stale = [s for s, state in list(self.sessions.items()) if state.touched < cutoff]
+        # and the frames of sessions whose first turn failed (never stored): called between turns
+        stale += [s for s in list(self.sources) if s not in self.sessions]
         self.release(stale)
         return len(stale)
 
@@ -192,6 +216,7 @@ class LocalEngine:
         for r in requests:
             if r.restart:
                 self.sessions.pop(r.session, None)
+            self._keep_source(r)
         states = [self.sessions.get(r.session) or _Session([], 0, 0.0) for r in requests]
         looks = self._point(requests, states)
         for r, pointing in zip(requests, looks, strict=True):
@@ -226,18 +251,25 @@ class LocalEngine:
                 token = int(chosen[b])
                 pointing = looks[b]
                 probing = False
+                cut_here = False  # the probes were cut from the session's frame: the turn goes on
                 if pointing is not None and not pointing.queue and self.pointer is not None:
                     asked = self.pointer.probe_request(pointing, [*reply.tokens, token])
-                    if asked is not None:
+                    crops = None if asked is None else self._probes(r.session, *asked)
+                    if crops is not None:
+                        # as a resumed turn would: rank the candidates (their box is written
+                        # from the next token on) or read the answer's type on the tight look
+                        self.pointer.probed(pointing, crops)
+                        pointing.answer_open, cut_here = False, True
+                    elif asked is not None:
                         # a box or an answer opens: end the turn here and ask for the crops of
                         # the candidate looks, or of the tight look the type is read on
                         probing = True
                         reply.probes, reply.probe_image = asked
-                    else:
+                    elif not cut_here:
                         pointing.queue = self.pointer.forced(pointing, reply.tokens, token, r.operations)
                         if pointing.answered is not None:
                             reply.answer_prob, pointing.answered = pointing.answered, None
-                forced = pointing is not None and bool(pointing.queue)
+                forced = pointing is not None and bool(pointing.queue) and not cut_here
                 if forced:  # the pointer writes the box, the frames or the answer's type
                     assert pointing is not None
                     token = pointing.queue.pop(0)
@@ -284,8 +316,7 @@ class LocalEngine:
         now = time.monotonic()
         for r, state in zip(requests, batch.split(), strict=True):
             if r.end:
-                self.sessions.pop(r.session, None)
-                self.looks.pop(r.session, None)
+                self._forget(r.session)
             else:
                 self.sessions[r.session] = _Session(state.layers, state.next_pos, now)
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -293,6 +324,38 @@ class LocalEngine:
         for reply in replies:
             reply.model_ms, reply.model = elapsed_ms, ref
         return replies
+
+    def source_frame(self, session: int) -> npt.NDArray[np.uint8] | None:
+        """The full-resolution frame a session sent (`TurnRequest.source`), if any."""
+        source = self.sources.get(session)
+        return None if source is None else source.frame
+
+    def _keep_source(self, r: TurnRequest) -> None:
+        """Keep a session's frame and the regions its images show (a restart resends them all)."""
+        if r.source is not None:
+            self.sources[r.session] = _Source(r.source, [])
+        source = self.sources.get(r.session)
+        if source is None:
+            return
+        if r.restart:
+            source.regions = []
+        shown = list(r.regions[:len(r.chunk.patches)])
+        source.regions += shown + [None] * (len(r.chunk.patches) - len(shown))
+
+    def _probes(self, session: int, boxes: Sequence[tuple[float, float, float, float]], image: int
+                ) -> list[npt.NDArray[np.uint8] | None] | None:
+        """The crops of the pointer's probes (`boxes` on image `image`, 1-based), cut here from the
+        session's frame as the loop would cut them; None when the session sent no frame or the
+        image's region is unknown (then the turn stops and asks for them)."""
+        source = self.sources.get(session)
+        if source is None or not 1 <= image <= len(source.regions):
+            return None
+        region = source.regions[image - 1]
+        if region is None:
+            return None
+        budget = probe_budget(self.budget)
+        crops = [crop_of(box, source.frame, region, 0, budget) for box in boxes]
+        return [None if isinstance(c, str) else c.pixels for c in crops]
 
     def _point(self, requests: Sequence[TurnRequest], states: Sequence[_Session]) -> list[Looks | None]:
         """Per row, the pointer's state when it writes this row's boxes or frames: rows of

@@ -16,7 +16,7 @@ import copy
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from foveal.operations import (
     preview,
 )
 from foveal.reasoning.engine import Engine, LocalEngine, ModelRef, TurnReply, TurnRequest
-from foveal.reasoning.pointer import PROBE_PIXELS
+from foveal.reasoning.pointer import probe_budget
 
 BOXED = "\\boxed{"
 
@@ -64,6 +64,11 @@ class LoopOptions:
     # a single frame is looked at before its verdict (`foveal.reasoning.pointer`); None: the
     # checkpoint's choice (its foveal.json `look_first`). Only for a loaded `VLM`, too
     look_first: bool | None = None
+    # a single frame goes to the engine with the first turn, and each image's region of it with
+    # the image, so that a grounded pointer cuts its probes there and a turn goes on through
+    # them (over Triton: two model calls per zoom instead of four); False: the turn stops for
+    # them and the loop cuts them, a round trip each (sequences always do)
+    ship_frame: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ class _Row:
     ended: bool = False  # the engine has forgotten the session
     partial: TurnReply | None = None  # a turn that stopped to ask for its candidates' crops
     probes: tuple[RGBImage | None, ...] = ()  # those crops, for the next request
+    shipped: bool = False  # the frame went to the engine (`LoopOptions.ship_frame`)
 
 
 class DeadlineExceeded(FovealError):
@@ -216,6 +222,13 @@ class Loop:
         restart = not options.reuse_cache
         chunk = Chunk().extend(row.trace.conversation) if restart else row.pending
         row.pending = Chunk()
+        source: RGBImage | None = None
+        regions: tuple[tuple[int, int, int, int] | None, ...] = ()
+        if options.ship_frame and not row.ws.is_sequence:
+            shown = len(chunk.patches)  # the chunk's images are the last views
+            regions = tuple(v.region for v in row.ws.views[len(row.ws.views) - shown:]) if shown else ()
+            if not row.shipped:
+                source, row.shipped = row.item.frames[0], True
         probes, row.probes = row.probes, ()
         so_far = len(row.partial.tokens) if row.partial is not None else 0
         if restart and row.partial is not None:  # the turn so far is not in the conversation yet
@@ -224,12 +237,12 @@ class Loop:
             watch = tuple(self.first_id(n) for n in row.item.taxonomy)
             row.ended = True
             return TurnRequest(row.session, chunk, 0, self.fmt.stop_ids, watch, restart=restart, end=True,
-                               frames=len(row.item.frames))
+                               frames=len(row.item.frames), source=source, regions=regions)
         room = options.max_total_tokens - len(row.trace.conversation) - so_far
         return TurnRequest(row.session, chunk, max(1, min(options.max_turn_tokens - so_far, room)),
                            self.fmt.stop_ids, (self.first_id(NO_DEFECT),), options.temperature,
                            restart=restart, frames=len(row.item.frames), probes=probes,
-                           operations=options.allow_operations)
+                           operations=options.allow_operations, source=source, regions=regions)
 
     def _probe(self, row: _Row, reply: TurnReply) -> None:
         """The turn stopped where the engine is about to write a grounded box: crop its candidate
@@ -237,8 +250,7 @@ class Loop:
         which goes on with the turn."""
         began = time.perf_counter()
         row.partial = reply if row.partial is None else _joined(row.partial, reply)
-        budget = replace(self.budget, max_pixels=min(self.budget.max_pixels, PROBE_PIXELS),
-                         min_pixels=min(self.budget.min_pixels, PROBE_PIXELS))
+        budget = probe_budget(self.budget)
         crops = [preview(box, reply.probe_image, row.ws, budget) for box in reply.probes]
         row.probes = tuple(None if view is None else view.pixels for view in crops)
         row.pending = self.fmt.token(reply.tokens[-1], loss=True)  # generated, not yet fed

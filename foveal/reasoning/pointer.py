@@ -82,7 +82,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -91,7 +91,7 @@ import torch
 from foveal.domain import DEFECT_TYPES, NO_DEFECT
 from foveal.model.loader import VLM
 from foveal.model.pixels import normalized
-from foveal.operations import look_box
+from foveal.operations import ImageBudget, look_box
 from foveal.reasoning.prompts import ZOOM_SENTENCE
 
 TRIGGER = '"bbox_2d": ['
@@ -110,6 +110,12 @@ PROBE_PIXELS = 336 * 336
 TIGHT_SIDE = 0.25
 FRAMES_PER_LOOK = 2  # frames per selection (the trajectories select 2-4 of the frames that show it)
 _NAMING = re.compile(r"(?:^|\W)(?:tiles?|frames?) $")  # prose about to name frame numbers
+
+
+def probe_budget(budget: ImageBudget) -> ImageBudget:
+    """The pixel budget the probes' crops are cut at: the model's, capped at `PROBE_PIXELS`."""
+    return replace(budget, max_pixels=min(budget.max_pixels, PROBE_PIXELS),
+                   min_pixels=min(budget.min_pixels, PROBE_PIXELS))
 
 
 @dataclass

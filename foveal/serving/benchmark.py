@@ -165,7 +165,7 @@ def reference_loop(settings: Settings, vision: str = "torch") -> Loop:
         from foveal.serving.onnx_vision import OnnxVision, export
 
         features = OnnxVision(export(vlm, Path(tempfile.mkdtemp()) / "vision.onnx"), vlm)
-    return Loop(LocalEngine(vlm, vision=features), LoopOptions())
+    return Loop(LocalEngine(vlm, vision=features), LoopOptions(ship_frame=settings.reasoner_ship_frame))
 
 
 def in_process(settings: Settings, inspections: Sequence[Inspection], vision: str = "torch") -> Level:
@@ -224,7 +224,7 @@ def kept_versus_resent(settings: Settings, inspections: Sequence[Inspection]) ->
     out = []
     try:
         for name, reuse in (("triton, conversation kept", True), ("triton, re-sent every turn", False)):
-            loop = Loop(engine, LoopOptions(reuse_cache=reuse))
+            loop = Loop(engine, LoopOptions(reuse_cache=reuse, ship_frame=settings.reasoner_ship_frame))
             seconds, latencies = timed_each(inspections, lambda item, lp=loop: lp.run([item]), 1)  # type: ignore[misc]
             out.append(Level(name, 1, seconds, latencies))
     finally:

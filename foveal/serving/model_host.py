@@ -19,6 +19,11 @@ Per-request tensors (each with Triton's leading batch dimension of 1):
   PROBES uint8 [sum h*w*3]      crops of the candidate looks a reply asked for, raw RGB, in order
   PROBE_SHAPES int32 [2k]       (h, w) per crop; (0, 0) for a crop that could not be made
   OPERATIONS bool [1]           the inspection may call operations (absent: true; false: no-ops)
+  SOURCE uint8 [h*w*3]          the inspection's full-resolution frame, raw RGB, sent once (a
+                                single frame): the model cuts the pointer's probes from it
+  SOURCE_SHAPE int32 [2]        its (h, w)
+  REGIONS int32 [4k]            per image of IMAGES, the region of SOURCE it shows (left, top,
+                                right, bottom); -1s for an image that shows none
   START / END int32 [1]         sequence controls (Triton fills them)
 Outputs: GENERATED int64 [g], LOGPROBS fp32 [g], WATCH_LOGPROBS fp32 [max(1, g), w],
   FORCED bool [g] (tokens the engine wrote: a grounded box, frames or answer type) and
@@ -126,6 +131,10 @@ class ModelHost:
         expected = sum(spec.tokens(g) for g in chunk.grids)
         if sum(is_image) != expected:
             raise TurnInputError(f"{sum(is_image)} image tokens for images that need {expected}")
+        sources = self._images(tensors, "SOURCE", "SOURCE_SHAPE")
+        if len(sources) > 1:
+            raise TurnInputError(f"SOURCE_SHAPE describes {len(sources)} frames; an inspection sends one")
+        source = sources[0] if sources else None
         max_new = int(_row(tensors, "MAX_NEW_TOKENS", np.array([0]))[0])
         if control.start and not control.end and not ids:
             raise TurnInputError("a sequence must start with tokens")
@@ -137,7 +146,32 @@ class ModelHost:
             restart=control.start or bool(_row(tensors, "RESTART", np.zeros(1, bool))[0]),
             end=control.end, frames=max(1, int(_row(tensors, "FRAMES", np.ones(1, np.int32))[0])),
             probes=tuple(self._images(tensors, "PROBES", "PROBE_SHAPES", empty=True)),
-            operations=bool(_row(tensors, "OPERATIONS", np.ones(1, bool))[0]))
+            operations=bool(_row(tensors, "OPERATIONS", np.ones(1, bool))[0]),
+            source=source, regions=self._regions(tensors, len(images), source, control.correlation_id))
+
+    def _regions(self, tensors: Tensors, images: int, source: npt.NDArray[np.uint8] | None,
+                 session: int) -> tuple[tuple[int, int, int, int] | None, ...]:
+        """REGIONS as one region (or None) per image of the chunk, each checked against the frame
+        it is of (this request's SOURCE, else the one the session sent)."""
+        values = _row(tensors, "REGIONS", np.zeros(0, np.int32)).astype(np.int64)
+        if not values.size:
+            return ()
+        if values.size != 4 * images:
+            raise TurnInputError(f"REGIONS holds {values.size} numbers for {images} images (4 each)")
+        frame = source if source is not None else self.engine.source_frame(session)
+        out: list[tuple[int, int, int, int] | None] = []
+        for left, top, right, bottom in values.reshape(-1, 4).tolist():
+            if (left, top, right, bottom) == (-1, -1, -1, -1):
+                out.append(None)
+                continue
+            if frame is None:
+                raise TurnInputError("REGIONS needs the inspection's SOURCE frame first")
+            height, width = frame.shape[:2]
+            if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+                raise TurnInputError(f"region {(left, top, right, bottom)} is outside the "
+                                     f"{width}x{height} SOURCE")
+            out.append((left, top, right, bottom))
+        return tuple(out)
 
     @staticmethod
     def _images(tensors: Tensors, data_name: str = "IMAGES", shapes_name: str = "IMAGE_SHAPES",

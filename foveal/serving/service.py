@@ -91,6 +91,7 @@ class ServiceConfig:
             health_poll_s=settings.reasoner_health_poll_s,
             timeout_s=settings.reasoner_timeout_s, blob_root=settings.blob_root,
             blob_url=settings.blob_url, s3_endpoint_url=settings.s3_endpoint_url,
+            loop=LoopOptions(ship_frame=settings.reasoner_ship_frame),
         )
         values.update(overrides)
         return cls(**values)

@@ -89,7 +89,7 @@ class TritonEngine:
                 self._started.add(r.session)
         inputs = _inputs(np.asarray(r.chunk.ids, np.int64), r.chunk.images, r.max_new_tokens,
                          sorted(r.stop_ids), r.watch, r.temperature, r.restart, r.frames, r.probes,
-                         r.operations)
+                         r.operations, r.source, r.regions)
         result, ms = self._infer(inputs, r.session, start=start, end=r.end, timeout_s=timeout_s)
         tokens = result.as_numpy("GENERATED")
         logprobs = result.as_numpy("LOGPROBS")
@@ -139,11 +139,12 @@ def _ignore(result: object, error: object) -> None:
 def _inputs(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]], max_new: int,
             stop_ids: Sequence[int], watch: Sequence[int], temperature: float,
             restart: bool, frames: int, probes: Sequence[npt.NDArray[np.uint8] | None],
-            operations: bool = True
+            operations: bool = True, source: npt.NDArray[np.uint8] | None = None,
+            regions: Sequence[tuple[int, int, int, int] | None] = ()
             ) -> list[triton_grpc.InferInput]:
     inputs = []
     for name, value, dtype in _arrays(ids, images, max_new, stop_ids, watch, temperature, restart,
-                                      frames, probes, operations):
+                                      frames, probes, operations, source, regions):
         tensor = triton_grpc.InferInput(name, [1, *value.shape], dtype)
         tensor.set_data_from_numpy(value[None])
         inputs.append(tensor)
@@ -153,7 +154,8 @@ def _inputs(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]],
 def _arrays(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]], max_new: int,
             stop_ids: Sequence[int], watch: Sequence[int], temperature: float,
             restart: bool, frames: int, probes: Sequence[npt.NDArray[np.uint8] | None],
-            operations: bool = True
+            operations: bool = True, source: npt.NDArray[np.uint8] | None = None,
+            regions: Sequence[tuple[int, int, int, int] | None] = ()
             ) -> list[tuple[str, npt.NDArray[np.generic], str]]:
     """A turn's input tensors (name, value without Triton's batch dimension, Triton dtype)."""
     shapes, pixels = _packed(images)
@@ -173,6 +175,12 @@ def _arrays(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]],
         arrays += [("PROBES", probe_pixels, "UINT8"), ("PROBE_SHAPES", probe_shapes, "INT32")]
     if not operations:  # optional: the model reads its absence as operations allowed
         arrays.append(("OPERATIONS", np.asarray([False]), "BOOL"))
+    if source is not None:  # once per inspection: the model cuts the pointer's probes from it
+        shape, pixels = _packed([source])
+        arrays += [("SOURCE", pixels, "UINT8"), ("SOURCE_SHAPE", shape, "INT32")]
+    if regions:
+        arrays.append(("REGIONS", np.asarray([v for region in regions for v in (region or (-1, -1, -1, -1))],
+                                             np.int32), "INT32"))
     return arrays
 
 

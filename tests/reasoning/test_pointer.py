@@ -22,7 +22,7 @@ from foveal.reasoning.engine import LocalEngine, TurnReply, TurnRequest, _Batch,
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
 from foveal.reasoning.pointer import (
     CLOSE,
-        PROBE_PIXELS,
+    PROBE_PIXELS,
     TRIGGER,
     ZOOM_SENTENCE,
     CellPointer,
@@ -322,6 +322,49 @@ def test_a_reranked_zoom_is_the_same_when_the_conversation_is_re_encoded(taught_
     assert resent.conversation.loss == kept.conversation.loss
     assert resent.defect_type == kept.defect_type
     assert resent.confidence == pytest.approx(kept.confidence, abs=1e-5)
+
+
+def test_a_frame_sent_to_the_engine_lets_it_cut_the_probes_without_stopping_the_turn(
+        taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    replies: list[TurnReply] = []
+    turns = LocalEngine._turns
+
+    def spy(self: LocalEngine, requests: list[TurnRequest]) -> list[TurnReply]:
+        out = turns(self, requests)
+        replies.extend(out)
+        return out
+
+    monkeypatch.setattr(LocalEngine, "_turns", spy)
+    shipped = run(taught_vlm, "zoom", pointer=True, rerank=8)
+    calls_shipped, asked_shipped = len(replies), sum(bool(r.probes) for r in replies)
+    replies.clear()
+    stopped = run(taught_vlm, "zoom", pointer=True, rerank=8, ship_frame=False)
+    # the loop cut them instead: a stop for the candidates and one for the tight look
+    assert sum(bool(r.probes) for r in replies) == 2 and asked_shipped == 0
+    assert calls_shipped == len(replies) - 2
+    # and nothing else differs: the same crops, the same box, the same reading
+    assert shipped.conversation.ids == stopped.conversation.ids
+    assert shipped.conversation.loss == stopped.conversation.loss
+    assert [s.arguments for s in shipped.steps] == [s.arguments for s in stopped.steps]
+    assert shipped.defect_type == stopped.defect_type
+    assert shipped.confidence == pytest.approx(stopped.confidence, abs=1e-5)
+
+
+def test_an_engine_without_the_region_of_an_image_asks_for_its_probes(taught_vlm: VLM) -> None:
+    prompt, n, _ = SCRIPTS["zoom"]
+    frame = frames_for("zoom", n)[0]
+    ws = Workspace([frame], taught_vlm.budget)
+    engine = LocalEngine(taught_vlm, pointer=True, rerank=8)
+    chat = taught_vlm.chat
+    first = chat.prompt([ws.views[0].pixels], prompt)
+    # the frame came, but not which region of it the whole view shows: the turn stops and asks
+    [reply] = engine.turns([TurnRequest(1, first, 48, chat.stop_ids, source=frame)])
+    assert len(reply.probes) == 8
+    [reply] = engine.turns([TurnRequest(2, first, 48, chat.stop_ids, source=frame,
+                                        regions=(ws.views[0].region,))])
+    assert reply.probes == [] and TRIGGER in taught_vlm.tokenizer.decode(reply.tokens)
+    engine.release([1, 2])
+    assert engine.sources == {} and engine.sessions == {}
 
 
 def test_the_checkpoint_chooses_how_many_looks_are_reranked(taught_vlm: VLM) -> None:

@@ -18,6 +18,7 @@ import torch
 import tritonclient.grpc as triton_grpc
 
 from foveal.model.loader import VLM, save
+from foveal.operations import Workspace
 from foveal.reasoning.engine import EngineError, EngineUnavailable, LocalEngine, TurnReply, TurnRequest
 from foveal.reasoning.loop import DeadlineExceeded, Inspection, Loop, LoopOptions, Trace
 from foveal.reasoning.pointer import ZOOM_SENTENCE
@@ -50,7 +51,9 @@ def test_triton_lives_the_same_conversation_as_the_in_process_loop(
     assert remote.model is not None and (remote.model.name, remote.model.version) == ("foveal_vl", "1")
 
 
-def test_grounded_answers_reach_the_service_as_they_are_in_process(triton: Stack, taught_vlm: VLM) -> None:
+@pytest.mark.parametrize("ship_frame", [True, False], ids=["frame-sent", "probes-sent"])
+def test_grounded_answers_reach_the_service_as_they_are_in_process(
+        triton: Stack, taught_vlm: VLM, ship_frame: bool) -> None:
     engine = TritonEngine(triton.settings.triton_address, "foveal_vl_pointer", taught_vlm.chat,
                           taught_vlm.budget)
     asked: list[int] = []  # per reply, how many candidate crops it asked for
@@ -62,12 +65,16 @@ def test_grounded_answers_reach_the_service_as_they_are_in_process(triton: Stack
         return replies
 
     engine.turns = counted  # type: ignore[method-assign]
+    options = replace(OPTIONS, ship_frame=ship_frame)
     try:
-        remote = run(engine, "zoom")
+        remote = Loop(engine, options).run([item("zoom")])[0]
     finally:
         engine.close()
-    assert asked.count(8) == 1  # the box's candidates went back to Triton as crops
-    local = Loop(LocalEngine(taught_vlm, pointer=True, rerank=8), OPTIONS).run([item("zoom")])[0]
+    if ship_frame:  # the model cut the probes from the frame it was sent: two calls for a zoom
+        assert asked == [0, 0]
+    else:  # the box's candidates and the tight look went back to Triton as crops
+        assert asked == [8, 0, 1, 0]
+    local = Loop(LocalEngine(taught_vlm, pointer=True, rerank=8), options).run([item("zoom")])[0]
     assert remote.conversation.ids == local.conversation.ids
     assert remote.conversation.loss == local.conversation.loss  # the engine's tokens flagged alike
     assert remote.defect_type == local.defect_type != "scratch"  # the head's reading, not the script's
@@ -162,6 +169,37 @@ def test_the_host_rejects_a_malformed_request_alone(taught_vlm: VLM) -> None:
     assert set(host.engine.sessions) == {1}
     host.execute([({"TOKENS": np.zeros((1, 0), np.int64)}, Control(1, False, True))])
     assert host.engine.sessions == {}
+
+
+def test_the_host_keeps_a_sent_frame_and_rejects_regions_outside_it(taught_vlm: VLM) -> None:
+    host = ModelHost(LocalEngine(taught_vlm, pointer=True, rerank=8))
+    fmt = taught_vlm.chat
+    frame = frames_for("zoom", 1)[0]
+    ws = Workspace([frame], taught_vlm.budget)
+    prompt = fmt.prompt([ws.views[0].pixels], SCRIPTS["zoom"][0])
+    ids = np.asarray(prompt.ids, np.int64)
+
+    def tensors(**changes: object) -> dict[str, np.ndarray]:
+        arrays = {"source": frame, "regions": (ws.views[0].region,), **changes}
+        return {name: value[None] for name, value, _ in _arrays(
+            ids, prompt.images, 1, sorted(fmt.stop_ids), (), 0.0, False, 1, (), **arrays)}  # type: ignore[arg-type]
+
+    height, width = frame.shape[:2]
+    out = host.execute([(tensors(), Control(1, True, False)),
+                        (tensors(regions=((0, 0, width + 1, height),)), Control(2, True, False)),
+                        (tensors(source=None), Control(3, True, False)),
+                        (dict(tensors(), REGIONS=np.asarray([[0, 0, 8]], np.int32)),
+                         Control(4, True, False))])
+    assert isinstance(out[0], dict)
+    assert isinstance(out[1], str) and "outside" in out[1]
+    assert isinstance(out[2], str) and "SOURCE" in out[2]
+    assert isinstance(out[3], str) and "REGIONS holds 3 numbers" in out[3]
+    kept = host.engine.source_frame(1)
+    assert kept is not None and np.array_equal(kept, frame)
+    assert host.engine.sources[1].regions == [ws.views[0].region]
+    assert set(host.engine.sources) == {1}  # nothing kept of the rejected ones
+    host.execute([({"TOKENS": np.zeros((1, 0), np.int64)}, Control(1, False, True))])
+    assert host.engine.sources == {}
 
 
 def test_the_host_runs_torch_on_the_threads_its_config_names(taught_vlm: VLM, tmp_path: Path) -> None:
