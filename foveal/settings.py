@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     reasoner_max_message_mb: int = Field(32, ge=1, le=2047, description="Largest gRPC message, both ways.")
     reasoner_max_megapixels: float = Field(50.0, gt=0, description="Largest image accepted (bomb guard).")
     reasoner_health_poll_s: float = Field(1.0, gt=0, description="How often the model's readiness is polled.")
+    reasoner_health_failures: int = Field(
+        3, ge=1, description="Readiness probes in a row that get no answer (unreachable, or slow under load) "
+                             "before health says NOT_SERVING; a 'not ready' answer counts at once.")
     reasoner_timeout_s: float = Field(60.0, gt=0, description="Longest an inspection may run when its "
                                                               "client sets no deadline.")
     reasoner_ship_frame: bool = Field(

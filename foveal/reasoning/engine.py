@@ -111,7 +111,10 @@ class Engine(Protocol):
 
     def release(self, sessions: Iterable[int]) -> None: ...
 
-    def ready(self, timeout_s: float = 1.0) -> bool: ...
+    def ready(self, timeout_s: float = 1.0) -> bool:
+        """Whether the model server says its model is ready; `EngineUnavailable` when the server
+        gave no answer within `timeout_s`."""
+        ...
 
 
 @dataclass
@@ -339,8 +342,8 @@ class LocalEngine:
             return
         if r.restart:
             source.regions = []
-        shown = list(r.regions[:len(r.chunk.patches)])
-        source.regions += shown + [None] * (len(r.chunk.patches) - len(shown))
+        shown = list(r.regions[:len(r.chunk.grids)])
+        source.regions += shown + [None] * (len(r.chunk.grids) - len(shown))
 
     def _probes(self, session: int, boxes: Sequence[tuple[float, float, float, float]], image: int
                 ) -> list[npt.NDArray[np.uint8] | None] | None:

@@ -225,7 +225,7 @@ class Loop:
         source: RGBImage | None = None
         regions: tuple[tuple[int, int, int, int] | None, ...] = ()
         if options.ship_frame and not row.ws.is_sequence:
-            shown = len(chunk.patches)  # the chunk's images are the last views
+            shown = len(chunk.grids)  # the chunk's images are the last views (a remote chat: no patches)
             regions = tuple(v.region for v in row.ws.views[len(row.ws.views) - shown:]) if shown else ()
             if not row.shipped:
                 source, row.shipped = row.item.frames[0], True

@@ -48,11 +48,15 @@ class TritonEngine:
         return self._last
 
     def ready(self, timeout_s: float = 1.0) -> bool:
+        """Triton's answer whether the model is ready; `EngineUnavailable` when no answer came
+        (unreachable, or slower than `timeout_s`: a server busy with large requests can be)."""
         try:
             return bool(self.client.is_model_ready(self.model_name, self.model_version,
                                                    client_timeout=timeout_s))
-        except InferenceServerException:
-            return False
+        except InferenceServerException as exc:
+            message = (exc.message() or str(exc)).splitlines()[0]
+            raise EngineUnavailable(
+                f"Triton at {self.url} did not answer a readiness probe: {message}") from exc
 
     def turns(self, requests: Sequence[TurnRequest], timeout_s: float | None = None) -> list[TurnReply]:
         if len(requests) == 1:

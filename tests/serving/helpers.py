@@ -68,6 +68,7 @@ class ControlledEngine:
 
     def reset(self) -> None:
         self.up = True  # ready() and turns() succeed
+        self.probe_error: Exception | None = None  # ready() raises this (a probe without an answer)
         self.fail: Exception | None = None  # turns() raises this
         self.delay_s = 0.0  # turns() sleeps first (a slow model)
         self.gate: threading.Event | None = None  # turns() waits for it (a stuck model)
@@ -80,6 +81,8 @@ class ControlledEngine:
         return self.inner.model
 
     def ready(self, timeout_s: float = 1.0) -> bool:
+        if self.probe_error is not None:
+            raise self.probe_error
         return self.up
 
     def release(self, sessions: Iterable[int]) -> None:

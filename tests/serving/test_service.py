@@ -205,6 +205,38 @@ def test_health_follows_the_models_readiness_and_unready_is_unavailable(
     assert inspect(request()).steps
 
 
+def test_probes_without_an_answer_turn_health_off_only_when_they_repeat(engine: ControlledEngine) -> None:
+    """One readiness probe that times out while Triton copies a burst of large requests is load:
+    the service keeps serving. `health_failures` in a row, it is an outage; an answer "not
+    ready" counts at once."""
+
+    async def probes() -> list[bool]:
+        # polled by hand: the background poller waits a minute between probes
+        server = ReasonerServer(engine, ServiceConfig(port=0, metrics_port=None, health_poll_s=60.0,
+                                                      health_failures=3, grace_s=0.0))
+        await server.start()
+        seen = [server.service.ready]
+        try:
+            engine.probe_error = EngineUnavailable("the readiness probe timed out (test)")
+            for _ in range(3):
+                await server._poll_readiness()
+                seen.append(server.service.ready)
+            engine.probe_error = None
+            await server._poll_readiness()
+            seen.append(server.service.ready)
+            engine.probe_error = EngineUnavailable("the readiness probe timed out (test)")
+            await server._poll_readiness()  # the count started again after the answer
+            seen.append(server.service.ready)
+            engine.probe_error, engine.up = None, False
+            await server._poll_readiness()
+            seen.append(server.service.ready)
+        finally:
+            await server.stop(0.0)
+        return seen
+
+    assert asyncio.run(probes()) == [True, True, True, False, True, True, False]
+
+
 @pytest.mark.parametrize(("failure", "code", "words"), [
     (EngineUnavailable("triton unreachable"), grpc.StatusCode.UNAVAILABLE, "triton unreachable"),
     (EngineError("model crashed"), grpc.StatusCode.INTERNAL, "model crashed"),

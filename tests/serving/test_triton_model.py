@@ -17,6 +17,7 @@ import pytest
 import torch
 import tritonclient.grpc as triton_grpc
 
+from foveal.model.chat import ChatFormat
 from foveal.model.loader import VLM, save
 from foveal.operations import Workspace
 from foveal.reasoning.engine import EngineError, EngineUnavailable, LocalEngine, TurnReply, TurnRequest
@@ -54,8 +55,9 @@ def test_triton_lives_the_same_conversation_as_the_in_process_loop(
 @pytest.mark.parametrize("ship_frame", [True, False], ids=["frame-sent", "probes-sent"])
 def test_grounded_answers_reach_the_service_as_they_are_in_process(
         triton: Stack, taught_vlm: VLM, ship_frame: bool) -> None:
-    engine = TritonEngine(triton.settings.triton_address, "foveal_vl_pointer", taught_vlm.chat,
-                          taught_vlm.budget)
+    # the chat format a client of a remote model has (`load_chat`): views without patches
+    remote_chat = ChatFormat(taught_vlm.tokenizer, taught_vlm.chat.spec, patches=False)
+    engine = TritonEngine(triton.settings.triton_address, "foveal_vl_pointer", remote_chat, taught_vlm.budget)
     asked: list[int] = []  # per reply, how many candidate crops it asked for
     turns = engine.turns
 
@@ -153,6 +155,15 @@ def test_an_unloaded_model_is_unavailable_until_loaded_again(
         client.close()
     assert triton_engine.ready()
     assert run(triton_engine, "zoom").operations == 1
+
+
+def test_a_readiness_probe_without_an_answer_is_unavailable_not_a_no(taught_vlm: VLM) -> None:
+    engine = TritonEngine("127.0.0.1:9", "foveal_vl", taught_vlm.chat, taught_vlm.budget)  # nothing listens
+    try:
+        with pytest.raises(EngineUnavailable, match="did not answer a readiness probe"):
+            engine.ready(timeout_s=0.5)
+    finally:
+        engine.close()
 
 
 def test_the_host_rejects_a_malformed_request_alone(taught_vlm: VLM) -> None:
