@@ -47,6 +47,12 @@ from foveal.settings import Settings
 from foveal.v1 import frame_pb2, inspection_pb2, reasoner_pb2_grpc
 
 
+# untimed inspections before each path is timed. With two, the service's first pass over 48 items
+# was 40 ms per inspection slower than a second pass right after it (session 19; not isolated:
+# Triton runs two model instances, each warming its own buffers, and two requests may not reach
+# both), so eight, for the in-process references too
+WARM_UP = 8
+
 @dataclass
 class Level:
     name: str
@@ -171,7 +177,8 @@ def reference_loop(settings: Settings, vision: str = "torch") -> Loop:
 def in_process(settings: Settings, inspections: Sequence[Inspection], vision: str = "torch") -> Level:
     """The reference: the same model and vision backend as Triton's, in this process, batch 1."""
     loop = reference_loop(settings, vision)
-    loop.run(list(inspections[:2]))  # warm-up
+    for item in inspections[:WARM_UP]:
+        loop.run([item])  # warm-up, at batch 1 like the timed runs
     seconds, latencies = timed_each(inspections, lambda item: loop.run([item]), 1)  # type: ignore[list-item]
     return Level(f"in-process loop, batch 1 ({vision})", 1, seconds, latencies)
 
@@ -193,7 +200,7 @@ def in_process_same_work(settings: Settings, requests: Sequence[inspection_pb2.I
         return inspect_result(request.frame_id, trace, FrameGeometry.of(frames), Timing(0.0, 0.0))
 
     with torch_threads(threads):
-        for request in requests[:2]:
+        for request in requests[:WARM_UP]:
             one(request)  # warm-up
         seconds, latencies = timed_each(requests, one, 1)  # type: ignore[arg-type]
     on = f", {threads} torch thread{'s' if threads > 1 else ''} as one Triton instance" if threads else ""
@@ -207,8 +214,8 @@ def through_service(settings: Settings, service: ReasonerProcess,
     out = []
     with grpc.insecure_channel(service.address, options=options) as channel:
         stub = reasoner_pb2_grpc.ReasonerStub(channel)  # type: ignore[no-untyped-call]
-        for request in requests[:2]:
-            stub.Inspect(request, timeout=120)  # warm-up
+        for request in requests[:WARM_UP]:
+            stub.Inspect(request, timeout=120)  # warm-up: every Triton instance, every buffer size
         for concurrency in levels:
             before = triton_counts(settings, model)
             seconds, latencies = timed_each(requests, lambda r: stub.Inspect(r, timeout=300), concurrency)
