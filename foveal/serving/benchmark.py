@@ -46,12 +46,12 @@ from foveal.serving.triton_engine import connect
 from foveal.settings import Settings
 from foveal.v1 import frame_pb2, inspection_pb2, reasoner_pb2_grpc
 
-
 # untimed inspections before each path is timed. With two, the service's first pass over 48 items
 # was 40 ms per inspection slower than a second pass right after it (session 19; not isolated:
 # Triton runs two model instances, each warming its own buffers, and two requests may not reach
 # both), so eight, for the in-process references too
 WARM_UP = 8
+
 
 @dataclass
 class Level:
