@@ -75,9 +75,9 @@ class Settings(BaseSettings):
     reasoner_timeout_s: float = Field(60.0, gt=0, description="Longest an inspection may run when its "
                                                               "client sets no deadline.")
     reasoner_ship_frame: bool = Field(
-        True, description="Send each single frame to the model once, so that it cuts the grounded pointer's "
-                          "probes itself (2 Triton calls per zoom instead of 4); false: the service cuts and "
-                          "sends them (fewer bytes to a remote Triton).")
+        False, description="Send each single frame to the model once, raw, so that it cuts the grounded "
+                           "pointer's probes itself (2 Triton calls per zoom instead of 4, ~6 MB more per "
+                           "inspection); measured neutral on the embedded CPU stack (docs/serving.md).")
 
     # Frames on `foveal.frames`: images up to this size travel inline, larger ones by claim check.
     blob_dir: Path | None = Field(None, description="Directory blob store for frame images "

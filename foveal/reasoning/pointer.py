@@ -17,7 +17,10 @@ there and the reply lists the top K candidate boxes (`TurnReply.probes`); the lo
 from the original frame (`operations.preview`, at `PROBE_PIXELS`: nothing is shown to the model)
 and sends the crops with the next request (`TurnRequest.probes`; on Triton the `PROBES` input),
 the cell head reads each crop, and the turn goes on with the box of the crop whose peak is
-highest (a second crop takes the runner-up). The whole view is 448 px of a 1024-2048 px frame;
+highest (a second crop takes the runner-up). When the loop has sent the engine a single frame
+and the region each image shows (`TurnRequest.source` / `regions`, `LoopOptions.ship_frame`),
+the engine cuts the same crops itself and the turn does not stop (over Triton a zoom is then
+two model calls instead of four; `docs/serving.md`). The whole view is 448 px of a 1024-2048 px frame;
 the crop sees the original pixels, where a hard defect's cells stand out that the view blurs.
 Measured on 400 test images (`/work/data/exp/rerank.py`): the chosen crop holds a hard defect
 0.52 -> 0.71 of the time with K = 8 (easy 0.86 -> 0.92, tiny 0.13 -> 0.11).
