@@ -98,6 +98,15 @@ def request_of(label: Label, folder: Path) -> inspection_pb2.InspectRequest:
     return request
 
 
+def pooled_overhead_pct(served: Sequence[Level], reference: Sequence[Level]) -> float:
+    """The served path's mean latency over the reference's, minus 1, in percent, each pooled over
+    its rounds (the same items timed again, the two paths alternating so that a drift of the
+    host's speed falls on both)."""
+    mean_served = float(np.mean([x for level in served for x in level.latencies_ms]))
+    mean_reference = float(np.mean([x for level in reference for x in level.latencies_ms]))
+    return round((mean_served / mean_reference - 1) * 100, 1)
+
+
 def timed_each(items: Sequence[object], call: Callable[[object], object],
                concurrency: int) -> tuple[float, list[float]]:
     def one(item: object) -> float:

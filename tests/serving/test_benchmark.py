@@ -71,3 +71,11 @@ def test_same_threads_reference_computes_on_one_instances_threads_and_restores_t
         torch.set_num_threads(before)
     assert seen == [1] * (min(benchmark.WARM_UP, 3) + 3)  # warm-up and three timed calls, all on one thread
     assert len(level.latencies_ms) == 3 and "1 torch thread as one Triton instance" in level.name
+
+
+def test_the_overhead_pools_every_round_of_both_sides() -> None:
+    served = [benchmark.Level("service", 1, 1.0, [110.0, 130.0]), benchmark.Level("service", 1, 1.0, [90.0])]
+    reference = [benchmark.Level("ref", 1, 1.0, [100.0]), benchmark.Level("ref", 1, 1.0, [100.0, 100.0])]
+    # (110 + 130 + 90) / 3 = 110 against 100: 10 %, not the mean of the rounds' 20 % and -10 %
+    assert benchmark.pooled_overhead_pct(served, reference) == 10.0
+    assert benchmark.pooled_overhead_pct(served[:1], reference[:1]) == 20.0
