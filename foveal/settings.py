@@ -75,9 +75,12 @@ class Settings(BaseSettings):
     reasoner_timeout_s: float = Field(60.0, gt=0, description="Longest an inspection may run when its "
                                                               "client sets no deadline.")
     reasoner_ship_frame: bool = Field(
-        False, description="Send each single frame to the model once, raw, so that it cuts the grounded "
-                           "pointer's probes itself (2 Triton calls per zoom instead of 4, ~6 MB more per "
-                           "inspection); measured neutral on the embedded CPU stack (docs/serving.md).")
+        True, description="Send each single frame to the model once, raw, so that it cuts the grounded "
+                          "pointer's probes itself (2 Triton calls per zoom instead of 4, the frame's bytes "
+                          "more per inspection; docs/serving.md); false: the service cuts and sends them.")
+    reasoner_ship_frame_max_megapixels: float = Field(
+        4.0, gt=0, description="Larger frames are not sent (their probes are): the model host holds the "
+                               "frame of every live inspection (3 bytes a pixel).")
 
     # Frames on `foveal.frames`: images up to this size travel inline, larger ones by claim check.
     blob_dir: Path | None = Field(None, description="Directory blob store for frame images "

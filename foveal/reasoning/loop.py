@@ -66,10 +66,13 @@ class LoopOptions:
     look_first: bool | None = None
     # a single frame goes to the engine with the first turn, and each image's region of it with
     # the image, so that a grounded pointer cuts its probes there and a turn goes on through
-    # them (over Triton: two model calls per zoom instead of four, for ~6 MB more sent; the
-    # service leaves it off, `FOVEAL_REASONER_SHIP_FRAME`); False: the turn stops for them and
-    # the loop cuts them, a round trip each (sequences always do)
+    # them (over Triton: two model calls per zoom instead of four, for the raw frame sent once,
+    # `FOVEAL_REASONER_SHIP_FRAME`); False: the turn stops for them and the loop cuts them, a
+    # round trip each (sequences always do)
     ship_frame: bool = True
+    # frames of more pixels than this keep the round trips (None: any size): the model host
+    # holds each live inspection's frame, so the service bounds what that can cost
+    ship_max_pixels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -225,11 +228,13 @@ class Loop:
         row.pending = Chunk()
         source: RGBImage | None = None
         regions: tuple[tuple[int, int, int, int] | None, ...] = ()
-        if options.ship_frame and not row.ws.is_sequence:
+        frame = row.item.frames[0]
+        small = options.ship_max_pixels is None or frame.shape[0] * frame.shape[1] <= options.ship_max_pixels
+        if options.ship_frame and small and not row.ws.is_sequence:
             shown = len(chunk.grids)  # the chunk's images are the last views (a remote chat: no patches)
             regions = tuple(v.region for v in row.ws.views[len(row.ws.views) - shown:]) if shown else ()
             if not row.shipped:
-                source, row.shipped = row.item.frames[0], True
+                source, row.shipped = frame, True
         probes, row.probes = row.probes, ()
         so_far = len(row.partial.tokens) if row.partial is not None else 0
         if restart and row.partial is not None:  # the turn so far is not in the conversation yet

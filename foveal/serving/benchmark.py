@@ -26,7 +26,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -38,10 +38,11 @@ from foveal.evaluation.inference import read_rgb
 from foveal.model.loader import load
 from foveal.plant.dataset import Label, read_labels
 from foveal.reasoning.engine import LocalEngine
-from foveal.reasoning.loop import Inspection, Loop, LoopOptions
+from foveal.reasoning.loop import Inspection, Loop
 from foveal.rpc.convert import FrameGeometry, Timing, inspect_result
 from foveal.serving.images import read_frames
 from foveal.serving.process import ReasonerProcess
+from foveal.serving.service import service_loop_options
 from foveal.serving.triton_engine import connect
 from foveal.settings import Settings
 from foveal.v1 import frame_pb2, inspection_pb2, reasoner_pb2_grpc
@@ -180,7 +181,7 @@ def reference_loop(settings: Settings, vision: str = "torch") -> Loop:
         from foveal.serving.onnx_vision import OnnxVision, export
 
         features = OnnxVision(export(vlm, Path(tempfile.mkdtemp()) / "vision.onnx"), vlm)
-    return Loop(LocalEngine(vlm, vision=features), LoopOptions(ship_frame=settings.reasoner_ship_frame))
+    return Loop(LocalEngine(vlm, vision=features), service_loop_options(settings))
 
 
 def in_process(settings: Settings, inspections: Sequence[Inspection], vision: str = "torch") -> Level:
@@ -240,7 +241,7 @@ def kept_versus_resent(settings: Settings, inspections: Sequence[Inspection]) ->
     out = []
     try:
         for name, reuse in (("triton, conversation kept", True), ("triton, re-sent every turn", False)):
-            loop = Loop(engine, LoopOptions(reuse_cache=reuse, ship_frame=settings.reasoner_ship_frame))
+            loop = Loop(engine, replace(service_loop_options(settings), reuse_cache=reuse))
             seconds, latencies = timed_each(inspections, lambda item, lp=loop: lp.run([item]), 1)  # type: ignore[misc]
             out.append(Level(name, 1, seconds, latencies))
     finally:

@@ -82,8 +82,7 @@ class ServiceConfig:
     s3_endpoint_url: str | None = None  # neither store: inline images only
     grace_s: float = 5.0  # how long calls in flight may finish at shutdown
     stop_margin_s: float = 10.0  # how much longer than the grace gRPC may take to stop before it is left
-    # the service's loop: the frame is not sent to Triton by default (FOVEAL_REASONER_SHIP_FRAME)
-    loop: LoopOptions = LoopOptions(ship_frame=False)
+    loop: LoopOptions = LoopOptions(ship_max_pixels=4_000_000)  # as the settings' defaults
     catalog: Mapping[str, Taxonomy] = field(default_factory=default_catalog)
 
     @classmethod
@@ -97,7 +96,7 @@ class ServiceConfig:
             health_poll_s=settings.reasoner_health_poll_s, health_failures=settings.reasoner_health_failures,
             timeout_s=settings.reasoner_timeout_s, blob_root=settings.blob_root,
             blob_url=settings.blob_url, s3_endpoint_url=settings.s3_endpoint_url,
-            loop=LoopOptions(ship_frame=settings.reasoner_ship_frame),
+            loop=service_loop_options(settings),
         )
         values.update(overrides)
         return cls(**values)
@@ -109,6 +108,12 @@ class ServiceConfig:
     @property
     def limits(self) -> ImageLimits:
         return ImageLimits(max_pixels=int(self.max_megapixels * 1e6), max_bytes=self.max_message_bytes)
+
+
+def service_loop_options(settings: Settings) -> LoopOptions:
+    """The loop options the service runs with, as configured (requests narrow them further)."""
+    return LoopOptions(ship_frame=settings.reasoner_ship_frame,
+                       ship_max_pixels=int(settings.reasoner_ship_frame_max_megapixels * 1e6))
 
 
 @dataclass(frozen=True)

@@ -350,6 +350,26 @@ def test_a_frame_sent_to_the_engine_lets_it_cut_the_probes_without_stopping_the_
     assert shipped.confidence == pytest.approx(stopped.confidence, abs=1e-5)
 
 
+def test_a_frame_over_the_size_cap_is_not_sent_and_its_probes_are(
+        taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[int] = []
+    turns = LocalEngine._turns
+
+    def spy(self: LocalEngine, requests: list[TurnRequest]) -> list[TurnReply]:
+        out = turns(self, requests)
+        asked.extend(len(r.probes) for r in out)
+        return out
+
+    monkeypatch.setattr(LocalEngine, "_turns", spy)
+    frame = frames_for("zoom", 1)[0]
+    pixels = frame.shape[0] * frame.shape[1]
+    run(taught_vlm, "zoom", pointer=True, rerank=8, ship_max_pixels=pixels)
+    assert sum(asked) == 0  # at the cap: sent, and the engine cut them
+    asked.clear()
+    run(taught_vlm, "zoom", pointer=True, rerank=8, ship_max_pixels=pixels - 1)
+    assert sorted(n for n in asked if n) == [1, 8]  # over it: the rerank crops and the tight look asked for
+
+
 def test_an_engine_without_the_region_of_an_image_asks_for_its_probes(taught_vlm: VLM) -> None:
     prompt, n, _ = SCRIPTS["zoom"]
     frame = frames_for("zoom", n)[0]

@@ -30,6 +30,7 @@ from foveal.reasoning.loop import LoopOptions
 from foveal.serving.logs import JsonFormatter
 from foveal.serving.service import SERVICE_NAME, ReasonerServer, ServerThread, ServiceConfig
 from foveal.v1 import frame_pb2, inspection_pb2, reasoner_pb2_grpc, verdict_pb2
+from tests.conftest import embedded_settings
 from tests.serving.helpers import FRAME_ID, ControlledEngine, frame, inline, png, png_header, request
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -203,6 +204,15 @@ def test_health_follows_the_models_readiness_and_unready_is_unavailable(
     engine.up = True
     wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
     assert inspect(request()).steps
+
+
+def test_the_service_sends_frames_to_the_model_as_configured(tmp_path: Path) -> None:
+    default = ServiceConfig.from_settings(embedded_settings(tmp_path / "a")).loop
+    assert default.ship_frame and default.ship_max_pixels == 4_000_000
+    assert ServiceConfig().loop == default
+    off = ServiceConfig.from_settings(embedded_settings(tmp_path / "b", reasoner_ship_frame=False,
+                                                        reasoner_ship_frame_max_megapixels=1.5)).loop
+    assert not off.ship_frame and off.ship_max_pixels == 1_500_000
 
 
 def test_probes_without_an_answer_turn_health_off_only_when_they_repeat(engine: ControlledEngine) -> None:
