@@ -79,7 +79,7 @@ class Settings(BaseSettings):
                           "pointer's probes itself (2 Triton calls per zoom instead of 4, the frame's bytes "
                           "more per inspection; docs/serving.md); false: the service cuts and sends them.")
     reasoner_ship_frame_max_megapixels: float = Field(
-        4.0, gt=0, description="Larger frames are not sent (their probes are): the model host holds the "
+        5.0, gt=0, description="Larger frames are not sent (their probes are): the model host holds the "
                                "frame of every live inspection (3 bytes a pixel).")
 
     # Frames on `foveal.frames`: images up to this size travel inline, larger ones by claim check.
