@@ -82,7 +82,7 @@ class ServiceConfig:
     s3_endpoint_url: str | None = None  # neither store: inline images only
     grace_s: float = 5.0  # how long calls in flight may finish at shutdown
     stop_margin_s: float = 10.0  # how much longer than the grace gRPC may take to stop before it is left
-    loop: LoopOptions = LoopOptions(ship_max_pixels=5_000_000)  # as the settings' defaults
+    loop: LoopOptions = LoopOptions(ship_frame=False, ship_max_pixels=5_000_000)  # as the settings' defaults
     catalog: Mapping[str, Taxonomy] = field(default_factory=default_catalog)
 
     @classmethod

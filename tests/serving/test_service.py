@@ -208,11 +208,11 @@ def test_health_follows_the_models_readiness_and_unready_is_unavailable(
 
 def test_the_service_sends_frames_to_the_model_as_configured(tmp_path: Path) -> None:
     default = ServiceConfig.from_settings(embedded_settings(tmp_path / "a")).loop
-    assert default.ship_frame and default.ship_max_pixels == 5_000_000
+    assert not default.ship_frame and default.ship_max_pixels == 5_000_000
     assert ServiceConfig().loop == default
-    off = ServiceConfig.from_settings(embedded_settings(tmp_path / "b", reasoner_ship_frame=False,
-                                                        reasoner_ship_frame_max_megapixels=1.5)).loop
-    assert not off.ship_frame and off.ship_max_pixels == 1_500_000
+    on = ServiceConfig.from_settings(embedded_settings(tmp_path / "b", reasoner_ship_frame=True,
+                                                       reasoner_ship_frame_max_megapixels=1.5)).loop
+    assert on.ship_frame and on.ship_max_pixels == 1_500_000
 
 
 def test_probes_without_an_answer_turn_health_off_only_when_they_repeat(engine: ControlledEngine) -> None:
