@@ -324,8 +324,8 @@ def test_a_reranked_zoom_is_the_same_when_the_conversation_is_re_encoded(taught_
     assert resent.confidence == pytest.approx(kept.confidence, abs=1e-5)
 
 
-def test_a_frame_sent_to_the_engine_lets_it_cut_the_probes_without_stopping_the_turn(
-        taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+def _recorded_replies(monkeypatch: pytest.MonkeyPatch) -> list[TurnReply]:
+    """Every reply `LocalEngine` gives from now on, in order."""
     replies: list[TurnReply] = []
     turns = LocalEngine._turns
 
@@ -335,6 +335,12 @@ def test_a_frame_sent_to_the_engine_lets_it_cut_the_probes_without_stopping_the_
         return out
 
     monkeypatch.setattr(LocalEngine, "_turns", spy)
+    return replies
+
+
+def test_a_frame_sent_to_the_engine_lets_it_cut_the_probes_without_stopping_the_turn(
+        taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    replies = _recorded_replies(monkeypatch)
     shipped = run(taught_vlm, "zoom", pointer=True, rerank=8)
     calls_shipped, asked_shipped = len(replies), sum(bool(r.probes) for r in replies)
     replies.clear()
@@ -352,22 +358,14 @@ def test_a_frame_sent_to_the_engine_lets_it_cut_the_probes_without_stopping_the_
 
 def test_a_frame_over_the_size_cap_is_not_sent_and_its_probes_are(
         taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[int] = []
-    turns = LocalEngine._turns
-
-    def spy(self: LocalEngine, requests: list[TurnRequest]) -> list[TurnReply]:
-        out = turns(self, requests)
-        asked.extend(len(r.probes) for r in out)
-        return out
-
-    monkeypatch.setattr(LocalEngine, "_turns", spy)
+    replies = _recorded_replies(monkeypatch)
     frame = frames_for("zoom", 1)[0]
     pixels = frame.shape[0] * frame.shape[1]
     run(taught_vlm, "zoom", pointer=True, rerank=8, ship_max_pixels=pixels)
-    assert sum(asked) == 0  # at the cap: sent, and the engine cut them
-    asked.clear()
+    assert sum(len(r.probes) for r in replies) == 0  # at the cap: sent, and the engine cut them
+    replies.clear()
     run(taught_vlm, "zoom", pointer=True, rerank=8, ship_max_pixels=pixels - 1)
-    assert sorted(n for n in asked if n) == [1, 8]  # over it: the rerank crops and the tight look asked for
+    assert sorted(len(r.probes) for r in replies if r.probes) == [1, 8]  # over it: the rerank crops and the tight look asked for
 
 
 def test_an_engine_without_the_region_of_an_image_asks_for_its_probes(taught_vlm: VLM) -> None:
