@@ -365,7 +365,8 @@ def test_a_frame_over_the_size_cap_is_not_sent_and_its_probes_are(
     assert sum(len(r.probes) for r in replies) == 0  # at the cap: sent, and the engine cut them
     replies.clear()
     run(taught_vlm, "zoom", pointer=True, rerank=8, ship_max_pixels=pixels - 1)
-    assert sorted(len(r.probes) for r in replies if r.probes) == [1, 8]  # over it: the rerank crops and the tight look asked for
+    # over it: the rerank crops and the tight look were asked for
+    assert sorted(len(r.probes) for r in replies if r.probes) == [1, 8]
 
 
 def test_an_engine_without_the_region_of_an_image_asks_for_its_probes(taught_vlm: VLM) -> None:
