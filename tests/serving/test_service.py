@@ -220,6 +220,9 @@ def test_probes_without_an_answer_turn_health_off_only_when_they_repeat(engine: 
     the service keeps serving. `health_failures` in a row, it is an outage; an answer "not
     ready" counts at once."""
 
+    # its own switches: the module's running server polls the shared engine every 50 ms
+    engine = ControlledEngine(engine.inner)
+
     async def probes() -> list[bool]:
         # polled by hand: the background poller waits a minute between probes
         server = ReasonerServer(engine, ServiceConfig(port=0, metrics_port=None, health_poll_s=60.0,
