@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--rerank", type=int, default=None,
                         help="candidate looks seen at full resolution (default: the checkpoint's choice)")
     parser.add_argument("--look-first", action=argparse.BooleanOptionalAction, default=None,
-                        help="a defect named from the whole view is looked at first (default: the checkpoint's choice)")
+                        help="every verdict comes after a look up close (default: the checkpoint's choice)")
     args = parser.parse_args()
     vlm = loader.load(args.model)
     labels = [label for label in read_labels(args.bench)

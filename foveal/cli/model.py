@@ -159,8 +159,8 @@ def train_rl(
                                 "measured 2.5-9x faster on 2 cores while other work runs, docs/rl.md)."),
     look_first: bool | None = typer.Option(
         None, "--look-first/--no-look-first",
-        help="A single frame is looked at before its verdict (default: the checkpoint's choice; "
-             "off lets RL train the whole-view decision)."),
+        help="Every verdict comes after a look up close (default: the checkpoint's choice; "
+             "off lets RL train the whole-view decision and the sequences' selection)."),
 ) -> None:
     """Curiosity-driven GRPO from an SFT model; saves a loadable model, metrics.jsonl and plots."""
     import torch
@@ -206,8 +206,8 @@ def eval_command(
              "(0: none; default: the checkpoint's choice)."),
     look_first: bool | None = typer.Option(
         None, "--look-first/--no-look-first",
-        help="A single frame is looked at up close before its verdict "
-             "(default: the checkpoint's choice)."),
+        help="Every verdict comes after a look up close: a frame is cropped, a sequence's frames "
+             "selected and one of them cropped (default: the checkpoint's choice)."),
 ) -> None:
     """Evaluate on FovealBench: F1, false reject at 1 % escape, type accuracy, box hits, RaPR, latency.
 
@@ -268,8 +268,8 @@ def predict_command(
              "(0: none; default: the checkpoint's choice)."),
     look_first: bool | None = typer.Option(
         None, "--look-first/--no-look-first",
-        help="A single frame is looked at up close before its verdict "
-             "(default: the checkpoint's choice)."),
+        help="Every verdict comes after a look up close: a frame is cropped, a sequence's frames "
+             "selected and one of them cropped (default: the checkpoint's choice)."),
 ) -> None:
     """Inspect images; write verdict, defect type, confidence, evidence box and steps per image."""
     from foveal.evaluation import inference

@@ -75,8 +75,9 @@ class TurnReply:
     # a grounded answer's type was written: the view head's probability of that type
     answer_prob: float | None = None
     # the turn stopped where a grounded box opens: these candidate boxes (normalized to image
-    # `probe_image`, 1-based) want to be seen at full resolution; the next request sends their
-    # crops as `TurnRequest.probes` and the turn goes on (`foveal.reasoning.pointer`)
+    # `probe_image`, 1-based; `pointer.FRAMES_PROBE`: box k is the whole of a sequence's frame k)
+    # want to be seen at full resolution; the next request sends their crops as
+    # `TurnRequest.probes` and the turn goes on (`foveal.reasoning.pointer`)
     probes: list[tuple[float, float, float, float]] = field(default_factory=list)
     probe_image: int = 0
     # (max(1, len(tokens)), len(watch)): log-probabilities of the watched ids at each step; with
@@ -155,7 +156,7 @@ class LocalEngine:
         # candidate looks seen at full resolution before a box is written: None = the
         # checkpoint's choice (its foveal.json `rerank`, 0 when absent)
         probes = int(vlm.meta.get("rerank", 0)) if rerank is None else rerank
-        # a single frame is looked at before its verdict: None = the checkpoint's choice
+        # every verdict comes after a look up close: None = the checkpoint's choice
         # (its foveal.json `look_first`, off when absent)
         look = bool(vlm.meta.get("look_first", False)) if look_first is None else look_first
         self.pointer: CellPointer | None = (CellPointer(vlm, rerank=probes, look_first=look)
@@ -256,7 +257,7 @@ class LocalEngine:
                 probing = False
                 cut_here = False  # the probes were cut from the session's frame: the turn goes on
                 if pointing is not None and not pointing.queue and self.pointer is not None:
-                    asked = self.pointer.probe_request(pointing, [*reply.tokens, token])
+                    asked = self.pointer.probe_request(pointing, [*reply.tokens, token], r.operations)
                     crops = None if asked is None else self._probes(r.session, *asked)
                     if crops is not None:
                         # as a resumed turn would: rank the candidates (their box is written

@@ -36,9 +36,10 @@ from foveal.operations import (
     parse_answer,
     parse_tool_call,
     preview,
+    resize_to_budget,
 )
 from foveal.reasoning.engine import Engine, LocalEngine, ModelRef, TurnReply, TurnRequest
-from foveal.reasoning.pointer import probe_budget
+from foveal.reasoning.pointer import FRAMES_PROBE, probe_budget
 
 BOXED = "\\boxed{"
 
@@ -61,7 +62,7 @@ class LoopOptions:
     # candidate looks the pointer sees at full resolution before it writes a box (0: none);
     # None: the checkpoint's choice (its foveal.json `rerank`). Only for a loaded `VLM`, too
     rerank: int | None = None
-    # a single frame is looked at before its verdict (`foveal.reasoning.pointer`); None: the
+    # every verdict comes after a look up close (`foveal.reasoning.pointer`); None: the
     # checkpoint's choice (its foveal.json `look_first`). Only for a loaded `VLM`, too
     look_first: bool | None = None
     # a single frame goes to the engine with the first turn, and each image's region of it with
@@ -257,8 +258,11 @@ class Loop:
         began = time.perf_counter()
         row.partial = reply if row.partial is None else _joined(row.partial, reply)
         budget = probe_budget(self.budget)
-        crops = [preview(box, reply.probe_image, row.ws, budget) for box in reply.probes]
-        row.probes = tuple(None if view is None else view.pixels for view in crops)
+        if reply.probe_image == FRAMES_PROBE:  # a sequence's frames, each whole
+            row.probes = tuple(resize_to_budget(frame, budget) for frame in row.ws.frames[:len(reply.probes)])
+        else:
+            crops = [preview(box, reply.probe_image, row.ws, budget) for box in reply.probes]
+            row.probes = tuple(None if view is None else view.pixels for view in crops)
         row.pending = self.fmt.token(reply.tokens[-1], loss=True)  # generated, not yet fed
         row.trace.operations_ms += (time.perf_counter() - began) * 1000
 

@@ -64,8 +64,18 @@ With `look_first` (the checkpoint's foveal.json `"look_first"`, or `--look-first
 frame is never judged from the whole view: when the first turn opens anything but the zoom
 sentence (a verdict: "A crack at the centre: ..." or "No marks: ..."), the engine writes the
 zoom sentence instead, and the decoder goes on into a grounded crop and gives its verdict after
-it. Sequences, and inspections without operations (`TurnRequest.operations` False, on Triton
-the `OPERATIONS` input), answer as they would. Measured on FovealBench test (session 18,
+it. A sequence is never judged from its overview either. Its first turn is written whole: two
+frames named and selected (`SELECT_SENTENCE` and the call). With probes on, the turn first stops
+at its first token (written as the selection's first) and asks for every frame, whole, at
+`PROBE_PIXELS` (`FRAMES_PROBE`); the selection takes the frame whose own cell-head peak is highest
+and the best of the overview's tile ranking besides it (`rank_frames`; on FovealBench test's
+sequences the two hold a defect frame 0.82 / 0.77 / 0.61 of easy / hard / tiny ones, against
+0.58 / 0.71 / 0.61 with the tiles alone). The turn after the selected frames are shown opens with
+the zoom sentence, so the model crops inside the worse-looking of them before its verdict (v9's
+own second turns on sequences were mostly broken text: "The mark in frame 2 (image 2 (image 2d":
+[..."). Measured in session 20, `docs/benchmarks.md` "Sequences look too". Inspections without
+operations (`TurnRequest.operations` False, on Triton the `OPERATIONS` input) answer as they
+would. Measured on FovealBench test (session 18,
 `docs/benchmarks.md`, "Look first"): v9 named 236 of 1,000 single images' defects from the whole
 view, and its type was right 0.59 of the time on easy and 0.31 on hard ones against 0.87 and
 0.79 after a crop that held the defect; looking first lifts type accuracy 0.332 -> 0.408 and
@@ -82,6 +92,7 @@ Tests: `pytest tests/reasoning/test_pointer.py`.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -94,7 +105,7 @@ import torch
 from foveal.domain import DEFECT_TYPES, NO_DEFECT
 from foveal.model.loader import VLM
 from foveal.model.pixels import normalized
-from foveal.operations import ImageBudget, look_box
+from foveal.operations import SELECT_FRAMES, ImageBudget, look_box
 from foveal.reasoning.prompts import ZOOM_SENTENCE
 
 TRIGGER = '"bbox_2d": ['
@@ -111,6 +122,11 @@ PROBE_PIXELS = 336 * 336
 # centred on the crop's most defect-like cell: 0.25 read best of 0.25 / 0.375 / 0.5 at 224, 336 and
 # 448 px on 167 test crops (`/work/data/exp/tight.py`)
 TIGHT_SIDE = 0.25
+# what a look-first pointer writes as a sequence's first turn, before the selection's call
+SELECT_SENTENCE = "Let me view {tiles} up close."
+# `TurnReply.probe_image` of a sequence's frame probes: probe k is the whole of frame k, at
+# `PROBE_PIXELS` (image numbers are 1-based; 0 means no probes)
+FRAMES_PROBE = -1
 FRAMES_PER_LOOK = 2  # frames per selection (the trajectories select 2-4 of the frames that show it)
 _NAMING = re.compile(r"(?:^|\W)(?:tiles?|frames?) $")  # prose about to name frame numbers
 
@@ -145,6 +161,7 @@ class Looks:
     read_probed: int = 0  # the crop image whose tight look was asked for (0: none yet)
     asking: str = ""  # what the outstanding probes are for: "rank" (candidate looks) or "read"
     answer_open: bool = False  # the turn stopped for a tight look right after `\\boxed{`
+    frames_probed: bool = False  # a sequence's frames were asked for, to rank them by their own looks
 
     def next_frames(self) -> list[int]:
         """The next `FRAMES_PER_LOOK` frames of the ranking, in ascending order (wrapping round)."""
@@ -178,11 +195,12 @@ class CellPointer:
         self.rerank = max(0, min(int(rerank), MAX_LOOKS))
         # with probes on: an answer after a grounded crop reads its type on a tight look inside it
         self.tight = bool(tight and self.rerank and answers)
-        # a single frame is looked at before its verdict: a first turn that opens anything but
-        # the zoom sentence (a verdict from the whole view) gets the zoom sentence instead, when
-        # the request allows operations
+        # every verdict comes after a look, when the request allows operations: a single frame's
+        # first turn that opens anything but the zoom sentence gets the zoom sentence instead; a
+        # sequence's first turn is its selection, and the turn after it opens with the sentence
         self.look_first = look_first
         self._zoom = self._encode(ZOOM_SENTENCE)
+        self._select_first = self._encode(SELECT_SENTENCE.format(tiles="tiles 1 and 2"))[0]
         none = self._encode(NO_DEFECT)[0]
         self._type_starts = frozenset(self._encode(n)[0] for n in DEFECT_TYPES[1:]) - {none}
         # backbone maps (C, rows, cols) of the images of the turn being run, keyed by the id of
@@ -310,8 +328,11 @@ class CellPointer:
         view (`look_first`), a box, frames in a call or frames in prose, the type of an
         answer; or nothing."""
         resumed = looks.answer_open and not generated  # the answer opened before the stop
+        if self.look_first and operations and not generated and not resumed and looks.frames \
+                and looks.images == 1 and not looks.frames_used and not looks.selecting:
+            return self.selection_tokens(looks)
         if self.look_first and operations and not generated and token != self._zoom[0] and not resumed \
-                and looks.boxes and not looks.frames and looks.images == 1 and looks.used == 0:
+                and self._look_due(looks):
             return list(self._zoom)
         if not generated:
             looks.answer_open = False
@@ -336,23 +357,59 @@ class CellPointer:
         *head, last = [str(f) for f in looks.named]
         return self._encode((f"{', '.join(head)} and {last}" if head else last) + ".")
 
-    def wants_probes(self, looks: Looks, generated: list[int]) -> bool:
+    def selection_tokens(self, looks: Looks) -> list[int]:
+        """A sequence's first turn as the engine writes it with `look_first`: the next frames of
+        the ranking named and selected (`SELECT_SENTENCE`, then the call)."""
+        chosen = looks.next_frames()
+        looks.selecting = chosen
+        *head, last = [str(f) for f in chosen]
+        tiles = f"tiles {', '.join(head)} and {last}" if head else f"tile {last}"
+        call = json.dumps({"name": SELECT_FRAMES, "arguments": {"target_frames": chosen}})
+        return self._encode(f"{SELECT_SENTENCE.format(tiles=tiles)}\n<tool_call>{call}</tool_call>")
+
+    def _frames_due(self, looks: Looks, generated: list[int], operations: bool) -> bool:
+        """A look-first sequence's first token, with probes on: its frames are to be ranked."""
+        return bool(self.look_first and self.rerank and operations and looks.frames and len(generated) == 1
+                    and looks.images == 1 and not looks.frames_used and not looks.selecting
+                    and not looks.frames_probed)
+
+    @staticmethod
+    def _look_due(looks: Looks) -> bool:
+        """Whether a turn starting now owes a look (`look_first`): a single frame's first turn,
+        or a sequence's first turn after its selected frames are shown, before any crop."""
+        if looks.used or not looks.boxes:
+            return False
+        if not looks.frames:
+            return looks.images == 1
+        return not looks.selecting and looks.box_image > 1 and not looks.crop_image
+
+    def wants_probes(self, looks: Looks, generated: list[int], operations: bool = True) -> bool:
         """Whether the turn's tokens so far (the model's next token included) open a crop's box
         on an image whose candidate looks have not yet been seen at full resolution, or open an
-        answer after a grounded crop whose tight look has not been asked for: then the engine
-        ends the turn there and asks for them (`probe_request`, `TurnReply.probes`)."""
+        answer after a grounded crop whose tight look has not been asked for, or begin a
+        sequence's first turn whose selection a look-first pointer writes (its frames are ranked
+        by their own looks first): then the engine ends the turn there and asks for them
+        (`probe_request`, `TurnReply.probes`)."""
+        if self._frames_due(looks, generated, operations):
+            return True
         if self.rerank and looks.boxes and looks.ranked != looks.box_image and self.opens_box(generated):
             return True
         return bool(self.tight and looks.crop_image and looks.crop_image == looks.images
                     and looks.read_probed != looks.crop_image and looks.last is not None
                     and self._opens(generated, ANSWER_TRIGGER, self._brace_closers))
 
-    def probe_request(self, looks: Looks, generated: list[int]
+    def probe_request(self, looks: Looks, generated: list[int], operations: bool = True
                       ) -> tuple[list[tuple[float, float, float, float]], int] | None:
         """The probes the engine asks for at this point of the turn (`wants_probes`): the boxes
-        and the image (1-based) they are normalized to; None when it asks for none."""
-        if not self.wants_probes(looks, generated):
+        and the image (1-based) they are normalized to, or `FRAMES_PROBE` (each box the whole of
+        one frame); None when it asks for none. Asking for the frames queues the selection's
+        first token, which the engine writes in place of the model's before it stops."""
+        if not self.wants_probes(looks, generated, operations):
             return None
+        if self._frames_due(looks, generated, operations):
+            looks.asking, looks.frames_probed = "frames", True
+            looks.queue = [self._select_first]
+            return [(0.0, 0.0, 1.0, 1.0)] * len(looks.frames), FRAMES_PROBE
         if self.opens_box(generated):
             looks.asking = "rank"
             return looks.boxes[:self.rerank], looks.box_image
@@ -378,6 +435,8 @@ class CellPointer:
         asking, looks.asking = looks.asking, ""
         if asking == "read":
             self.read_tight(looks, probes[0] if probes else None)
+        elif asking == "frames":
+            self.rank_frames(looks, probes)
         else:
             self.rank(looks, probes)
 
@@ -406,6 +465,23 @@ class CellPointer:
         looks.boxes = [looks.boxes[k] for k in order] + looks.boxes[len(order):]
         looks.used, looks.ranked = 0, looks.box_image
         looks.queue = self.box_tokens(looks)
+
+    @torch.inference_mode()
+    def rank_frames(self, looks: Looks, probes: Sequence[npt.NDArray[np.uint8] | None]) -> None:
+        """A sequence's frames seen one by one (`probes[k]` frame k+1 at `PROBE_PIXELS`, None when
+        missing): the selection takes the frame whose cell-head peak is highest and the best of
+        the overview's tile ranking besides it, then the rest by their peaks; queue the rest of
+        the selection the engine writes (its first token is already written)."""
+        shown = [k for k, crop in enumerate(probes) if crop is not None]
+        pixels = [torch.from_numpy(normalized(probes[k], self.spec)).to(self.tower.dtype) for k in shown]  # type: ignore[arg-type]
+        peaks = dict(zip(shown, (float(d.max()) for d in self._cell_maps(pixels)), strict=True))
+        if peaks:
+            by_look = [k + 1 for k in sorted(peaks, key=lambda k: (-peaks[k], k))]
+            tiles = [f for f in looks.frames if f != by_look[0]]
+            order = [by_look[0], *tiles[:1]]
+            looks.frames = order + [f for f in by_look + tiles if f not in order and f in looks.frames]
+        written = self.selection_tokens(looks)
+        looks.queue = written[1:] if written[:1] == [self._select_first] else written
 
     def opens_box(self, generated: list[int]) -> bool:
         """Whether the turn's tokens so far end with the opening of a crop's box."""

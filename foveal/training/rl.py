@@ -78,7 +78,7 @@ class RLConfig:
     dev_items: int = 64
     seed: int = 0
     version: str = ""  # recorded with the model ("" keeps the SFT model's with an `-rl` suffix)
-    # a single frame is looked at before its verdict (`foveal.reasoning.pointer`); None: the
+    # every verdict comes after a look up close (`foveal.reasoning.pointer`); None: the
     # checkpoint's choice. With it on, the written zoom carries no loss, so the policy's whole-view
     # decision is not trained: the learning-trap runs want it off
     look_first: bool | None = None

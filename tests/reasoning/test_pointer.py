@@ -22,7 +22,9 @@ from foveal.reasoning.engine import LocalEngine, TurnReply, TurnRequest, _Batch,
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
 from foveal.reasoning.pointer import (
     CLOSE,
+    FRAMES_PROBE,
     PROBE_PIXELS,
+    SELECT_SENTENCE,
     TRIGGER,
     ZOOM_SENTENCE,
     CellPointer,
@@ -33,9 +35,9 @@ from tests.reasoning.protocol_model import SCRIPTS, frames_for
 SCRIPTED = [0.2, 0.2, 0.4, 0.4]  # the box the taught model writes itself
 
 
-def run(vlm: VLM, name: str, **options: object) -> Trace:
+def run(vlm: VLM, name: str, max_turn_tokens: int = 48, **options: object) -> Trace:
     prompt, n, _ = SCRIPTS[name]
-    loop = Loop(vlm, LoopOptions(max_turn_tokens=48, **options))  # type: ignore[arg-type]
+    loop = Loop(vlm, LoopOptions(max_turn_tokens=max_turn_tokens, **options))  # type: ignore[arg-type]
     return loop.run([Inspection(frames_for(name, n), prompt)])[0]
 
 
@@ -243,7 +245,50 @@ def test_a_single_frame_is_looked_at_before_its_verdict(taught_vlm: VLM) -> None
     looks.images = 2  # a crop is shown: "A pit: up close ..." is a verdict after a look
     assert pointer.forced(looks, [], naming) == []
     overview = pointer.frame_looks(frame.patches[0], tuple(frame.grids[0]), 3)
-    assert pointer.forced(overview, [], naming) == []  # a sequence's overview cannot be cropped
+    assert pointer.forced(overview, [], zoom[0]) != zoom  # a sequence's overview cannot be cropped
+
+
+def test_a_sequence_selects_its_worst_looking_frames_and_looks_inside_one_before_its_verdict(
+        taught_vlm: VLM) -> None:
+    tok = taught_vlm.tokenizer
+    pointer = CellPointer(taught_vlm, look_first=True)
+    zoom = tok.encode(ZOOM_SENTENCE, add_special_tokens=False)
+    naming = tok.encode("A ", add_special_tokens=False)[0]
+    overview = Looks([], frames=[5, 2, 7, 1], images=1)
+    assert CellPointer(taught_vlm).forced(overview, [], naming) == []  # off unless asked for
+    assert pointer.forced(overview, [], naming, operations=False) == []  # `--no-ops` answers
+    written = str(tok.decode(pointer.selection_tokens(Looks([], frames=[5, 2, 7, 1], images=1))))
+    assert written == ('Let me view tiles 2 and 5 up close.\n'
+                       '<tool_call>{"name": "select_frames", '
+                       '"arguments": {"target_frames": [2, 5]}}</tool_call>')
+    # whatever the model starts with on the overview (a verdict, a crop), the selection is written
+    for first in (naming, zoom[0]):
+        fresh = Looks([], frames=[5, 2, 7, 1], images=1)
+        assert str(tok.decode(pointer.forced(fresh, [], first))) == written
+        assert fresh.selecting == [2, 5]
+        assert pointer.forced(fresh, [], naming) == []  # once
+    selected = Looks([(0.1, 0.1, 0.3, 0.3)], frames=[5, 2, 7, 1], images=3, box_image=3, frames_used=2)
+    assert pointer.forced(selected, [], naming) == zoom  # the frames are shown: a look comes next
+    assert pointer.forced(selected, [], zoom[0]) == []  # the model's own zoom is its own
+    selected.crop_image = 4  # a crop is shown: the verdict is the model's
+    assert pointer.forced(selected, [], naming) == []
+
+
+def test_a_look_first_sequence_runs_select_then_crop_with_the_engines_words_carrying_no_loss(
+        taught_vlm: VLM) -> None:
+    # the written selection is longer than the micro tests' 48-token turns
+    trace = run(taught_vlm, "select", max_turn_tokens=96, pointer=True, look_first=True)
+    plain = run(taught_vlm, "select", pointer=True)
+    first = trace.steps[0]
+    assert first.text.startswith("Let me view tiles ") and first.operation == "select_frames" and first.ok
+    assert first.arguments == plain.steps[0].arguments  # the frames are the pointer's either way
+    assert trace.steps[1].text.startswith(ZOOM_SENTENCE)
+    ids, loss = trace.conversation.ids, trace.conversation.loss
+    opening = taught_vlm.tokenizer.encode(first.text, add_special_tokens=False)  # written as one piece
+    at = next(i for i in range(len(ids)) if ids[i:i + len(opening)] == opening)
+    assert not any(loss[at:at + len(opening)])  # the engine's choice, not the policy's
+    no_ops = run(taught_vlm, "select", pointer=True, look_first=True, allow_operations=False)
+    assert not no_ops.steps[0].text.startswith("Let me view") and no_ops.operations == 0
 
 
 def test_the_zoom_written_before_a_verdict_is_the_trajectories_and_carries_no_loss(
@@ -469,3 +514,50 @@ def test_an_answer_after_a_grounded_crop_reads_its_type_on_a_tight_look_inside_i
     assert before.defect_score == pytest.approx(trace.defect_score, abs=1e-5)
     assert [s.arguments for s in before.steps] == [s.arguments for s in trace.steps]
 
+
+
+def test_a_look_first_sequence_selects_the_frame_that_looks_worst_on_its_own_and_the_best_tile(
+        taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    tok = taught_vlm.tokenizer
+    pointer = CellPointer(taught_vlm, rerank=8, look_first=True)
+    naming = tok.encode("A ", add_special_tokens=False)[0]
+    looks = Looks([], frames=[2, 3, 1, 4], images=1)  # the tiles' ranking
+    assert pointer.probe_request(looks, [naming], operations=False) is None  # `--no-ops` answers
+    assert CellPointer(taught_vlm, look_first=True).probe_request(looks, [naming]) is None  # no probes
+    asked = pointer.probe_request(looks, [naming])
+    assert asked == ([(0.0, 0.0, 1.0, 1.0)] * 4, FRAMES_PROBE)  # each frame, whole
+    first = tok.encode(SELECT_SENTENCE.format(tiles="tiles 1 and 2"), add_special_tokens=False)[0]
+    assert looks.queue == [first]  # written instead of the model's token before the turn stops
+    assert pointer.probe_request(looks, [naming]) is None  # asked once
+    # frame 4's own look peaks highest; the tiles' best other than it is frame 2
+    frames = [np.full((56, 56, 3), level, np.uint8) for level in (40, 160, 120, 250)]
+    monkeypatch.setattr(CellPointer, "_cell_maps", _brightness)
+    looks.queue = []
+    pointer.probed(looks, frames)
+    assert looks.frames[:2] == [4, 2] and looks.selecting == [2, 4]
+    written = str(tok.decode([first, *looks.queue]))
+    assert written == ('Let me view tiles 2 and 4 up close.\n'
+                       '<tool_call>{"name": "select_frames", '
+                       '"arguments": {"target_frames": [2, 4]}}</tool_call>')
+
+
+def test_a_look_first_sequence_with_probes_stops_for_its_frames_and_writes_its_selection_once(
+        taught_vlm: VLM) -> None:
+    seen: list[tuple[int, int]] = []
+    engine = LocalEngine(taught_vlm, pointer=True, rerank=8, look_first=True)
+    turns = engine.turns
+
+    def recording(requests: Sequence[TurnRequest], timeout_s: float | None = None) -> list[TurnReply]:
+        replies = turns(requests, timeout_s)
+        seen.extend((len(r.probes), r.probe_image) for r in replies)
+        return replies
+
+    engine.turns = recording  # type: ignore[method-assign]
+    prompt, n, _ = SCRIPTS["select"]
+    loop = Loop(engine, LoopOptions(max_turn_tokens=96))
+    trace = loop.run([Inspection(frames_for("select", n), prompt)])[0]
+    assert seen[0] == (n, FRAMES_PROBE)  # the first turn stopped at once for the frames
+    first = trace.steps[0]
+    assert first.text.startswith("Let me view tiles ") and first.text.count("Let me") == 1
+    assert first.operation == "select_frames" and first.ok
+    assert trace.steps[1].text.startswith(ZOOM_SENTENCE)

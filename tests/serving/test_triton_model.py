@@ -279,6 +279,26 @@ def test_a_look_first_checkpoint_on_triton_looks_as_in_process_and_not_without_o
     assert plain.steps[0].text.startswith("A mark.") and plain.operations == 0
 
 
+def test_a_look_first_sequence_on_triton_ranks_its_frames_and_looks_as_in_process(
+        triton: Stack, taught_vlm: VLM) -> None:
+    # the frames go to Triton as PROBES when the model asks for them (PROBE_IMAGE -1), and the
+    # selection and the zoom it writes are the in-process ones
+    options = replace(OPTIONS, max_turn_tokens=96)
+    address = triton.settings.triton_address
+    engine = TritonEngine(address, "foveal_vl_look", taught_vlm.chat, taught_vlm.budget)
+    try:
+        remote = Loop(engine, options).run([item("select")])[0]
+    finally:
+        engine.close()
+    looking = LocalEngine(taught_vlm, pointer=True, rerank=8, look_first=True)
+    local = Loop(looking, options).run([item("select")])[0]
+    first = local.steps[0]
+    assert first.text.startswith("Let me view tiles ") and first.operation == "select_frames"
+    assert local.steps[1].text.startswith(ZOOM_SENTENCE)
+    assert remote.conversation.ids == local.conversation.ids
+    assert remote.conversation.loss == local.conversation.loss
+
+
 def test_a_grounded_selection_reaches_the_service_as_it_is_in_process(triton: Stack, taught_vlm: VLM) -> None:
     # the frame count travels as FRAMES: without it the pointer would take the overview for one frame
     engine = TritonEngine(triton.settings.triton_address, "foveal_vl_pointer", taught_vlm.chat,
