@@ -75,7 +75,8 @@ class TurnReply:
     # a grounded answer's type was written: the view head's probability of that type
     answer_prob: float | None = None
     # the turn stopped where a grounded box opens: these candidate boxes (normalized to image
-    # `probe_image`, 1-based; `pointer.FRAMES_PROBE`: box k is the whole of a sequence's frame k)
+    # `probe_image`, 1-based; `pointer.FRAMES_PROBE`: box k is the whole of the k-th frame of
+    # `pointer.looked_frames`)
     # want to be seen at full resolution; the next request sends their crops as
     # `TurnRequest.probes` and the turn goes on (`foveal.reasoning.pointer`)
     probes: list[tuple[float, float, float, float]] = field(default_factory=list)

@@ -39,7 +39,7 @@ from foveal.operations import (
     resize_to_budget,
 )
 from foveal.reasoning.engine import Engine, LocalEngine, ModelRef, TurnReply, TurnRequest
-from foveal.reasoning.pointer import FRAMES_PROBE, probe_budget
+from foveal.reasoning.pointer import FRAMES_PROBE, looked_frames, probe_budget
 
 BOXED = "\\boxed{"
 
@@ -259,7 +259,8 @@ class Loop:
         row.partial = reply if row.partial is None else _joined(row.partial, reply)
         budget = probe_budget(self.budget)
         if reply.probe_image == FRAMES_PROBE:  # a sequence's frames, each whole
-            row.probes = tuple(resize_to_budget(frame, budget) for frame in row.ws.frames[:len(reply.probes)])
+            looked = looked_frames(len(row.ws.frames))[:len(reply.probes)]
+            row.probes = tuple(resize_to_budget(row.ws.frames[f - 1], budget) for f in looked)
         else:
             crops = [preview(box, reply.probe_image, row.ws, budget) for box in reply.probes]
             row.probes = tuple(None if view is None else view.pixels for view in crops)

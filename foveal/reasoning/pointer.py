@@ -66,16 +66,16 @@ sentence (a verdict: "A crack at the centre: ..." or "No marks: ..."), the engin
 zoom sentence instead, and the decoder goes on into a grounded crop and gives its verdict after
 it. A sequence is never judged from its overview either. Its first turn is written whole: two
 frames named and selected (`SELECT_SENTENCE` and the call). With probes on, the turn first stops
-at its first token (written as the selection's first) and asks for every frame, whole, at
-`PROBE_PIXELS` (`FRAMES_PROBE`); the selection takes the frame whose own cell-head peak is highest
-and the best of the overview's tile ranking besides it (`rank_frames`; on FovealBench test's
-sequences the two hold a defect frame 0.82 / 0.77 / 0.61 of easy / hard / tiny ones, against
-0.58 / 0.71 / 0.61 with the tiles alone). The turn after the selected frames are shown opens with
-the zoom sentence, so the model crops inside the worse-looking of them before its verdict (v9's
-own second turns on sequences were mostly broken text: "The mark in frame 2 (image 2 (image 2d":
-[..."). Measured in session 20, `docs/benchmarks.md` "Sequences look too". Inspections without
-operations (`TurnRequest.operations` False, on Triton the `OPERATIONS` input) answer as they
-would. Measured on FovealBench test (session 18,
+at its first token (written as the selection's first) and asks for every other frame, whole, at
+`PROBE_PIXELS` (`FRAMES_PROBE`, `looked_frames`); the selection takes the frame whose own
+cell-head peak is highest and the best of the overview's tile ranking besides it (`rank_frames`;
+on FovealBench test's sequences the two hold a defect frame 0.89 / 0.73 / 0.63 of easy / hard /
+tiny ones, against 0.58 / 0.71 / 0.61 with the tiles alone). The turn after the selected frames
+are shown opens with the zoom sentence, so the model crops inside the worse-looking of them
+before its verdict (v9's own second turns on sequences were mostly broken text: "The mark in
+frame 2 (image 2 (image 2d": [..."); measured in session 20, `docs/benchmarks.md` "Sequences
+look too"). Inspections without operations (`TurnRequest.operations` False, on Triton the
+`OPERATIONS` input) answer as they would. Measured on FovealBench test (session 18,
 `docs/benchmarks.md`, "Look first"): v9 named 236 of 1,000 single images' defects from the whole
 view, and its type was right 0.59 of the time on easy and 0.31 on hard ones against 0.87 and
 0.79 after a crop that held the defect; looking first lifts type accuracy 0.332 -> 0.408 and
@@ -124,9 +124,22 @@ PROBE_PIXELS = 336 * 336
 TIGHT_SIDE = 0.25
 # what a look-first pointer writes as a sequence's first turn, before the selection's call
 SELECT_SENTENCE = "Let me view {tiles} up close."
-# `TurnReply.probe_image` of a sequence's frame probes: probe k is the whole of frame k, at
-# `PROBE_PIXELS` (image numbers are 1-based; 0 means no probes)
+# `TurnReply.probe_image` of a sequence's frame probes: probe k is the whole of the k-th frame of
+# `looked_frames`, at `PROBE_PIXELS` (image numbers are 1-based; 0 means no probes)
 FRAMES_PROBE = -1
+# every other frame is looked at: a defect shows on a run of frames as the part moves, and on the
+# test sequences every other frame chose as well as every frame (the selection held a defect
+# frame 0.89 / 0.73 / 0.63 of easy / hard / tiny ones, against 0.82 / 0.77 / 0.61) at half the cost
+FRAMES_STRIDE = 2
+
+
+def looked_frames(count: int) -> list[int]:
+    """The frames (1-based) of a `count`-frame sequence that frame probes show, in order.
+
+    >>> looked_frames(12), looked_frames(3)
+    ([1, 3, 5, 7, 9, 11], [1, 3])
+    """
+    return list(range(1, count + 1, FRAMES_STRIDE))
 FRAMES_PER_LOOK = 2  # frames per selection (the trajectories select 2-4 of the frames that show it)
 _NAMING = re.compile(r"(?:^|\W)(?:tiles?|frames?) $")  # prose about to name frame numbers
 
@@ -402,14 +415,14 @@ class CellPointer:
                       ) -> tuple[list[tuple[float, float, float, float]], int] | None:
         """The probes the engine asks for at this point of the turn (`wants_probes`): the boxes
         and the image (1-based) they are normalized to, or `FRAMES_PROBE` (each box the whole of
-        one frame); None when it asks for none. Asking for the frames queues the selection's
+        one of `looked_frames`); None when it asks for none. Asking for the frames queues the selection's
         first token, which the engine writes in place of the model's before it stops."""
         if not self.wants_probes(looks, generated, operations):
             return None
         if self._frames_due(looks, generated, operations):
             looks.asking, looks.frames_probed = "frames", True
             looks.queue = [self._select_first]
-            return [(0.0, 0.0, 1.0, 1.0)] * len(looks.frames), FRAMES_PROBE
+            return [(0.0, 0.0, 1.0, 1.0)] * len(looked_frames(len(looks.frames))), FRAMES_PROBE
         if self.opens_box(generated):
             looks.asking = "rank"
             return looks.boxes[:self.rerank], looks.box_image
@@ -468,18 +481,20 @@ class CellPointer:
 
     @torch.inference_mode()
     def rank_frames(self, looks: Looks, probes: Sequence[npt.NDArray[np.uint8] | None]) -> None:
-        """A sequence's frames seen one by one (`probes[k]` frame k+1 at `PROBE_PIXELS`, None when
-        missing): the selection takes the frame whose cell-head peak is highest and the best of
-        the overview's tile ranking besides it, then the rest by their peaks; queue the rest of
-        the selection the engine writes (its first token is already written)."""
-        shown = [k for k, crop in enumerate(probes) if crop is not None]
+        """A sequence's frames seen one by one (`probes[k]` the k-th of `looked_frames` at
+        `PROBE_PIXELS`, None when missing): the selection takes the frame whose cell-head peak is
+        highest and the best of the overview's tile ranking besides it, then the rest by their
+        peaks and tiles; queue the rest of the selection the engine writes (its first token is
+        already written)."""
+        looked = looked_frames(len(looks.frames))
+        shown = [k for k, crop in enumerate(probes[:len(looked)]) if crop is not None]
         pixels = [torch.from_numpy(normalized(probes[k], self.spec)).to(self.tower.dtype) for k in shown]  # type: ignore[arg-type]
         peaks = dict(zip(shown, (float(d.max()) for d in self._cell_maps(pixels)), strict=True))
         if peaks:
-            by_look = [k + 1 for k in sorted(peaks, key=lambda k: (-peaks[k], k))]
+            by_look = [looked[k] for k in sorted(peaks, key=lambda k: (-peaks[k], k))]
             tiles = [f for f in looks.frames if f != by_look[0]]
             order = [by_look[0], *tiles[:1]]
-            looks.frames = order + [f for f in by_look + tiles if f not in order and f in looks.frames]
+            looks.frames = list(dict.fromkeys([*order, *by_look, *tiles]))
         written = self.selection_tokens(looks)
         looks.queue = written[1:] if written[:1] == [self._select_first] else written
 

@@ -30,7 +30,8 @@ Outputs: GENERATED int64 [g], LOGPROBS fp32 [g], WATCH_LOGPROBS fp32 [max(1, g),
   ANSWER_PROB fp32 [1] (a grounded answer's type probability; NaN when there was none),
   PROBE_BOXES fp64 [4k] (the turn stopped where a grounded box opens: the candidate boxes whose
   crops the next request sends as PROBES; empty otherwise) and PROBE_IMAGE int32 [1] (the image
-  they are on, 1-based; -1: box k is the whole of a sequence's frame k; 0 when there are none).
+  they are on, 1-based; -1: box k is the whole of a sequence's frame 2k+1, every other frame;
+  0 when there are none).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from foveal.reasoning.pointer import (
     ZOOM_SENTENCE,
     CellPointer,
     Looks,
+    looked_frames,
 )
 from tests.reasoning.protocol_model import SCRIPTS, frames_for
 
@@ -516,7 +517,7 @@ def test_an_answer_after_a_grounded_crop_reads_its_type_on_a_tight_look_inside_i
 
 
 
-def test_a_look_first_sequence_selects_the_frame_that_looks_worst_on_its_own_and_the_best_tile(
+def test_a_look_first_sequence_selects_the_looked_frame_that_peaks_highest_and_the_best_tile(
         taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
     tok = taught_vlm.tokenizer
     pointer = CellPointer(taught_vlm, rerank=8, look_first=True)
@@ -525,20 +526,20 @@ def test_a_look_first_sequence_selects_the_frame_that_looks_worst_on_its_own_and
     assert pointer.probe_request(looks, [naming], operations=False) is None  # `--no-ops` answers
     assert CellPointer(taught_vlm, look_first=True).probe_request(looks, [naming]) is None  # no probes
     asked = pointer.probe_request(looks, [naming])
-    assert asked == ([(0.0, 0.0, 1.0, 1.0)] * 4, FRAMES_PROBE)  # each frame, whole
+    assert asked == ([(0.0, 0.0, 1.0, 1.0)] * 2, FRAMES_PROBE)  # frames 1 and 3, each whole
     first = tok.encode(SELECT_SENTENCE.format(tiles="tiles 1 and 2"), add_special_tokens=False)[0]
     assert looks.queue == [first]  # written instead of the model's token before the turn stops
     assert pointer.probe_request(looks, [naming]) is None  # asked once
-    # frame 4's own look peaks highest; the tiles' best other than it is frame 2
-    frames = [np.full((56, 56, 3), level, np.uint8) for level in (40, 160, 120, 250)]
+    # frame 3's own look peaks higher than frame 1's; the tiles' best other than it is frame 2
+    frames = [np.full((56, 56, 3), level, np.uint8) for level in (40, 250)]
     monkeypatch.setattr(CellPointer, "_cell_maps", _brightness)
     looks.queue = []
     pointer.probed(looks, frames)
-    assert looks.frames[:2] == [4, 2] and looks.selecting == [2, 4]
+    assert looks.frames == [3, 2, 1, 4] and looks.selecting == [2, 3]
     written = str(tok.decode([first, *looks.queue]))
-    assert written == ('Let me view tiles 2 and 4 up close.\n'
+    assert written == ('Let me view tiles 2 and 3 up close.\n'
                        '<tool_call>{"name": "select_frames", '
-                       '"arguments": {"target_frames": [2, 4]}}</tool_call>')
+                       '"arguments": {"target_frames": [2, 3]}}</tool_call>')
 
 
 def test_a_look_first_sequence_with_probes_stops_for_its_frames_and_writes_its_selection_once(
@@ -556,7 +557,7 @@ def test_a_look_first_sequence_with_probes_stops_for_its_frames_and_writes_its_s
     prompt, n, _ = SCRIPTS["select"]
     loop = Loop(engine, LoopOptions(max_turn_tokens=96))
     trace = loop.run([Inspection(frames_for("select", n), prompt)])[0]
-    assert seen[0] == (n, FRAMES_PROBE)  # the first turn stopped at once for the frames
+    assert seen[0] == (len(looked_frames(n)), FRAMES_PROBE)  # the first turn stopped at once for them
     first = trace.steps[0]
     assert first.text.startswith("Let me view tiles ") and first.text.count("Let me") == 1
     assert first.operation == "select_frames" and first.ok
