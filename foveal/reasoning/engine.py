@@ -76,9 +76,8 @@ class TurnReply:
     answer_prob: float | None = None
     # the turn stopped where a grounded box opens: these candidate boxes (normalized to image
     # `probe_image`, 1-based; `pointer.FRAMES_PROBE`: box k is the whole of the k-th frame of
-    # `pointer.looked_frames`)
-    # want to be seen at full resolution; the next request sends their crops as
-    # `TurnRequest.probes` and the turn goes on (`foveal.reasoning.pointer`)
+    # `pointer.looked_frames`) want to be seen at full resolution; the next request sends their
+    # crops as `TurnRequest.probes` and the turn goes on (`foveal.reasoning.pointer`)
     probes: list[tuple[float, float, float, float]] = field(default_factory=list)
     probe_image: int = 0
     # (max(1, len(tokens)), len(watch)): log-probabilities of the watched ids at each step; with

@@ -131,6 +131,8 @@ FRAMES_PROBE = -1
 # test sequences every other frame chose as well as every frame (the selection held a defect
 # frame 0.89 / 0.73 / 0.63 of easy / hard / tiny ones, against 0.82 / 0.77 / 0.61) at half the cost
 FRAMES_STRIDE = 2
+FRAMES_PER_LOOK = 2  # frames per selection (the trajectories select 2-4 of the frames that show it)
+_NAMING = re.compile(r"(?:^|\W)(?:tiles?|frames?) $")  # prose about to name frame numbers
 
 
 def looked_frames(count: int) -> list[int]:
@@ -140,8 +142,6 @@ def looked_frames(count: int) -> list[int]:
     ([1, 3, 5, 7, 9, 11], [1, 3])
     """
     return list(range(1, count + 1, FRAMES_STRIDE))
-FRAMES_PER_LOOK = 2  # frames per selection (the trajectories select 2-4 of the frames that show it)
-_NAMING = re.compile(r"(?:^|\W)(?:tiles?|frames?) $")  # prose about to name frame numbers
 
 
 def probe_budget(budget: ImageBudget) -> ImageBudget:
@@ -341,8 +341,7 @@ class CellPointer:
         view (`look_first`), a box, frames in a call or frames in prose, the type of an
         answer; or nothing."""
         resumed = looks.answer_open and not generated  # the answer opened before the stop
-        if self.look_first and operations and not generated and not resumed and looks.frames \
-                and looks.images == 1 and not looks.frames_used and not looks.selecting:
+        if not generated and not resumed and self._selection_due(looks, operations):
             return self.selection_tokens(looks)
         if self.look_first and operations and not generated and token != self._zoom[0] and not resumed \
                 and self._look_due(looks):
@@ -380,11 +379,15 @@ class CellPointer:
         call = json.dumps({"name": SELECT_FRAMES, "arguments": {"target_frames": chosen}})
         return self._encode(f"{SELECT_SENTENCE.format(tiles=tiles)}\n<tool_call>{call}</tool_call>")
 
+    def _selection_due(self, looks: Looks, operations: bool) -> bool:
+        """A look-first sequence whose first selection the engine has yet to write."""
+        return bool(self.look_first and operations and looks.frames and looks.images == 1
+                    and not looks.frames_used and not looks.selecting)
+
     def _frames_due(self, looks: Looks, generated: list[int], operations: bool) -> bool:
-        """A look-first sequence's first token, with probes on: its frames are to be ranked."""
-        return bool(self.look_first and self.rerank and operations and looks.frames and len(generated) == 1
-                    and looks.images == 1 and not looks.frames_used and not looks.selecting
-                    and not looks.frames_probed)
+        """That selection's first token, with probes on: the frames are to be ranked first."""
+        return bool(self.rerank and len(generated) == 1 and not looks.frames_probed
+                    and self._selection_due(looks, operations))
 
     @staticmethod
     def _look_due(looks: Looks) -> bool:
@@ -415,8 +418,8 @@ class CellPointer:
                       ) -> tuple[list[tuple[float, float, float, float]], int] | None:
         """The probes the engine asks for at this point of the turn (`wants_probes`): the boxes
         and the image (1-based) they are normalized to, or `FRAMES_PROBE` (each box the whole of
-        one of `looked_frames`); None when it asks for none. Asking for the frames queues the selection's
-        first token, which the engine writes in place of the model's before it stops."""
+        one of `looked_frames`); None when it asks for none. Asking for the frames queues the
+        selection's first token, which the engine writes in place of the model's before it stops."""
         if not self.wants_probes(looks, generated, operations):
             return None
         if self._frames_due(looks, generated, operations):
@@ -469,10 +472,7 @@ class CellPointer:
         asked for, None for a crop that cannot be made) and queue the best one's box: the next
         tokens the engine writes."""
         crops = list(probes[:len(looks.boxes)])
-        shown = [k for k, crop in enumerate(crops) if crop is not None]
-        tower = self.tower
-        pixels = [torch.from_numpy(normalized(crops[k], self.spec)).to(tower.dtype) for k in shown]  # type: ignore[arg-type]
-        peaks = dict(zip(shown, (float(d.max()) for d in self._cell_maps(pixels)), strict=True))
+        peaks = self._peaks(crops)
         scored = [(peaks.get(k, -1.0), k) for k in range(len(crops))]
         order = [k for _, k in sorted(scored, key=lambda pk: (-pk[0], pk[1]))]
         looks.boxes = [looks.boxes[k] for k in order] + looks.boxes[len(order):]
@@ -487,9 +487,7 @@ class CellPointer:
         peaks and tiles; queue the rest of the selection the engine writes (its first token is
         already written)."""
         looked = looked_frames(len(looks.frames))
-        shown = [k for k, crop in enumerate(probes[:len(looked)]) if crop is not None]
-        pixels = [torch.from_numpy(normalized(probes[k], self.spec)).to(self.tower.dtype) for k in shown]  # type: ignore[arg-type]
-        peaks = dict(zip(shown, (float(d.max()) for d in self._cell_maps(pixels)), strict=True))
+        peaks = self._peaks(probes[:len(looked)])
         if peaks:
             by_look = [looked[k] for k in sorted(peaks, key=lambda k: (-peaks[k], k))]
             tiles = [f for f in looks.frames if f != by_look[0]]
@@ -497,6 +495,12 @@ class CellPointer:
             looks.frames = list(dict.fromkeys([*order, *by_look, *tiles]))
         written = self.selection_tokens(looks)
         looks.queue = written[1:] if written[:1] == [self._select_first] else written
+
+    def _peaks(self, crops: Sequence[npt.NDArray[np.uint8] | None]) -> dict[int, float]:
+        """The cell head's peak on each crop given (by its index; None: no crop, no peak)."""
+        shown = [k for k, crop in enumerate(crops) if crop is not None]
+        pixels = [torch.from_numpy(normalized(crops[k], self.spec)).to(self.tower.dtype) for k in shown]  # type: ignore[arg-type]
+        return dict(zip(shown, (float(d.max()) for d in self._cell_maps(pixels)), strict=True))
 
     def opens_box(self, generated: list[int]) -> bool:
         """Whether the turn's tokens so far end with the opening of a crop's box."""
