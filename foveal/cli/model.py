@@ -91,6 +91,9 @@ def train_sft(
                                       help="Share of defect-free images answered without a zoom."),
     easy_direct: float = typer.Option(0.8, "--easy-direct", min=0.0, max=1.0,
                                       help="Share of easy defect images answered without a zoom."),
+    seq_look: float = typer.Option(0.0, "--seq-look", min=0.0, max=1.0,
+                                   help="Share of sequences written as a look-first pointer runs them: two "
+                                        "frames selected, a crop inside one, the verdict after the crop."),
     look_hints: bool = typer.Option(True, "--look-hints/--random-looks",
                                     help="Defect-free images look first where and when the stage-0 cell "
                                          "head is most suspicious (off: at random, by the mix)."),
@@ -116,7 +119,8 @@ def train_sft(
                        eval_every=eval_every, dev_loop_items=dev_loop_items, look_hints=look_hints,
                        type_embedding=type_embedding, untie_head=untie_head,
                        cell_looks=cell_looks)
-    config.mix = dataclasses.replace(config.mix, none_direct=none_direct, easy_direct=easy_direct)
+    config.mix = dataclasses.replace(config.mix, none_direct=none_direct, easy_direct=easy_direct,
+                                     seq_look=seq_look)
     if not self_correction:
         config.mix = config.mix.without_correction()
     with _bar() as bar:

@@ -106,7 +106,7 @@ from foveal.domain import DEFECT_TYPES, NO_DEFECT
 from foveal.model.loader import VLM
 from foveal.model.pixels import normalized
 from foveal.operations import SELECT_FRAMES, ImageBudget, look_box
-from foveal.reasoning.prompts import ZOOM_SENTENCE
+from foveal.reasoning.prompts import SELECT_SENTENCE, ZOOM_SENTENCE
 
 TRIGGER = '"bbox_2d": ['
 CLOSE = '], "target_image": 1}}</tool_call>'  # the call's only valid ending on the whole frame
@@ -122,8 +122,6 @@ PROBE_PIXELS = 336 * 336
 # centred on the crop's most defect-like cell: 0.25 read best of 0.25 / 0.375 / 0.5 at 224, 336 and
 # 448 px on 167 test crops (`/work/data/exp/tight.py`)
 TIGHT_SIDE = 0.25
-# what a look-first pointer writes as a sequence's first turn, before the selection's call
-SELECT_SENTENCE = "Let me view {tiles} up close."
 # `TurnReply.probe_image` of a sequence's frame probes: probe k is the whole of the k-th frame of
 # `looked_frames`, at `PROBE_PIXELS` (image numbers are 1-based; 0 means no probes)
 FRAMES_PROBE = -1

@@ -11,6 +11,9 @@ from foveal.domain import NO_DEFECT
 # the one sentence every zoom of a single frame's first turn opens with: the trajectories teach
 # it (`foveal.training.trajectories`) and a look-first pointer writes it (`foveal.reasoning.pointer`)
 ZOOM_SENTENCE = "Let me zoom in for a closer look."
+# a look-first sequence's first turn, before its `select_frames` call ("tiles 3 and 7"): the
+# pointer writes it and the trajectories of kind `seq_look` / `seq_look_none` teach it
+SELECT_SENTENCE = "Let me view {tiles} up close."
 
 SYSTEM_PROMPT = (
     "You are an industrial visual inspector. You may call a tool inside <tool_call></tool_call>: "

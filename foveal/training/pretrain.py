@@ -283,23 +283,53 @@ def cell_peaks(tower: ConvVisionTower, labels: Sequence[Label], folder: Path, bu
     shown (the head's summary enters every image token), so a look placed here is one the model
     can learn to make. The box: that cell's `look_box` with `cell_looks`, else a `PEAK_SIDE`
     box centred on it (v6). Needs a tower with a cell head."""
-    if tower.head is None:
-        raise ValueError("the tower has no cell head (cell_classes = 0): no peaks to look at")
+    _need_head(tower)
     out: dict[str, tuple[Box4, float]] = {}
     for n, label in enumerate(labels):
         if label.image is not None:
-            view = Workspace([load_image(folder, label.image)], budget).views[0].pixels
-            defect = 1.0 - torch.softmax(tower.head(tower.backbone(_pixels(tower, [view]))), dim=1)[0, 0]
-            rows, cols = defect.shape
-            best = int(defect.flatten().argmax())
-            if cell_looks:
-                box = look_box(rows, cols, best // cols, best % cols)
-            else:
-                cx, cy = (best % cols + 0.5) / cols, (best // cols + 0.5) / rows
-                x1 = min(max(cx - PEAK_SIDE / 2, 0.0), 1.0 - PEAK_SIDE)
-                y1 = min(max(cy - PEAK_SIDE / 2, 0.0), 1.0 - PEAK_SIDE)
-                box = (x1, y1, x1 + PEAK_SIDE, y1 + PEAK_SIDE)
-            out[label.id] = (box, float(defect.max()))
+            out[label.id] = _peak(tower, load_image(folder, label.image), budget, cell_looks)
         if on_item is not None:
             on_item(n)
     return out
+
+
+@torch.no_grad()
+def frame_peaks(tower: ConvVisionTower, labels: Sequence[Label], folder: Path, budget: ImageBudget,
+                on_item: Callable[[int], None] | None = None, cell_looks: bool = False
+                ) -> dict[str, tuple[int, Box4, float]]:
+    """Per sequence label: the frame (0-based) whose whole view peaks highest under the cell
+    head, with that peak's box and probability as `cell_peaks` gives them: the frame a
+    look-first pointer selects first and crops (`foveal.reasoning.pointer.rank_frames`)."""
+    _need_head(tower)
+    out: dict[str, tuple[int, Box4, float]] = {}
+    for n, label in enumerate(labels):
+        if label.frames:
+            peaks = [_peak(tower, load_image(folder, f), budget, cell_looks) for f in label.frames]
+            best = max(range(len(peaks)), key=lambda k: (peaks[k][1], -k))
+            out[label.id] = (best, *peaks[best])
+        if on_item is not None:
+            on_item(n)
+    return out
+
+
+def _need_head(tower: ConvVisionTower) -> None:
+    if tower.head is None:
+        raise ValueError("the tower has no cell head (cell_classes = 0): no peaks to look at")
+
+
+def _peak(tower: ConvVisionTower, frame: npt.NDArray[np.uint8], budget: ImageBudget, cell_looks: bool
+          ) -> tuple[Box4, float]:
+    """The box on the most defect-like cell of `frame`'s whole view, and its defect probability."""
+    assert tower.head is not None
+    view = Workspace([frame], budget).views[0].pixels
+    defect = 1.0 - torch.softmax(tower.head(tower.backbone(_pixels(tower, [view]))), dim=1)[0, 0]
+    rows, cols = defect.shape
+    best = int(defect.flatten().argmax())
+    if cell_looks:
+        box = look_box(rows, cols, best // cols, best % cols)
+    else:
+        cx, cy = (best % cols + 0.5) / cols, (best // cols + 0.5) / rows
+        x1 = min(max(cx - PEAK_SIDE / 2, 0.0), 1.0 - PEAK_SIDE)
+        y1 = min(max(cy - PEAK_SIDE / 2, 0.0), 1.0 - PEAK_SIDE)
+        box = (x1, y1, x1 + PEAK_SIDE, y1 + PEAK_SIDE)
+    return box, float(defect.max())

@@ -34,7 +34,7 @@ from foveal.plant.dataset import Label, load_image, read_labels
 from foveal.training.captions import caption_chunks
 from foveal.training.examples import Example, corpus_lines, frames_of, materialize, with_maps
 from foveal.training.forward import collate, decision_weights, sft_loss, token_logits
-from foveal.training.pretrain import PretrainReport, cell_peaks, pretrain, samples_for
+from foveal.training.pretrain import PretrainReport, cell_peaks, frame_peaks, pretrain, samples_for
 from foveal.training.trajectories import Hint, Mix, Trajectory, synthesize
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -139,11 +139,13 @@ def trajectories_for(labels: Sequence[Label], per_item: int, mix: Mix, seed: int
 
 
 def look_hints(vlm: VLM, labels: Sequence[Label], folder: Path, progress: Progress, phase: str,
-               none_direct: float, threshold: float | None = None, cell_looks: bool = False
-               ) -> tuple[dict[str, Hint], float]:
+               none_direct: float, threshold: float | None = None, cell_looks: bool = False,
+               sequences: bool = False) -> tuple[dict[str, Hint], float]:
     """A `Hint` per defect-free single image: look at its cell-head peak when the peak's score
     is at least `threshold` (by default the `none_direct` quantile of these images' scores, so
-    that share of them is answered at once). Returns the hints and the threshold used."""
+    that share of them is answered at once). With `sequences`, also one per defect-free
+    sequence: the frame that peaks highest and the look at its peak (`frame_peaks`; always a
+    look, as a look-first pointer makes). Returns the hints and the threshold used."""
     tower = vlm.model.model.visual
     assert isinstance(tower, ConvVisionTower)
     clean = [lb for lb in labels if lb.image is not None and lb.defect_type == NO_DEFECT]
@@ -152,7 +154,13 @@ def look_hints(vlm: VLM, labels: Sequence[Label], folder: Path, progress: Progre
     if threshold is None:
         scores = sorted(score for _, score in peaks.values())
         threshold = float(np.quantile(scores, none_direct)) if scores else 0.0
-    return {key: Hint(box, score >= threshold) for key, (box, score) in peaks.items()}, threshold
+    hints = {key: Hint(box, score >= threshold) for key, (box, score) in peaks.items()}
+    if sequences:
+        runs = [lb for lb in labels if lb.frames and lb.defect_type == NO_DEFECT]
+        found = frame_peaks(tower, runs, folder, vlm.budget,
+                            lambda n: progress(f"{phase} (sequences)", n + 1, len(runs)), cell_looks)
+        hints |= {key: Hint(box, True, frame) for key, (frame, box, _) in found.items()}
+    return hints, threshold
 
 
 def new_model(tokenizer: PreTrainedTokenizerBase, preset: str, *, name: str, version: str, seed: int) -> VLM:
@@ -323,12 +331,12 @@ def _with_layout(vlm: VLM, config: SFTConfig) -> None:
 
 
 def token_grids(labels: Sequence[Label], budget: ImageBudget) -> dict[str, tuple[int, int]]:
-    """Per single-image label, the token grid (rows, cols) its whole view is shown as."""
+    """Per label, the token grid (rows, cols) its whole view is shown as (a sequence: the grid
+    of each of its frames shown whole, after a selection)."""
     grids = {}
     for label in labels:
-        if label.image is not None:
-            height, width = budget_size(label.height, label.width, budget)
-            grids[label.id] = (height // budget.factor, width // budget.factor)
+        height, width = budget_size(label.height, label.width, budget)
+        grids[label.id] = (height // budget.factor, width // budget.factor)
     return grids
 
 
@@ -371,16 +379,17 @@ def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], 
         clock = time.perf_counter()
         none_direct = config.mix.none_direct
         hints, threshold = look_hints(vlm, labels, config.data, progress, "look hints", none_direct,
-                                      cell_looks=config.cell_looks)
+                                      cell_looks=config.cell_looks, sequences=config.mix.seq_look > 0)
         trajectories = trajectories_for(labels, config.trajectories_per_item, config.mix, config.seed, hints,
                                         grids)
         if config.dev:
             dev_hints, _ = look_hints(vlm, dev_labels, config.dev, progress, "dev look hints",
-                                      none_direct, threshold, config.cell_looks)
+                                      none_direct, threshold, config.cell_looks, config.mix.seq_look > 0)
             dev_trajectories = trajectories_for(dev_labels, 1, config.mix, config.seed + 1, dev_hints,
                                                 dev_grids)
         report.look_threshold = threshold
-        report.look_share = sum(h.look for h in hints.values()) / len(hints) if hints else None
+        images = [h for h in hints.values() if h.frame is None]
+        report.look_share = sum(h.look for h in images) / len(images) if images else None
         report.seconds["look hints"] = time.perf_counter() - clock
     clock = time.perf_counter()
     train = build_examples(vlm, labels, trajectories, config.data, progress, "examples",

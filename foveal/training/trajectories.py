@@ -35,10 +35,10 @@ from foveal.operations import (
     to_original,
 )
 from foveal.plant.dataset import BoxN, Label
-from foveal.reasoning.prompts import ZOOM_SENTENCE, inspection_prompt
+from foveal.reasoning.prompts import SELECT_SENTENCE, ZOOM_SENTENCE, inspection_prompt
 
 KINDS = ("direct", "single", "wrong1", "wrong2", "refine", "look_none",
-         "seq_direct", "seq_single", "seq_zoom", "seq_wrong")
+         "seq_direct", "seq_single", "seq_zoom", "seq_wrong", "seq_look", "seq_look_none")
 Region = tuple[int, int, int, int]  # left, top, right, bottom in original pixels
 _SUBTLE = ("hard", "tiny")  # difficulties whose type only the zoom reveals
 _ZOOM_KINDS = ("single", "wrong1", "wrong2", "refine")
@@ -74,6 +74,7 @@ class Hint:
 
     box: BoxN
     look: bool
+    frame: int | None = None  # a sequence: the frame (0-based) the box is on, the one that peaks highest
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,13 @@ class Mix:
     none_direct: float = 0.8  # defect-free images answered directly (the rest: look_none)
     seq_wrong: float = 0.1  # defective sequences that first select the wrong frames
     named_prompt: float = 0.5  # prompts naming the product and the defect types
+    # sequences written as a look-first pointer runs them (`seq_look`, `seq_look_none`): two
+    # frames named and selected, a crop inside one of them, the verdict after the crop
+    seq_look: float = 0.0
 
     def __post_init__(self) -> None:
         shares = (self.single, self.wrong1, self.wrong2, self.refine, self.easy_direct,
-                  self.none_direct, self.seq_wrong, self.named_prompt)
+                  self.none_direct, self.seq_wrong, self.named_prompt, self.seq_look)
         if not all(0.0 <= share <= 1.0 for share in shares):
             raise ValueError(f"every share of {self} must lie in [0, 1]")
         if self.single + self.wrong1 + self.wrong2 + self.refine <= 0.0:
@@ -256,7 +260,9 @@ class _Item:
     rng: random.Random
     noun: str
     hint: Hint | None = None
-    grid: tuple[int, int] | None = None  # the whole view's token grid (rows, cols), when known
+    # the token grid (rows, cols) of the whole view of a single image, or of one frame of a
+    # sequence (each selected frame is shown whole), when known
+    grid: tuple[int, int] | None = None
 
     @property
     def size(self) -> Region:
@@ -312,23 +318,29 @@ def _grow(box: BoxN, region: Region) -> BoxN:
 
 
 def _target(item: _Item) -> BoxN:
-    """The correct crop of image 1. With the whole view's token grid known: the `look_box` of
-    the cell holding the defect's centre, when its padded crop holds the whole defect (a box the
-    model can write by pointing at that token); else the label's box on the 0.02 grid, grown
-    to a valid size."""
+    """The correct crop of image 1 (`_look_at` the label's box)."""
     if item.label.bbox is None:
         raise ValueError(f"item {item.label.id} is defective but has no bbox")
-    tight = _grow(crop_box(item.label.bbox), item.size)
+    return _look_at(item, item.label.bbox)
+
+
+def _look_at(item: _Item, box: BoxN) -> BoxN:
+    """The crop of a labelled `box` on an image shown whole (a single image's view, or a
+    selected frame). With its token grid known: the `look_box` of the cell holding the box's
+    centre, when its padded crop holds the whole box (a box the model can write by pointing at
+    that token, and the box a grounded pointer writes); else the box on the 0.02 grid, grown to
+    a valid size."""
+    tight = _grow(crop_box(box), item.size)
     if item.grid is None:
         return tight
     rows, cols = item.grid
-    x1, y1, x2, y2 = item.label.bbox
+    x1, y1, x2, y2 = box
     row = min(max(int((y1 + y2) / 2 * rows), 0), rows - 1)
     col = min(max(int((x1 + x2) / 2 * cols), 0), cols - 1)
-    box = look_box(rows, cols, row, col)
-    left, top, right, bottom = pad_and_clamp(box)
+    look = look_box(rows, cols, row, col)
+    left, top, right, bottom = pad_and_clamp(look)
     holds = left <= x1 + _EPS and top <= y1 + _EPS and right >= x2 - _EPS and bottom >= y2 - _EPS
-    return box if holds else tight
+    return look if holds else tight
 
 
 def _random_box(rng: random.Random, low: int, high: int) -> BoxN:
@@ -503,10 +515,56 @@ def _seq_wrong(item: _Item) -> Turns | None:
     return (first, _select(retry, right), *(rest or (_final(item, _SEQ_FINAL),)))
 
 
+def _look_selection(item: _Item, frame: int) -> list[int]:
+    """`frame` and one other frame drawn at random, sorted (0-based): what a look-first pointer
+    selects, the frame whose own look peaks highest and the best tile besides it."""
+    others = [f for f in range(len(item.label.frames or ())) if f != frame]
+    return sorted([frame, item.rng.choice(others)]) if others else [frame]
+
+
+def _select_first(frames: list[int]) -> AssistantTurn:
+    """A look-first sequence's first turn, word for word as the pointer writes it."""
+    return _select(SELECT_SENTENCE.format(tiles=_numbers(frames, "tile")), frames)
+
+
+def _seq_look(item: _Item) -> Turns | None:
+    """A defective sequence as a look-first pointer runs it: a defect frame and another
+    selected, the defect cropped in its frame, the verdict after the crop."""
+    count = len(item.label.frames or ())
+    boxes = {f: b for f in (item.label.defect_frames or range(count))
+             if 0 <= f < count and (b := _frame_box(item, f)) is not None}
+    if item.label.defect_type == NO_DEFECT or not boxes:
+        return None
+    frame = item.rng.choice(sorted(boxes))
+    frames = _look_selection(item, frame)
+    box = _look_at(item, boxes[frame])
+    return (_select_first(frames), _crop(_ZOOM, box, 2 + frames.index(frame)),
+            _final(item, loc=location(box)))
+
+
+def _seq_look_none(item: _Item) -> Turns | None:
+    """A defect-free sequence as a look-first pointer runs it: with a `Hint`, the frame that
+    peaks highest under the model's own cell head and another selected and the look at that
+    peak cropped (what the pointer does); without one, a frame and a box at random. Clean after
+    the crop."""
+    if item.label.defect_type != NO_DEFECT:
+        return None
+    count = len(item.label.frames or ())
+    if item.hint is not None and item.hint.frame is not None and 0 <= item.hint.frame < count:
+        frame, raw = item.hint.frame, item.hint.box
+    else:
+        frame, raw = item.rng.randrange(count), _random_box(item.rng, 10, 30)
+    frames = _look_selection(item, frame)
+    box = _grow(crop_box(raw), item.size)
+    return (_select_first(frames), _crop(_ZOOM, box, 2 + frames.index(frame)),
+            _answer(item.say(_LOOK_NONE_END, loc=location(box)), NO_DEFECT))
+
+
 BUILDERS: dict[str, Builder] = {
     "direct": _direct, "single": _single, "wrong1": lambda item: _wrong(item, 1),
     "wrong2": lambda item: _wrong(item, 2), "refine": _refine, "look_none": _look_none,
     "seq_direct": _seq_direct, "seq_single": _seq_single, "seq_zoom": _seq_zoom, "seq_wrong": _seq_wrong,
+    "seq_look": _seq_look, "seq_look_none": _seq_look_none,
 }
 
 
@@ -524,11 +582,15 @@ def _image_none(label: Label, rng: random.Random, mix: Mix, hint: Hint | None) -
 
 
 def _seq_defect(label: Label, rng: random.Random, mix: Mix, hint: Hint | None) -> tuple[str, ...]:
+    if mix.seq_look and rng.random() < mix.seq_look:
+        return ("seq_look", "seq_single")
     plain = ("seq_zoom", "seq_single") if label.difficulty in _SUBTLE else ("seq_single",)
     return ("seq_wrong", *plain) if rng.random() < mix.seq_wrong else plain
 
 
 def _seq_none(label: Label, rng: random.Random, mix: Mix, hint: Hint | None) -> tuple[str, ...]:
+    if mix.seq_look and rng.random() < mix.seq_look:
+        return ("seq_look_none",)
     return ("seq_direct",) if rng.random() < _SEQ_NONE_SHARE else ("seq_single",)
 
 
@@ -552,7 +614,7 @@ def synthesize(label: Label, rng: random.Random, mix: Mix = Mix(), hint: Hint | 
         prompt, noun = inspection_prompt(label.product, types, frames), label.product.replace("_", " ")
     else:
         prompt, noun = inspection_prompt(frames=frames), "part"
-    item = _Item(label, rng, noun, hint, grid if not label.is_sequence else None)
+    item = _Item(label, rng, noun, hint, grid)
     for kind in _CHOOSERS[(label.is_sequence, label.defect_type != NO_DEFECT)](label, rng, mix, hint):
         turns = BUILDERS[kind](item)
         if turns is not None:

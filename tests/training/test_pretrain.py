@@ -11,6 +11,7 @@ import torch
 
 from foveal.model.loader import VLM
 from foveal.operations import Workspace, execute
+from foveal.training import trajectories
 from foveal.training.pretrain import (
     VisionSample,
     _augment,
@@ -138,3 +139,33 @@ def test_look_hints_sit_on_the_cell_heads_peak_and_follow_the_threshold(micro_vl
     looks = cell_peaks(tower, labels, tmp_path, micro_vlm.budget, cell_looks=True)
     for key, (rows, cols, row, col) in peak_cells.items():  # with cell looks: the peak cell's look box
         assert looks[key] == (look_box(rows, cols, row, col), peaks[key][1])
+
+
+def test_a_clean_sequences_hint_is_the_frame_that_peaks_highest_and_the_look_at_its_peak(
+        micro_vlm: VLM, tmp_path: Path) -> None:
+    import cv2
+
+    from foveal.plant.dataset import Label
+    from foveal.training.pretrain import cell_peaks, frame_peaks
+    from foveal.training.sft import look_hints
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "sequences").mkdir()
+    frames = []
+    for k in range(4):
+        frame = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / "sequences" / f"f{k}.png"), frame)
+        frames.append(f"sequences/f{k}.png")
+    run = Label(id="s", frames=frames, product="cast_part", defect_type="none", width=400, height=300)
+    as_images = [Label(id=f"f{k}", image=f, product="cast_part", defect_type="none", width=400, height=300)
+                 for k, f in enumerate(frames)]
+    tower = micro_vlm.model.model.visual
+    each = cell_peaks(tower, as_images, tmp_path, micro_vlm.budget, cell_looks=True)
+    best = max(range(4), key=lambda k: each[f"f{k}"][1])
+    assert frame_peaks(tower, [run, *as_images], tmp_path, micro_vlm.budget, cell_looks=True) == {
+        "s": (best, *each[f"f{best}"])}  # single images have no frames to rank
+    hints, _ = look_hints(micro_vlm, [run], tmp_path, lambda *_: None, "hints", 0.2, cell_looks=True)
+    assert hints == {}  # sequences only when asked (a look-first mix)
+    hints, _ = look_hints(micro_vlm, [run], tmp_path, lambda *_: None, "hints", 0.2, cell_looks=True,
+                          sequences=True)
+    assert hints == {"s": trajectories.Hint(each[f"f{best}"][0], True, best)}

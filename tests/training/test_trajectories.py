@@ -157,7 +157,7 @@ def test_tool_call_is_json_with_coordinates_rounded_to_two_decimals() -> None:
 
 def test_every_kind_is_produced_and_every_tool_call_executes_in_order() -> None:
     kinds: collections.Counter[str] = collections.Counter()
-    for label, trajectory in trajectories_of(synthetic_labels(300), Mix(seq_wrong=0.3)):
+    for label, trajectory in trajectories_of(synthetic_labels(400), Mix(seq_wrong=0.3, seq_look=0.4)):
         assert trajectory.kind in KINDS
         kinds[trajectory.kind] += 1
         assert len(run(label, trajectory)) == len(trajectory.turns) - 1
@@ -425,3 +425,66 @@ def test_with_the_token_grid_a_zoom_on_a_defect_goes_to_its_cells_look_box_and_s
         crop = results[[t.loss for t in trajectory.turns[:-1]].index(True)]
         assert contains(crop.box, label.bbox), trajectory  # the crop taught as correct shows the defect
     assert looks > 0.8 * 300 and tight < 0.2 * 300
+
+
+def test_a_look_first_sequence_is_taught_as_the_pointer_runs_it() -> None:
+    """`seq_look`: the first turn word for word as a look-first pointer writes it (the same text
+    `tests/reasoning/test_pointer.py` expects of the pointer), a defect frame and one other
+    selected; then the zoom sentence and a crop inside the defect frame that holds its box (the
+    look box of the frame's cell with the token grid); the verdict after the crop."""
+    from foveal.operations import SELECT_FRAMES, look_box
+
+    rng = random.Random(8)
+    mix = Mix(seq_look=1.0)
+    looks = 0
+    for n in range(80):
+        label = sequence_label(rng, n, rng.choice(DEFECTS), rng.choice(["easy", "hard", "tiny"]))
+        grid = (6, 8)
+        trajectory = synthesize(label, random.Random(n), mix, grid=grid)
+        boxes = label.frame_boxes or []
+        if not any(boxes[f] is not None for f in label.defect_frames or []):
+            assert trajectory.kind == "seq_single"  # nothing to crop: the old single pass
+            continue
+        assert trajectory.kind == "seq_look" and len(trajectory.turns) == 3
+        select, crop_turn, answer = trajectory.turns
+        chosen = parse_tool_call(select.text)
+        assert chosen is not None and chosen.name == SELECT_FRAMES
+        frames = chosen.arguments["target_frames"]
+        assert len(frames) == 2 and frames == sorted(frames)
+        tiles = " and ".join(str(f) for f in frames)
+        assert select.text == (f"Let me view tiles {tiles} up close.\n<tool_call>"
+                               f'{{"name": "select_frames", "arguments": {{"target_frames": {frames}}}}}'
+                               "</tool_call>")
+        assert crop_turn.text.startswith("Let me zoom in for a closer look.\n<tool_call>")
+        results = run(label, trajectory)
+        frame = results[1].views[0].frame_index
+        assert frame + 1 in frames and frame in (label.defect_frames or [])
+        box = boxes[frame]
+        assert box is not None and contains(results[1].box, box)
+        parsed = parse_tool_call(crop_turn.text)
+        assert parsed is not None
+        x1, y1, x2, y2 = box
+        cell = look_box(*grid, min(int((y1 + y2) / 2 * grid[0]), 5), min(int((x1 + x2) / 2 * grid[1]), 7))
+        looks += tuple(parsed.arguments["bbox_2d"]) == cell
+        assert parse_answer(answer.text) == label.defect_type and answer.loss
+    assert looks > 20
+
+
+def test_a_defect_free_look_first_sequence_crops_the_frame_its_hint_names_and_finds_it_clean() -> None:
+    rng = random.Random(9)
+    mix = Mix(seq_look=1.0)
+    for n in range(40):
+        label = sequence_label(rng, n, NO_DEFECT)
+        frame = rng.randrange(len(label.frames or ()))
+        hint = trajectories.Hint((0.3, 0.4, 0.42, 0.52), True, frame)
+        trajectory = synthesize(label, random.Random(n), mix, hint=hint)
+        assert trajectory.kind == "seq_look_none" and trajectory.answer == NO_DEFECT
+        _, crop_turn, answer = trajectory.turns
+        results = run(label, trajectory)
+        assert results[1].views[0].frame_index == frame
+        parsed = parse_tool_call(crop_turn.text)
+        assert parsed is not None and parsed.arguments["bbox_2d"] == [0.3, 0.4, 0.42, 0.52]
+        assert answer.text.startswith("No marks:") and parse_answer(answer.text) == NO_DEFECT
+        blind = synthesize(label, random.Random(n), mix)  # no hint: a frame and a box at random
+        assert blind.kind == "seq_look_none" and len(run(label, blind)) == 2
+
