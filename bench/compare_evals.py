@@ -1,6 +1,9 @@
 """Paired comparison of two `foveal eval` runs on the same items: the difference in image F1 and
 defect-type accuracy with 95 % paired bootstrap intervals (items resampled together, so the
-interval is that of the difference, far narrower than the two runs' own intervals).
+interval is that of the difference, far narrower than the two runs' own intervals). When both
+runs record each answer's `defect_score`, also the AUROC of that score (defective against good
+items) for single images and for sequences: how well the model separates them whatever the
+threshold, where F1 also moves with the threshold.
 
 Reads the `predictions.jsonl` each run writes (each item's answer beside its label), prints a
 table and, as its last line, one JSON object (also written to `--out` when given).
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from foveal.evaluation.metrics import detection_scores, is_defective
+from foveal.training.pretrain import auroc
 
 Record = dict[str, Any]
 
@@ -39,7 +44,21 @@ def type_accuracy(records: Sequence[Record]) -> float:
     return sum(bool(r["type_correct"]) for r in defective) / max(1, len(defective))
 
 
+def score_auroc(kind: str) -> Callable[[Sequence[Record]], float]:
+    """The AUROC of `defect_score` over the items of one kind (`image` or `sequence`); NaN
+    when they are not both defective and good."""
+    def metric(records: Sequence[Record]) -> float:
+        rows = [r for r in records if r["label"].get("kind", "image") == kind]
+        scores = np.array([float(r["defect_score"]) for r in rows], dtype=np.float64)
+        truths = np.array([is_defective(r["label"]["defect_type"]) for r in rows], dtype=bool)
+        found = auroc(scores, truths) if rows else None
+        return float("nan") if found is None else found
+    return metric
+
+
 METRICS: dict[str, Callable[[Sequence[Record]], float]] = {"image_f1": f1, "type_accuracy": type_accuracy}
+SCORED: dict[str, Callable[[Sequence[Record]], float]] = {
+    "score_auroc_images": score_auroc("image"), "score_auroc_sequences": score_auroc("sequence")}
 
 
 def compare(before: dict[str, Record], after: dict[str, Record], resamples: int = 2000,
@@ -50,14 +69,18 @@ def compare(before: dict[str, Record], after: dict[str, Record], resamples: int 
     ids = sorted(before)
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(ids), len(ids)) for _ in range(resamples)]
+    a, b = [before[i] for i in ids], [after[i] for i in ids]
+    scored = all(r.get("defect_score") is not None for r in (*a, *b))
     out = {}
-    for name, metric in METRICS.items():
-        a, b = [before[i] for i in ids], [after[i] for i in ids]
-        diffs = sorted(metric([b[k] for k in d]) - metric([a[k] for k in d]) for d in draws)
+    for name, metric in {**METRICS, **(SCORED if scored else {})}.items():
+        if math.isnan(metric(a)) or math.isnan(metric(b)):
+            continue
+        diffs = sorted(x for x in (metric([b[k] for k in d]) - metric([a[k] for k in d]) for d in draws)
+                       if not math.isnan(x))
         out[name] = {"before": round(metric(a), 4), "after": round(metric(b), 4),
                      "difference": round(metric(b) - metric(a), 4),
-                     "low": round(diffs[int(0.025 * resamples)], 4),
-                     "high": round(diffs[int(0.975 * resamples) - 1], 4)}
+                     "low": round(diffs[int(0.025 * len(diffs))], 4),
+                     "high": round(diffs[int(0.975 * len(diffs)) - 1], 4)}
     return out
 
 
@@ -69,9 +92,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result = compare(read(args.before), read(args.after), args.resamples)
-    print(f"{'metric':<15} {'before':>8} {'after':>8} {'diff':>8}   95 % paired interval")
+    print(f"{'metric':<22} {'before':>8} {'after':>8} {'diff':>8}   95 % paired interval")
     for name, r in result.items():
-        print(f"{name:<15} {r['before']:>8.4f} {r['after']:>8.4f} {r['difference']:>+8.4f}   "
+        print(f"{name:<22} {r['before']:>8.4f} {r['after']:>8.4f} {r['difference']:>+8.4f}   "
               f"{r['low']:+.4f} … {r['high']:+.4f}")
     line = json.dumps({"benchmark": "compare_evals", "before": str(args.before), "after": str(args.after),
                        "resamples": args.resamples, "results": result})

@@ -40,6 +40,27 @@ def test_the_difference_of_two_runs_is_paired_and_computed_as_by_hand(tmp_path: 
     assert typ["low"] <= typ["difference"] <= typ["high"] and typ["low"] >= 0.0  # never worse in a resample
 
 
+def test_with_defect_scores_the_auroc_per_kind_is_compared_too(tmp_path: Path) -> None:
+    def run(path: Path, scores: list[float]) -> Path:
+        truths = ["pit", "dent", "none", "none", "crack", "none"]
+        kinds = ["image"] * 4 + ["sequence"] * 2
+        rows = [{**_record(f"f{i}", t, t), "defect_score": s, "label": {"defect_type": t, "kind": k}}
+                for i, (t, s, k) in enumerate(zip(truths, scores, kinds, strict=True))]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    # images: defects 0.9, 0.3 against good 0.5, 0.1 -> 3 of 4 pairs ordered (0.75); then all 4 (1.0)
+    before = run(tmp_path / "a.jsonl", [0.9, 0.3, 0.5, 0.1, 0.2, 0.6])
+    after = run(tmp_path / "b.jsonl", [0.9, 0.6, 0.5, 0.1, 0.7, 0.6])
+    out = subprocess.run([sys.executable, str(SCRIPT), str(before), str(after), "--resamples", "400"],
+                         check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])["results"]
+    assert result["score_auroc_images"]["before"] == 0.75 and result["score_auroc_images"]["after"] == 1.0
+    # sequences: the one defect below the one good part, then above it
+    sequences = result["score_auroc_sequences"]
+    assert sequences["before"] == 0.0 and sequences["after"] == 1.0
+
+
 def test_runs_on_different_items_are_refused(tmp_path: Path) -> None:
     before = _write(tmp_path / "a.jsonl", [("pit", "pit"), ("none", "none")])
     after = _write(tmp_path / "b.jsonl", [("pit", "pit")])
