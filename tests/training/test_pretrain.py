@@ -95,6 +95,19 @@ def test_wide_crops_hold_the_defect_box() -> None:
         assert right - left >= 0.39 and bottom - top >= 0.39
 
 
+def _noise_frames(folder: Path, sub: str, count: int, seed: int) -> list[str]:
+    """`count` 400 x 300 noise frames written under `folder/sub`; their relative paths."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    (folder / sub).mkdir()
+    paths = []
+    for n in range(count):
+        cv2.imwrite(str(folder / sub / f"c{n}.png"), rng.integers(0, 255, (300, 400, 3), dtype=np.uint8))
+        paths.append(f"{sub}/c{n}.png")
+    return paths
+
+
 def test_look_hints_sit_on_the_cell_heads_peak_and_follow_the_threshold(micro_vlm: VLM,
                                                                         tmp_path: Path) -> None:
     import cv2
@@ -103,14 +116,8 @@ def test_look_hints_sit_on_the_cell_heads_peak_and_follow_the_threshold(micro_vl
     from foveal.training.pretrain import PEAK_SIDE, _pixels, cell_peaks
     from foveal.training.sft import look_hints
 
-    rng = np.random.default_rng(0)
-    (tmp_path / "images").mkdir()
-    labels = []
-    for n in range(6):
-        frame = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
-        cv2.imwrite(str(tmp_path / "images" / f"c{n}.png"), frame)
-        labels.append(Label(id=f"c{n}", image=f"images/c{n}.png", product="brushed_metal", defect_type="none",
-                            width=400, height=300))
+    labels = [Label(id=f"c{n}", image=path, product="brushed_metal", defect_type="none", width=400,
+                    height=300) for n, path in enumerate(_noise_frames(tmp_path, "images", 6, seed=0))]
     defect = Label(id="d", image="images/c0.png", product="brushed_metal", defect_type="pit", width=400,
                    height=300, bbox=(0.1, 0.1, 0.2, 0.2), difficulty="easy")
     tower = micro_vlm.model.model.visual
@@ -143,19 +150,11 @@ def test_look_hints_sit_on_the_cell_heads_peak_and_follow_the_threshold(micro_vl
 
 def test_a_clean_sequences_hint_is_the_frame_that_peaks_highest_and_the_look_at_its_peak(
         micro_vlm: VLM, tmp_path: Path) -> None:
-    import cv2
-
     from foveal.plant.dataset import Label
     from foveal.training.pretrain import cell_peaks, frame_peaks
     from foveal.training.sft import look_hints
 
-    rng = np.random.default_rng(1)
-    (tmp_path / "sequences").mkdir()
-    frames = []
-    for k in range(4):
-        frame = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
-        cv2.imwrite(str(tmp_path / "sequences" / f"f{k}.png"), frame)
-        frames.append(f"sequences/f{k}.png")
+    frames = _noise_frames(tmp_path, "sequences", 4, seed=1)
     run = Label(id="s", frames=frames, product="cast_part", defect_type="none", width=400, height=300)
     as_images = [Label(id=f"f{k}", image=f, product="cast_part", defect_type="none", width=400, height=300)
                  for k, f in enumerate(frames)]
