@@ -89,15 +89,21 @@ def main() -> None:
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--kind", choices=("image", "sequence"), default=None,
+                        help="compare the single images or the sequences only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    result = compare(read(args.before), read(args.after), args.resamples)
+    before, after = read(args.before), read(args.after)
+    if args.kind:
+        before, after = ({k: r for k, r in run.items() if r["label"].get("kind", "image") == args.kind}
+                         for run in (before, after))
+    result = compare(before, after, args.resamples)
     print(f"{'metric':<22} {'before':>8} {'after':>8} {'diff':>8}   95 % paired interval")
     for name, r in result.items():
         print(f"{name:<22} {r['before']:>8.4f} {r['after']:>8.4f} {r['difference']:>+8.4f}   "
               f"{r['low']:+.4f} … {r['high']:+.4f}")
     line = json.dumps({"benchmark": "compare_evals", "before": str(args.before), "after": str(args.after),
-                       "resamples": args.resamples, "results": result})
+                       "kind": args.kind or "all", "resamples": args.resamples, "results": result})
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(line + "\n")

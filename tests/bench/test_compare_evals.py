@@ -59,6 +59,11 @@ def test_with_defect_scores_the_auroc_per_kind_is_compared_too(tmp_path: Path) -
     # sequences: the one defect below the one good part, then above it
     sequences = result["score_auroc_sequences"]
     assert sequences["before"] == 0.0 and sequences["after"] == 1.0
+    only = subprocess.run([sys.executable, str(SCRIPT), str(before), str(after), "--kind", "sequence"],
+                          check=True, capture_output=True, text=True).stdout
+    kept = json.loads(only.strip().splitlines()[-1])["results"]
+    assert set(kept) == {"image_f1", "type_accuracy", "score_auroc_sequences"}  # no single image left
+    assert kept["score_auroc_sequences"] == sequences
 
 
 def test_runs_on_different_items_are_refused(tmp_path: Path) -> None:
