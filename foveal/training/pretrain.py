@@ -298,8 +298,9 @@ def frame_peaks(tower: ConvVisionTower, labels: Sequence[Label], folder: Path, b
                 on_item: Callable[[int], None] | None = None, cell_looks: bool = False
                 ) -> dict[str, tuple[int, Box4, float]]:
     """Per sequence label: the frame (0-based) whose whole view peaks highest under the cell
-    head, with that peak's box and probability as `cell_peaks` gives them: the frame a
-    look-first pointer selects first and crops (`foveal.reasoning.pointer.rank_frames`)."""
+    head, with that peak's box and probability as `cell_peaks` gives them. Close to the frame a
+    look-first pointer selects first and crops (`foveal.reasoning.pointer.rank_frames`, which
+    reads every other frame at 336 px and reranks 8 looks at full resolution)."""
     _need_head(tower)
     out: dict[str, tuple[int, Box4, float]] = {}
     for n, label in enumerate(labels):
