@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -35,6 +36,11 @@ console = Console(stderr=True)
 def _bar() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console)
+
+
+class QueryKind(StrEnum):
+    image = "image"
+    sequence = "sequence"
 
 
 class _Phases:
@@ -153,6 +159,8 @@ def train_rl(
     max_turn_tokens: int = typer.Option(96, "--max-turn-tokens", min=1),
     micro_batch: int = typer.Option(8, "--micro-batch", min=1, help="Rollouts per forward/backward pass."),
     max_items: int | None = typer.Option(None, "--max-items", min=1, help="First N items of each --data."),
+    kind: QueryKind | None = typer.Option(None, "--kind", help="Roll out only single images or only "
+                                          "sequences (default: both)."),
     dev_items: int = typer.Option(64, "--dev-items", min=1),
     eval_every: int = typer.Option(1, "--eval-every", min=1, help="Episodes between dev evaluations."),
     seed: int = typer.Option(0, "--seed"),
@@ -180,8 +188,9 @@ def train_rl(
                       queries_per_step=queries_per_step, group_size=rollouts, refresh_every=refresh_every,
                       rewards=RewardConfig(alpha=alpha, beta=beta, rapr_target=rapr_target, n_free=n_free),
                       lr=lr, temperature=temperature, max_turn_tokens=max_turn_tokens,
-                      micro_batch=micro_batch, max_items=max_items, dev_items=dev_items,
-                      eval_every=eval_every, seed=seed, look_first=look_first)
+                      micro_batch=micro_batch, max_items=max_items,
+                      kind=kind.value if kind else None, dev_items=dev_items, eval_every=eval_every,
+                      seed=seed, look_first=look_first)
     with _bar() as bar:
         rows = run(config, _Phases(bar))
     last = rows[-1] if rows else {}

@@ -74,6 +74,7 @@ class RLConfig:
     max_turns: int = 6
     max_operations: int = 4
     max_items: int | None = None  # per data folder
+    kind: str | None = None  # "image" or "sequence": roll out only that kind of query (None: both)
     eval_every: int = 1
     dev_items: int = 64
     seed: int = 0
@@ -270,7 +271,7 @@ def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> li
     work = config.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     policy = loader.load(config.model)
-    queries: list[Query] = queries_from(config.data, config.max_items)
+    queries: list[Query] = queries_from(config.data, config.max_items, config.kind)
     optimizer = torch.optim.AdamW(trainable(policy), lr=config.lr, weight_decay=0.0, betas=(0.9, 0.99))
     rng = random.Random(config.seed)
     metrics_file = config.out / "metrics.jsonl"

@@ -70,11 +70,17 @@ class Sample:
     tokens: int = field(default=0)  # tokens that carry loss
 
 
-def queries_from(folders: Sequence[Path], limit: int | None = None) -> list[Query]:
-    """Every labelled item of every folder (the first `limit` of each when given)."""
+def queries_from(folders: Sequence[Path], limit: int | None = None, kind: str | None = None) -> list[Query]:
+    """Every labelled item of every folder (the first `limit` of each when given); `kind` ("image"
+    or "sequence") keeps only those items, after the limit."""
+    if kind not in (None, "image", "sequence"):
+        raise ValueError(f"kind must be 'image' or 'sequence', not {kind!r}")
     out: list[Query] = []
     for folder in folders:
-        out += [Query(label, folder) for label in read_labels(folder)[:limit]]
+        out += [Query(label, folder) for label in read_labels(folder)[:limit]
+                if kind is None or (label.frames is None) == (kind == "image")]
+    if kind is not None and not out:
+        raise ValueError(f"no {kind} items in {', '.join(map(str, folders))}")
     return out
 
 

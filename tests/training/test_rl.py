@@ -260,6 +260,21 @@ def test_queries_cover_every_folder(tiny_data: Path) -> None:
     assert isinstance(queries[0], Query) and queries[0].inspection().frames
 
 
+def test_a_run_can_roll_out_one_kind_of_query_only(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    generate(data, 2, seed=5, sequences=1, workers=1, size=256, progress=False)
+    images = queries_from([data], kind="image")
+    sequences = queries_from([data], kind="sequence")
+    assert len(images) == 2 and all(q.label.image for q in images)
+    assert len(sequences) == 1 and sequences[0].label.frames
+    assert sorted(q.label.id for q in images + sequences) == sorted(q.label.id for q in queries_from([data]))
+    with pytest.raises(ValueError, match="kind must be"):
+        queries_from([data], kind="video")
+    with pytest.raises(ValueError, match="no sequence items"):
+        queries_from([data], limit=2, kind="sequence")  # the limit comes first: two images
+    assert RLConfig(model=tmp_path, data=[], out=tmp_path, kind="image").resolved()["kind"] == "image"
+
+
 def test_rollouts_and_dev_evals_follow_the_runs_look_first_choice(
         tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # a look-first checkpoint writes the zoom with no loss, so a learning-trap run turns it off
