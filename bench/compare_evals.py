@@ -1,5 +1,5 @@
-"""Paired comparison of two `foveal eval` runs on the same items: the difference in image F1 and
-defect-type accuracy with 95 % paired bootstrap intervals (items resampled together, so the
+"""Paired comparison of two `foveal eval` runs on the same items: the difference in image F1,
+defect-type accuracy, overall accuracy and false-reject rate with 95 % paired bootstrap intervals (items resampled together, so the
 interval is that of the difference, far narrower than the two runs' own intervals). When both
 runs record each answer's `defect_score`, also the AUROC of that score (defective against good
 items) for single images and for sequences: how well the model separates them whatever the
@@ -44,6 +44,19 @@ def type_accuracy(records: Sequence[Record]) -> float:
     return sum(bool(r["type_correct"]) for r in defective) / max(1, len(defective))
 
 
+def overall_accuracy(records: Sequence[Record]) -> float:
+    """Right answers over all items, good ones included (`none` is right on a good part): what
+    the RL reward pays on average, where type accuracy counts the defective items only."""
+    return sum(bool(r["type_correct"]) for r in records) / max(1, len(records))
+
+
+def false_reject_rate(records: Sequence[Record]) -> float:
+    """Good items answered with a defect (or not answered) over good items; NaN without any."""
+    good = [r for r in records if not is_defective(r["label"]["defect_type"])]
+    rejected = [r for r in good if is_defective(r["defect_type"] or "unanswered")]
+    return len(rejected) / len(good) if good else float("nan")
+
+
 def score_auroc(kind: str) -> Callable[[Sequence[Record]], float]:
     """The AUROC of `defect_score` over the items of one kind (`image` or `sequence`); NaN
     when they are not both defective and good."""
@@ -56,7 +69,9 @@ def score_auroc(kind: str) -> Callable[[Sequence[Record]], float]:
     return metric
 
 
-METRICS: dict[str, Callable[[Sequence[Record]], float]] = {"image_f1": f1, "type_accuracy": type_accuracy}
+METRICS: dict[str, Callable[[Sequence[Record]], float]] = {
+    "image_f1": f1, "type_accuracy": type_accuracy, "overall_accuracy": overall_accuracy,
+    "false_reject_rate": false_reject_rate}
 SCORED: dict[str, Callable[[Sequence[Record]], float]] = {
     "score_auroc_images": score_auroc("image"), "score_auroc_sequences": score_auroc("sequence")}
 
