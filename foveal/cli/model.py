@@ -199,6 +199,36 @@ def train_rl(
                   f"{last.get('uniform_share', float('nan')):.2f}; model in {out}")
 
 
+@train_app.command("readout")
+def readout_command(
+    model: Path = typer.Option(..., "--model", help="The model whose view head reads the answers' types."),
+    data: list[Path] = typer.Option(..., "--data", help="Labelled dataset folder(s) (repeatable); only "
+                                    "their defective items run."),
+    out: Path = typer.Option(..., "--out", help="Where the refitted model goes."),
+    max_items: int | None = typer.Option(None, "--max-items", min=1,
+                                         help="First N defective items of each --data."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    steps: int = typer.Option(100, "--steps", min=1, help="Full-batch steps of the fit."),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0),
+    weight_decay: float = typer.Option(1.0, "--weight-decay", min=0.0),
+    holdout: float = typer.Option(0.2, "--holdout", min=0.0, max=0.9,
+                                  help="Share of items checked, not fitted."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Refit the view head's type classifier on the looks the greedy loop reads (docs/model.md)."""
+    from foveal.training.readout import ReadoutConfig, run
+
+    config = ReadoutConfig(model=model, data=data, out=out, max_items=max_items, batch_size=batch_size,
+                           steps=steps, lr=lr, weight_decay=weight_decay, holdout=holdout, seed=seed)
+    with _bar() as bar:
+        phases = _Phases(bar)
+        report = run(config, lambda done, total: phases("loop on defective items", done, total))
+    before, after = report["held_out_accuracy_before"], report["held_out_accuracy_after"]
+    shown = "n/a" if before is None else f"{before:.3f} -> {after:.3f}"
+    console.print(f"{report['readings']} types read of {report['items_run']} defective items; held-out "
+                  f"accuracy of the read ({report['held_out']} items): {shown}; model in {out}")
+
+
 def eval_command(
     ctx: typer.Context,
     bench: Path = typer.Option(..., "--bench", help="FovealBench split folder (or any labelled dataset)."),

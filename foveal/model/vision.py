@@ -99,9 +99,13 @@ class CellHead(nn.Module):
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         return self.conv(maps)  # type: ignore[no-any-return]  # (B, classes, rows, cols)
 
+    @staticmethod
+    def pooled(maps: torch.Tensor) -> torch.Tensor:
+        """What the view classifier reads: the maps' mean and max per channel, (B, 2C)."""
+        return torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], dim=1)
+
     def whole(self, maps: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], dim=1)  # (B, 2C)
-        return self.view(pooled)  # type: ignore[no-any-return]  # (B, classes)
+        return self.view(self.pooled(maps))  # type: ignore[no-any-return]  # (B, classes)
 
 
 PEAK_SHARPNESS = 20.0  # softmax temperature over cells' defect probability for the peak position

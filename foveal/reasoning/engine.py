@@ -72,8 +72,10 @@ class TurnReply:
     # per generated token, whether the engine wrote it instead of the model (a grounded zoom's
     # box, `foveal.reasoning.pointer`); empty when none was
     forced: list[bool] = field(default_factory=list)
-    # a grounded answer's type was written: the view head's probability of that type
+    # a grounded answer's type was written: the view head's probability of that type, and (a
+    # local engine only) the pooled features the head read it from (`foveal train readout`)
     answer_prob: float | None = None
+    answer_features: npt.NDArray[np.float32] | None = None
     # the turn stopped where a grounded box opens: these candidate boxes (normalized to image
     # `probe_image`, 1-based; `pointer.FRAMES_PROBE`: box k is the whole of the k-th frame of
     # `pointer.looked_frames`) want to be seen at full resolution; the next request sends their
@@ -273,6 +275,9 @@ class LocalEngine:
                         pointing.queue = self.pointer.forced(pointing, reply.tokens, token, r.operations)
                         if pointing.answered is not None:
                             reply.answer_prob, pointing.answered = pointing.answered, None
+                            if pointing.answered_features is not None:
+                                reply.answer_features = pointing.answered_features.numpy()
+                                pointing.answered_features = None
                 forced = pointing is not None and bool(pointing.queue) and not cut_here
                 if forced:  # the pointer writes the box, the frames or the answer's type
                     assert pointing is not None

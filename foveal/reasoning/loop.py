@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from foveal.domain import DEFECT_TYPES, NO_DEFECT, Box, Verdict
 from foveal.errors import FovealError
@@ -123,6 +124,8 @@ class Trace:
     generated_tokens: int = 0
     model: ModelRef | None = None  # the model that answered, as its server names it
     conversation: Chunk = field(default_factory=Chunk)
+    # a grounded answer on a local engine: what the view head read its type from (`TurnReply`)
+    answer_features: npt.NDArray[np.float32] | None = None
 
     @property
     def used_operation(self) -> bool:
@@ -334,6 +337,7 @@ class Loop:
                 # a grounded answer (`foveal.reasoning.pointer`): the decoder's probability that
                 # there is a defect times the view head's probability of the type it read
                 trace.confidence = trace.defect_score * reply.answer_prob
+                trace.answer_features = reply.answer_features
             else:
                 trace.confidence = float(np.exp(sum(reply.logprobs[start:end])))
         self._conclude(row, answer)
@@ -401,6 +405,8 @@ def _joined(first: TurnReply, then: TurnReply) -> TurnReply:
     return TurnReply(tokens=first.tokens + then.tokens, logprobs=first.logprobs + then.logprobs,
                      forced=forced,
                      answer_prob=then.answer_prob if then.answer_prob is not None else first.answer_prob,
+                     answer_features=then.answer_features if then.answer_features is not None
+                     else first.answer_features,
                      watch=np.concatenate([first.watch, then.watch]), model_ms=first.model_ms + then.model_ms,
                      model=then.model or first.model)
 

@@ -166,6 +166,10 @@ class Looks:
     last: tuple[npt.NDArray[np.float32], tuple[int, ...]] | None = None  # the last image shown
     reading: tuple[str, float] | None = None  # the view head's type on `last` and its probability
     answered: float | None = None  # set when an answer's type was just written: its probability
+    # what the view classifier read `reading` from (`CellHead.pooled`, (2C,)), and the same for
+    # the answer just written: `foveal train readout` refits the classifier on these
+    read_features: torch.Tensor | None = None
+    answered_features: torch.Tensor | None = None
     ranked: int = 0  # the image whose candidates were ranked at full resolution (0: none yet)
     box_written: bool = False  # a grounded box was written and its crop not yet shown
     crop_image: int = 0  # the image (1-based) that the last grounded crop showed (0: none)
@@ -299,16 +303,18 @@ class CellPointer:
         among the defect types (never `none`: the decoder has said there is a defect)."""
         if looks.reading is None:
             assert looks.last is not None
-            looks.reading = self._type_of(self._maps(*looks.last))
+            looks.reading, looks.read_features = self._type_of(self._maps(*looks.last))
         return looks.reading
 
-    def _type_of(self, maps: torch.Tensor) -> tuple[str, float]:
-        """The view head's most likely defect type on one image's maps (1, C, rows, cols) and
-        its probability among the defect types."""
-        logits = self.tower.head.whole(maps)[0].float()
+    def _type_of(self, maps: torch.Tensor) -> tuple[tuple[str, float], torch.Tensor]:
+        """The view head's most likely defect type on one image's maps (1, C, rows, cols), its
+        probability among the defect types, and the pooled features it was read from."""
+        head = self.tower.head
+        pooled = head.pooled(maps)
+        logits = head.view(pooled)[0].float()
         probs = torch.softmax(logits[1:len(DEFECT_TYPES)], dim=0)
         best = int(probs.argmax())
-        return DEFECT_TYPES[1 + best], float(probs[best])
+        return (DEFECT_TYPES[1 + best], float(probs[best])), pooled[0].float()
 
     def _maps(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
         """The backbone's maps of one image given as its patches and grid: (1, C, rows, cols)."""
@@ -349,6 +355,7 @@ class CellPointer:
         if self.answers and token in self._type_starts and looks.last is not None \
                 and (resumed or self._opens(generated, ANSWER_TRIGGER, self._brace_closers)):
             name, looks.answered = self.read(looks)
+            looks.answered_features = looks.read_features
             return self._encode(name + "}")
         if looks.boxes and self.opens_box(generated):
             return self.box_tokens(looks)
@@ -461,7 +468,7 @@ class CellPointer:
         if crop is None:
             return
         pixels = torch.from_numpy(normalized(crop, self.spec)).to(self.tower.dtype)
-        looks.reading = self._type_of(self.tower.feature_maps([pixels])[0][None])
+        looks.reading, looks.read_features = self._type_of(self.tower.feature_maps([pixels])[0][None])
 
     @torch.inference_mode()
     def rank(self, looks: Looks, probes: Sequence[npt.NDArray[np.uint8] | None]) -> None:

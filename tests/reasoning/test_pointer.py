@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from foveal.domain import DEFECT_TYPES
 from foveal.model.chat import Chunk
 from foveal.model.loader import VLM, create
 from foveal.model.pixels import patchify
@@ -211,6 +212,16 @@ def test_a_defect_answer_takes_its_type_from_the_view_head_on_the_last_image(
     assert loss[at]  # that there is a defect was the policy's decision
     assert not any(loss[at + 1:at + len(written)])  # the rest of the type is the head's
     assert run(taught_vlm, "zoom", pointer=False).defect_type == "scratch"
+
+
+def test_a_grounded_answer_keeps_what_the_view_head_read_its_type_from(taught_vlm: VLM) -> None:
+    # `foveal train readout` refits the view classifier on these
+    trace = run(taught_vlm, "zoom", pointer=True)
+    assert trace.defect_type in DEFECT_TYPES[1:] and trace.answer_features is not None
+    head = taught_vlm.model.model.visual.head
+    logits = head.view(torch.from_numpy(trace.answer_features)[None].to(head.view.weight.dtype))[0]
+    assert DEFECT_TYPES[1 + int(logits[1:len(DEFECT_TYPES)].argmax())] == trace.defect_type
+    assert run(taught_vlm, "zoom", pointer=False).answer_features is None  # the decoder's own type
 
 
 def test_the_decision_that_there_is_a_defect_stays_the_decoders(taught_vlm: VLM) -> None:
