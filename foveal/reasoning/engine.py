@@ -275,9 +275,8 @@ class LocalEngine:
                         pointing.queue = self.pointer.forced(pointing, reply.tokens, token, r.operations)
                         if pointing.answered is not None:
                             reply.answer_prob, pointing.answered = pointing.answered, None
-                            if pointing.answered_features is not None:
-                                reply.answer_features = pointing.answered_features.numpy()
-                                pointing.answered_features = None
+                            if pointing.read_features is not None:  # what that type was read from
+                                reply.answer_features = pointing.read_features.numpy()
                 forced = pointing is not None and bool(pointing.queue) and not cut_here
                 if forced:  # the pointer writes the box, the frames or the answer's type
                     assert pointing is not None

@@ -166,10 +166,9 @@ class Looks:
     last: tuple[npt.NDArray[np.float32], tuple[int, ...]] | None = None  # the last image shown
     reading: tuple[str, float] | None = None  # the view head's type on `last` and its probability
     answered: float | None = None  # set when an answer's type was just written: its probability
-    # what the view classifier read `reading` from (`CellHead.pooled`, (2C,)), and the same for
-    # the answer just written: `foveal train readout` refits the classifier on these
+    # what the view classifier read `reading` from (`CellHead.pooled`, (2C,)): the engine hands
+    # it on with an answer's type (`foveal train readout` refits the classifier on these)
     read_features: torch.Tensor | None = None
-    answered_features: torch.Tensor | None = None
     ranked: int = 0  # the image whose candidates were ranked at full resolution (0: none yet)
     box_written: bool = False  # a grounded box was written and its crop not yet shown
     crop_image: int = 0  # the image (1-based) that the last grounded crop showed (0: none)
@@ -355,7 +354,6 @@ class CellPointer:
         if self.answers and token in self._type_starts and looks.last is not None \
                 and (resumed or self._opens(generated, ANSWER_TRIGGER, self._brace_closers)):
             name, looks.answered = self.read(looks)
-            looks.answered_features = looks.read_features
             return self._encode(name + "}")
         if looks.boxes and self.opens_box(generated):
             return self.box_tokens(looks)

@@ -124,7 +124,6 @@ def run(config: ReadoutConfig, progress: Progress | None = None) -> dict[str, An
     start = {k: v.detach().clone() for k, v in head.view.state_dict().items()}
     fit_rows, held_rows = split(readings.items, config.holdout, config.seed)
     before = _accuracy(head.view, readings, held_rows)
-    torch.manual_seed(config.seed)
     fit(head.view, readings, fit_rows, config)
     after = _accuracy(head.view, readings, held_rows)
     head.view.load_state_dict(start)  # the saved model: refitted on every reading
