@@ -7,9 +7,11 @@ trained that classifier on whole views, wide crops and zooms cut around the labe
 on the loop's own looks, whose placement follows the cell head. This stage runs the greedy loop,
 as inspection runs it, over the defective items of labelled data. Each answer whose type the head
 read gives what it read from (`Trace.answer_features`) and the label's type. The classifier is
-refitted on those pairs, starting from its stage-0 weights. Nothing else changes: the looks, the
-frames and the decision that there is a defect stay the same, so the answers that change are
-the types of detected defects.
+refitted on those pairs, starting from its stage-0 weights. No other weight changes, but the
+same classifier's probabilities are also part of every image token (`ConvVisionTower.summary`
+and the type embedding), so the decoder's inputs move a little too: on FovealBench test 9 of
+1,200 none/defect decisions flipped (docs/benchmarks.md, "Readout refit"). A classifier of its
+own for the read would keep the tokens as they were; that is not built.
 
 A share of the items (`holdout`, split by item) is kept out of the fit and reports the read's
 accuracy before and after; the saved model is then refitted on all of them.
