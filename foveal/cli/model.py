@@ -43,6 +43,12 @@ class QueryKind(StrEnum):
     sequence = "sequence"
 
 
+class RLTarget(StrEnum):
+    decoder = "decoder"
+    reader = "reader"
+    both = "both"
+
+
 class _Phases:
     """Maps the trainer's (phase, done, total) callbacks onto rich tasks; when stderr is not a
     terminal (CI, nohup), it logs a line every tenth of each phase instead."""
@@ -173,6 +179,10 @@ def train_rl(
         None, "--look-first/--no-look-first",
         help="Every verdict comes after a look up close (default: the checkpoint's choice; "
              "off lets RL train the whole-view decision and the sequences' selection)."),
+    train: RLTarget = typer.Option(RLTarget.decoder, "--train", help="What the update trains: the decoder "
+                                   "(its decisions), the tower's type reader (a grounded answer's type is "
+                                   "then sampled and is the action), or both."),
+    reader_lr: float = typer.Option(1e-3, "--reader-lr", min=0.0, help="The type reader's learning rate."),
 ) -> None:
     """Curiosity-driven GRPO from an SFT model; saves a loadable model, metrics.jsonl and plots."""
     import torch
@@ -190,7 +200,7 @@ def train_rl(
                       lr=lr, temperature=temperature, max_turn_tokens=max_turn_tokens,
                       micro_batch=micro_batch, max_items=max_items,
                       kind=kind.value if kind else None, dev_items=dev_items, eval_every=eval_every,
-                      seed=seed, look_first=look_first)
+                      seed=seed, look_first=look_first, train=train.value, reader_lr=reader_lr)
     with _bar() as bar:
         rows = run(config, _Phases(bar))
     last = rows[-1] if rows else {}

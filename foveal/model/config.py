@@ -48,6 +48,11 @@ class FovealVisionConfig(Qwen2_5_VLVisionConfig):  # type: ignore[no-untyped-cal
     # its cell (a (101, out) matrix over 0.00-1.00, seeded from the number tokens' embeddings by
     # `loader.add_coord_embedding`): a zoom on a token is then a copy of what that token holds
     coord_embedding: bool = False
+    # a linear classifier of its own (`ConvVisionTower.reader`) that reads a grounded answer's
+    # type from the same pooled maps as the view head; only the pointer's read uses it, so
+    # refitting it (`foveal train readout`, `foveal train rl --train reader`) leaves every image
+    # token as it was. Without it the view head reads the type
+    type_reader: bool = False
     norm_groups: int = 8
     depth: int = 0
     hidden_size: int = 128

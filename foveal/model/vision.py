@@ -153,6 +153,27 @@ class ConvVisionTower(nn.Module):
         self.coord_embed: nn.Parameter | None = \
             nn.Parameter(torch.zeros(COORD_STEPS, config.out_hidden_size)) if placed else None
         self.coord_gain: nn.Parameter | None = nn.Parameter(torch.tensor(TYPE_GAIN)) if placed else None
+        self.reader: nn.Linear | None = nn.Linear(2 * c3, classes) \
+            if classes and getattr(config, "type_reader", False) else None
+
+    def enable_reader(self) -> nn.Linear:
+        """The type reader (`FovealVisionConfig.type_reader`), added as a copy of the view head's
+        classifier when the tower has none: the reads stay what they were until it is refitted."""
+        if self.head is None:
+            raise ValueError("a type reader needs the tower's cell head (cell_classes > 0)")
+        if self.reader is None:
+            self.config.type_reader = True
+            self.reader = nn.Linear(self.head.view.in_features, self.head.view.out_features)
+            self.reader.load_state_dict(self.head.view.state_dict())
+            self.reader.to(self.head.view.weight.device, self.head.view.weight.dtype)
+        return self.reader
+
+    def type_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, classes) logits of the type a grounded answer reads from `CellHead.pooled` maps:
+        the reader's when the tower has one, else the view head's."""
+        assert self.head is not None
+        classifier = self.reader if self.reader is not None else self.head.view
+        return classifier(pooled)  # type: ignore[no-any-return]
 
     def enable_type_embedding(self, rows: torch.Tensor) -> None:
         """Add the type embedding to a tower without one (an older checkpoint), seeded with
@@ -177,10 +198,13 @@ class ConvVisionTower(nn.Module):
         return self.down(self.blocks(self.stem(x)))  # type: ignore[no-any-return]
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        """What stage 0 trains and SFT keeps frozen: the convolutions and the cell head."""
+        """What stage 0 trains and SFT keeps frozen: the convolutions and the cell head (and the
+        type reader, which only `foveal train readout` and `foveal train rl --train reader` fit)."""
         modules: list[nn.Module] = [self.stem, self.blocks, self.down]
         if self.head is not None:
             modules.append(self.head)
+        if self.reader is not None:
+            modules.append(self.reader)
         return [p for m in modules for p in m.parameters()]
 
     @property

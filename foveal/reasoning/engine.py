@@ -63,6 +63,10 @@ class TurnRequest:
     # pixels; None: not a view of the source, such as a sequence's overview). Probes on an image
     # whose region the engine does not know are asked for as before
     regions: tuple[tuple[int, int, int, int] | None, ...] = ()
+    # a grounded answer's type is sampled from the type reader at `temperature` instead of taken
+    # as its most likely (an RL rollout whose type read is an action: `foveal train rl --train
+    # reader`); a local engine only, the model host does not carry it
+    sample_type: bool = False
 
 
 @dataclass
@@ -171,6 +175,8 @@ class LocalEngine:
         self.budget = vlm.budget
         self.idle_timeout_s = idle_timeout_s
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        if self.pointer is not None:
+            self.pointer.generator = self.generator
         self.sessions: dict[int, _Session] = {}
         self._lock = threading.Lock()
 
@@ -389,7 +395,8 @@ class LocalEngine:
                         fresh[key] = self.pointer.frame_looks(patches, grid, r.frames) if r.frames > 1 \
                             else self.pointer.looks(patches, grid)
                     self.looks[r.session] = Looks(list(fresh[key].boxes), frames=list(fresh[key].frames),
-                                                  images=1, last=fresh[key].last)
+                                                  images=1, last=fresh[key].last,
+                                                  sample=r.temperature if r.sample_type else 0.0)
             elif known is not None:
                 self.pointer.shown(known, r.chunk.patches, [tuple(g) for g in r.chunk.grids])
             found = self.looks.get(r.session)

@@ -55,6 +55,9 @@ class LoopOptions:
     allow_operations: bool = True
     reuse_cache: bool = True
     temperature: float = 0.0  # 0: greedy (inspection); > 0: sampling (RL rollouts)
+    # with temperature > 0: a grounded answer's type is sampled from the type reader too (an RL
+    # rollout whose type read is an action); a loaded `VLM` only
+    sample_type: bool = False
     uncertain_below: float = 0.5  # answer probability under which the verdict is `uncertain`
     seed: int | None = None
     # grounded zooms of compact checkpoints (`foveal.reasoning.pointer`); None: the checkpoint's
@@ -252,7 +255,8 @@ class Loop:
         return TurnRequest(row.session, chunk, max(1, min(options.max_turn_tokens - so_far, room)),
                            self.fmt.stop_ids, (self.first_id(NO_DEFECT),), options.temperature,
                            restart=restart, frames=len(row.item.frames), probes=probes,
-                           operations=options.allow_operations, source=source, regions=regions)
+                           operations=options.allow_operations, source=source, regions=regions,
+                           sample_type=options.sample_type)
 
     def _probe(self, row: _Row, reply: TurnReply) -> None:
         """The turn stopped where the engine is about to write a grounded box: crop its candidate

@@ -176,6 +176,7 @@ class Looks:
     asking: str = ""  # what the outstanding probes are for: "rank" (candidate looks) or "read"
     answer_open: bool = False  # the turn stopped for a tight look right after `\\boxed{`
     frames_probed: bool = False  # a sequence's frames were asked for, to rank them by their own looks
+    sample: float = 0.0  # > 0: the answer's type is sampled from the reader at this temperature
 
     def next_frames(self) -> list[int]:
         """The next `FRAMES_PER_LOOK` frames of the ranking, in ascending order (wrapping round)."""
@@ -222,6 +223,7 @@ class CellPointer:
         # pass per image. Valid only while the turn's chunks hold those arrays: the engine
         # clears it at the start and end of every turn (`forget`), so an id is never reused.
         self.maps: dict[int, torch.Tensor] = {}
+        self.generator: torch.Generator | None = None  # the engine's, for sampled type reads
 
     def forget(self) -> None:
         self.maps.clear()
@@ -302,17 +304,22 @@ class CellPointer:
         among the defect types (never `none`: the decoder has said there is a defect)."""
         if looks.reading is None:
             assert looks.last is not None
-            looks.reading, looks.read_features = self._type_of(self._maps(*looks.last))
+            looks.reading, looks.read_features = self._type_of(self._maps(*looks.last), looks.sample)
         return looks.reading
 
-    def _type_of(self, maps: torch.Tensor) -> tuple[tuple[str, float], torch.Tensor]:
-        """The view head's most likely defect type on one image's maps (1, C, rows, cols), its
-        probability among the defect types, and the pooled features it was read from."""
-        head = self.tower.head
-        pooled = head.pooled(maps)
-        logits = head.view(pooled)[0].float()
-        probs = torch.softmax(logits[1:len(DEFECT_TYPES)], dim=0)
-        best = int(probs.argmax())
+    def _type_of(self, maps: torch.Tensor, sample: float = 0.0) -> tuple[tuple[str, float], torch.Tensor]:
+        """The defect type the tower reads on one image's maps (1, C, rows, cols) (its type
+        reader, or the view head without one): the most likely, or with `sample` > 0 one drawn
+        at that temperature; its probability among the defect types; and the pooled features it
+        was read from."""
+        pooled = self.tower.head.pooled(maps)
+        logits = self.tower.type_logits(pooled)[0].float()[1:len(DEFECT_TYPES)]
+        probs = torch.softmax(logits, dim=0)
+        if sample > 0:
+            drawn = torch.multinomial(torch.softmax(logits / sample, dim=0), 1, generator=self.generator)
+            best = int(drawn[0])
+        else:
+            best = int(probs.argmax())
         return (DEFECT_TYPES[1 + best], float(probs[best])), pooled[0].float()
 
     def _maps(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
@@ -466,7 +473,8 @@ class CellPointer:
         if crop is None:
             return
         pixels = torch.from_numpy(normalized(crop, self.spec)).to(self.tower.dtype)
-        looks.reading, looks.read_features = self._type_of(self.tower.feature_maps([pixels])[0][None])
+        looks.reading, looks.read_features = self._type_of(self.tower.feature_maps([pixels])[0][None],
+                                                           looks.sample)
 
     @torch.inference_mode()
     def rank(self, looks: Looks, probes: Sequence[npt.NDArray[np.uint8] | None]) -> None:

@@ -1,17 +1,17 @@
-"""Refit the view head's type classifier on the looks the loop actually reads (`foveal train readout`).
+"""Refit the type read on the looks the loop actually reads (`foveal train readout`).
 
-A grounded answer's type is read by the tower's view classifier (`CellHead.view`, a linear layer
-on the backbone maps' pooled mean and max) on the last look before the answer: with probes, a
-tight look centred on the crop's most defect-like cell (`foveal.reasoning.pointer`). Stage 0
-trained that classifier on whole views, wide crops and zooms cut around the labelled defect, not
-on the loop's own looks, whose placement follows the cell head. This stage runs the greedy loop,
-as inspection runs it, over the defective items of labelled data. Each answer whose type the head
-read gives what it read from (`Trace.answer_features`) and the label's type. The classifier is
-refitted on those pairs, starting from its stage-0 weights. No other weight changes, but the
-same classifier's probabilities are also part of every image token (`ConvVisionTower.summary`
-and the type embedding), so the decoder's inputs move a little too: on FovealBench test 9 of
-1,200 none/defect decisions flipped (docs/benchmarks.md, "Readout refit"). A classifier of its
-own for the read would keep the tokens as they were; that is not built.
+A grounded answer's type is read by a linear classifier on the backbone maps' pooled mean and
+max, on the last look before the answer: with probes, a tight look centred on the crop's most
+defect-like cell (`foveal.reasoning.pointer`). Stage 0 trained the view head's classifier
+(`CellHead.view`) on whole views, wide crops and zooms cut around the labelled defect, not on the
+loop's own looks, whose placement follows the cell head. This stage runs the greedy loop, as
+inspection runs it, over the defective items of labelled data. Each answer whose type was read
+gives what it was read from (`Trace.answer_features`) and the label's type. The tower's type
+reader (`ConvVisionTower.reader`, added as a copy of the view head's classifier when the model
+has none) is refitted on those pairs. Nothing else changes: the view head's probabilities that
+every image token carries stay as they were, so the decoder sees the same tokens and takes the
+same decisions. (Session 22's first version refitted the view head itself, and 9 of 1,200 test
+decisions moved: docs/benchmarks.md, "Readout refit".)
 
 A share of the items (`holdout`, split by item) is kept out of the fit and reports the read's
 accuracy before and after; the saved model is then refitted on all of them.
@@ -118,21 +118,22 @@ def split(items: list[str], holdout: float, seed: int) -> tuple[list[int], list[
 def run(config: ReadoutConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Collect, check on the held-out items, refit on all, save; returns the report."""
     vlm = loader.load(config.model)
-    head = getattr(vlm.model.model.visual, "head", None)
-    if head is None:
-        raise ValueError(f"{config.model}: the model has no view head to refit (a compact checkpoint "
-                         "with stage 0's cell head is needed)")
+    tower = vlm.model.model.visual
+    if getattr(tower, "head", None) is None:
+        raise ValueError(f"{config.model}: the model has no view head to read types with (a compact "
+                         "checkpoint with stage 0's cell head is needed)")
+    reader = tower.enable_reader()  # a copy of the view head's classifier when it had none
     readings, ran = collect(vlm, config, progress)
-    start = {k: v.detach().clone() for k, v in head.view.state_dict().items()}
+    start = {k: v.detach().clone() for k, v in reader.state_dict().items()}
     fit_rows, held_rows = split(readings.items, config.holdout, config.seed)
-    before = _accuracy(head.view, readings, held_rows)
-    fit(head.view, readings, fit_rows, config)
-    after = _accuracy(head.view, readings, held_rows)
-    head.view.load_state_dict(start)  # the saved model: refitted on every reading
-    fit(head.view, readings, list(range(len(readings.items))), config)
+    before = _accuracy(reader, readings, held_rows)
+    fit(reader, readings, fit_rows, config)
+    after = _accuracy(reader, readings, held_rows)
+    reader.load_state_dict(start)  # the saved model: refitted on every reading
+    fit(reader, readings, list(range(len(readings.items))), config)
     report = {"items_run": ran, "readings": len(readings.items), "held_out": len(held_rows),
               "held_out_accuracy_before": before, "held_out_accuracy_after": after,
-              "fit_accuracy": _accuracy(head.view, readings, list(range(len(readings.items)))),
+              "fit_accuracy": _accuracy(reader, readings, list(range(len(readings.items)))),
               "per_type": {DEFECT_TYPES[t]: int((readings.types == t).sum())
                            for t in range(1, len(DEFECT_TYPES))}}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}

@@ -29,6 +29,7 @@ from foveal.evaluation.bench import evaluate_model
 from foveal.model import loader
 from foveal.model.chat import Chunk
 from foveal.model.loader import VLM
+from foveal.model.vision import ConvVisionTower
 from foveal.reasoning.loop import LoopOptions
 from foveal.training import prefix, rl_log
 from foveal.training.grpo import clip_fraction, clipped_objective, group_advantages, is_uniform, replay
@@ -41,6 +42,7 @@ from foveal.training.rollouts import (
     queries_from,
     roll_out,
     score_old_logprobs,
+    type_log_softmax,
 )
 from foveal.training.sft import trainable
 
@@ -83,6 +85,20 @@ class RLConfig:
     # checkpoint's choice. With it on, the written zoom carries no loss, so the policy's whole-view
     # decision is not trained: the learning-trap runs want it off
     look_first: bool | None = None
+    # what the update trains: "decoder" (merger and decoder: the decisions to look and whether
+    # there is a defect), "reader" (only the tower's type reader: a grounded answer's type is
+    # then sampled in the rollouts and is the action), or "both"
+    train: str = "decoder"
+    reader_lr: float = 1e-3  # the reader's AdamW settings (those `foveal train readout` chose)
+    reader_weight_decay: float = 1.0
+
+    @property
+    def trains_decoder(self) -> bool:
+        return self.train in ("decoder", "both")
+
+    @property
+    def trains_reader(self) -> bool:
+        return self.train in ("reader", "both")
 
     def resolved(self) -> dict[str, Any]:
         """JSON-ready, every default filled in: what `rl_config.json` and the checkpoint keep."""
@@ -104,19 +120,41 @@ def _padded(samples: Sequence[Sample], length: int) -> torch.Tensor:
     return out
 
 
+def loss_tokens(sample: Sample, config: RLConfig) -> int:
+    """The terms a rollout adds to the token-level mean: its generated tokens that carry loss
+    (when the decoder trains) and its type read, one action (when the reader trains)."""
+    return (sample.tokens if config.trains_decoder else 0) + \
+        (1 if config.trains_reader and sample.read is not None else 0)
+
+
 def policy_loss(policy: VLM, samples: Sequence[Sample], total_tokens: int, config: RLConfig,
                 times: Sequence[int] | None = None) -> tuple[torch.Tensor, float]:
-    """The GRPO loss of a micro-batch, already divided by the step's token count, and its clip
-    fraction. Only tokens the chunks mark with loss (generated assistant text) enter; a row's
-    terms count `times[row]` times (the replay drew its group that often)."""
-    logp, mask = prefix.logprobs(policy, [s.chunk for s in samples], [s.maps for s in samples],
-                                 [s.group for s in samples], config.temperature)  # (B, L)
-    old = _padded(samples, logp.shape[1])
+    """The GRPO loss of a micro-batch, already divided by the step's token count, and the number
+    of its (weighted) terms whose ratio was clipped. Only tokens the chunks mark with loss
+    (generated assistant text) enter, and, when the reader trains, each rollout's type read as
+    one more term; a row's terms count `times[row]` times (the replay drew its group that often)."""
+    counts = torch.tensor(times or [1] * len(samples), dtype=torch.float32)  # (B,)
     advantages = torch.tensor([s.advantage for s in samples])  # (B,)
-    weight = mask * torch.tensor(times or [1] * len(samples))[:, None]  # (B, L)
-    objective = clipped_objective(logp, old, advantages, weight, config.eps_low, config.eps_high)
-    return objective / max(1, total_tokens), clip_fraction(logp.detach(), old, weight, config.eps_low,
-                                                           config.eps_high)
+    objective, clipped = torch.zeros(()), 0.0
+    eps = config.eps_low, config.eps_high
+    if config.trains_decoder:
+        logp, mask = prefix.logprobs(policy, [s.chunk for s in samples], [s.maps for s in samples],
+                                     [s.group for s in samples], config.temperature)  # (B, L)
+        old = _padded(samples, logp.shape[1])
+        weight = mask * counts[:, None]  # (B, L)
+        objective = objective + clipped_objective(logp, old, advantages, weight, *eps)
+        clipped += clip_fraction(logp.detach(), old, weight, *eps) * float(weight.sum())
+    rows = [k for k, s in enumerate(samples) if s.read is not None] if config.trains_reader else []
+    if rows:
+        reads = [samples[k].read for k in rows]
+        features = torch.stack([r.features for r in reads if r is not None])  # (R, 2C)
+        index = torch.tensor([r.index for r in reads if r is not None])
+        logp = type_log_softmax(policy, features, config.temperature).gather(1, index[:, None])  # (R, 1)
+        old = torch.tensor([[r.old_logp] for r in reads if r is not None])  # (R, 1)
+        weight = counts[rows][:, None]  # (R, 1)
+        objective = objective + clipped_objective(logp, old, advantages[rows], weight, *eps)
+        clipped += clip_fraction(logp.detach(), old, weight, *eps) * float(weight.sum())
+    return objective / max(1, total_tokens), clipped
 
 
 def informative(samples: Sequence[Sample]) -> list[Sample]:
@@ -148,22 +186,44 @@ def update(policy: VLM, optimizer: torch.optim.Optimizer, samples: Sequence[Samp
             s.advantage = a
     # a group's rollouts side by side, so a micro-batch runs their shared prompt once
     flat = [s for g in distinct for s in sorted(g, key=lambda s: len(s.chunk))]
-    total_tokens = sum(s.tokens * times[s.group] for s in flat)
-    params = trainable(policy)
+    total_tokens = sum(loss_tokens(s, config) * times[s.group] for s in flat)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     policy.model.train()
     optimizer.zero_grad(set_to_none=True)
     loss_sum, clipped = 0.0, 0.0
     for start in range(0, len(flat), config.micro_batch):
         part = flat[start:start + config.micro_batch]
-        loss, frac = policy_loss(policy, part, total_tokens, config, [times[s.group] for s in part])
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss, outside = policy_loss(policy, part, total_tokens, config, [times[s.group] for s in part])
+        if loss.requires_grad:  # a micro-batch of reader-only training without a read has no term
+            loss.backward()  # type: ignore[no-untyped-call]
         loss_sum += float(loss.detach())
-        clipped += frac * sum(s.tokens * times[s.group] for s in part)
+        clipped += outside
     torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
     optimizer.step()
     policy.model.train(False)
     stats.updated, stats.loss, stats.clip_fraction = True, loss_sum, clipped / max(1, total_tokens)
     return stats
+
+
+def make_optimizer(policy: VLM, config: RLConfig) -> torch.optim.Optimizer:
+    """AdamW over what `config.train` names: the merger and decoder at `lr`, and the tower's type
+    reader at its own settings (added as a copy of the view head's classifier when the model has
+    none, before the rollout policy is copied from it)."""
+    if config.train not in ("decoder", "reader", "both"):
+        raise ValueError(f"train must be 'decoder', 'reader' or 'both', not {config.train!r}")
+    groups: list[dict[str, Any]] = []
+    if config.trains_decoder:
+        groups.append({"params": trainable(policy), "lr": config.lr, "weight_decay": 0.0})
+    if config.trains_reader:
+        tower = policy.model.model.visual
+        if not isinstance(tower, ConvVisionTower) or tower.head is None:
+            raise ValueError(f"{config.model}: training the type reader needs a compact tower with a "
+                             "cell head")
+        reader = tower.enable_reader()
+        reader.requires_grad_(True)
+        groups.append({"params": list(reader.parameters()), "lr": config.reader_lr,
+                       "weight_decay": config.reader_weight_decay})
+    return torch.optim.AdamW(groups, betas=(0.9, 0.99))
 
 
 # -- state --------------------------------------------------------------------------------------
@@ -237,7 +297,7 @@ def run_episode(policy: VLM, rollout: RolloutPolicy, optimizer: torch.optim.Opti
     """Rollouts and updates of one episode, step by step; the state and the queries seen after it."""
     options = LoopOptions(max_operations=config.max_operations, max_turn_tokens=config.max_turn_tokens,
                           max_turns=config.max_turns, temperature=config.temperature,
-                          look_first=config.look_first)
+                          look_first=config.look_first, sample_type=config.trains_reader)
     picked = episode_queries(queries, config.queries_per_episode, episode, config.seed)
     state = EpisodeState()
     for n, start in enumerate(range(0, len(picked), config.queries_per_step)):
@@ -248,7 +308,8 @@ def run_episode(policy: VLM, rollout: RolloutPolicy, optimizer: torch.optim.Opti
         step = roll_out(rollout, batch, config.group_size, replace(options, seed=seed), config.rewards,
                         config.rollout_batch)
         looped = time.perf_counter()
-        score_old_logprobs(rollout, informative(step), config.temperature, config.micro_batch)
+        if config.trains_decoder:  # a reader's read carries its old log-probability already
+            score_old_logprobs(rollout, informative(step), config.temperature, config.micro_batch)
         state.seconds["old_logp"] += time.perf_counter() - looped
         state.seconds["rollout"] += time.perf_counter() - clock
         # update
@@ -256,7 +317,7 @@ def run_episode(policy: VLM, rollout: RolloutPolicy, optimizer: torch.optim.Opti
         state.steps.append(update(policy, optimizer, step, config, rng))
         state.seconds["update"] += time.perf_counter() - clock
         for s in step:  # the log keeps the scores; conversations, maps and log-probs can go
-            s.chunk, s.maps, s.old_logp = Chunk(), None, None
+            s.chunk, s.maps, s.old_logp, s.read = Chunk(), None, None, None
         state.samples += step
         queries_seen += len(batch)
         if queries_seen - rollout.refreshed_at >= config.refresh_every:  # near-policy again
@@ -272,7 +333,7 @@ def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> li
     work.mkdir(parents=True, exist_ok=True)
     policy = loader.load(config.model)
     queries: list[Query] = queries_from(config.data, config.max_items, config.kind)
-    optimizer = torch.optim.AdamW(trainable(policy), lr=config.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    optimizer = make_optimizer(policy, config)
     rng = random.Random(config.seed)
     metrics_file = config.out / "metrics.jsonl"
     if resume and (work / STATE).is_file():

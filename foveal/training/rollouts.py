@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from foveal.domain import DEFECT_TYPES
 from foveal.evaluation.bench import inspection_of
 from foveal.evaluation.metrics import correct_type, difficulty_key
 from foveal.model.chat import Chunk
@@ -54,6 +55,17 @@ class Query:
 
 
 @dataclass
+class TypeRead:
+    """A grounded answer's type as an action (`LoopOptions.sample_type`): what the type reader read
+    it from, the type drawn (index among the defect types, `none` excluded) and its
+    log-probability under the rollout policy at the sampling temperature."""
+
+    features: torch.Tensor  # (2C,)
+    index: int
+    old_logp: float
+
+
+@dataclass
 class Sample:
     """One rollout, scored, ready for the update."""
 
@@ -68,6 +80,7 @@ class Sample:
     old_logp: torch.Tensor | None = None  # (L,) under the rollout policy, at the loss tokens
     advantage: float = 0.0
     tokens: int = field(default=0)  # tokens that carry loss
+    read: TypeRead | None = None  # the type the reader drew, when the rollouts sample it
 
 
 def queries_from(folders: Sequence[Path], limit: int | None = None, kind: str | None = None) -> list[Query]:
@@ -160,9 +173,32 @@ def roll_out(rollout: RolloutPolicy, queries: Sequence[Query], group_size: int, 
         outcomes = [outcome_of(t, query.truth) for t in group]
         for trace, outcome, reward in zip(group, outcomes, group_rewards(outcomes, rewards), strict=True):
             chunk, maps = backbone_maps(rollout.vlm, trace.conversation, memo)
+            read = type_read(rollout.vlm, trace, options.temperature) if options.sample_type else None
             samples.append(Sample(query.label.id, g, chunk, maps, outcome, reward, query.difficulty,
-                                  correct_type(trace.defect_type, query.truth), tokens=sum(chunk.loss[1:])))
+                                  correct_type(trace.defect_type, query.truth), tokens=sum(chunk.loss[1:]),
+                                  read=read))
     return samples
+
+
+def type_log_softmax(vlm: VLM, features: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(N, types) log-probabilities of the defect types (`none` excluded) the tower's type reader
+    gives pooled features (N, 2C) at the sampling temperature: the distribution a sampled read
+    draws from (`CellPointer._type_of`)."""
+    tower = vlm.model.model.visual
+    logits = tower.type_logits(features.to(tower.dtype)).float()[:, 1:len(DEFECT_TYPES)]
+    return torch.log_softmax(logits / temperature, dim=-1)
+
+
+@torch.no_grad()
+def type_read(vlm: VLM, trace: Trace, temperature: float) -> TypeRead | None:
+    """The rollout's type read as an action, when its answer's type was read (and drawn) by the
+    tower; None when the decoder answered `none` or wrote the type itself."""
+    if trace.answer_features is None or trace.defect_type not in DEFECT_TYPES[1:]:
+        return None
+    features = torch.from_numpy(trace.answer_features).float()
+    index = DEFECT_TYPES.index(trace.defect_type) - 1
+    logp = type_log_softmax(vlm, features[None], temperature)[0, index]
+    return TypeRead(features, index, float(logp))
 
 
 @torch.no_grad()

@@ -92,6 +92,22 @@ def test_compact_model_saves_and_loads_through_the_auto_classes(micro_vlm: loade
         assert torch.equal(tensor, after[name]), name
 
 
+def test_a_type_reader_starts_as_the_view_heads_copy_and_is_saved_apart_from_it(micro_vlm: loader.VLM,
+                                                                                tmp_path: Path) -> None:
+    tower = micro_vlm.model.model.visual
+    pooled = torch.randn(3, 2 * tower.feature_dim)
+    view = tower.type_logits(pooled)  # no reader: the view head reads
+    reader = tower.enable_reader()
+    assert torch.equal(tower.type_logits(pooled), view) and tower.enable_reader() is reader
+    with torch.no_grad():
+        reader.bias += 1.0
+    loader.save(micro_vlm, tmp_path / "m")
+    again = loader.load(tmp_path / "m").model.model.visual
+    assert again.reader is not None and torch.equal(again.reader.bias, reader.bias)
+    assert torch.equal(again.head.view.bias, tower.head.view.bias)  # the view head is its own
+    assert not torch.equal(again.type_logits(pooled), again.head.view(pooled))
+
+
 def test_loading_a_directory_without_a_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(loader.ModelError, match=r"no config\.json"):
         loader.load(tmp_path)

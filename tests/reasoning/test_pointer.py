@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -222,6 +223,43 @@ def test_a_grounded_answer_keeps_what_the_view_head_read_its_type_from(taught_vl
     logits = head.view(torch.from_numpy(trace.answer_features)[None].to(head.view.weight.dtype))[0]
     assert DEFECT_TYPES[1 + int(logits[1:len(DEFECT_TYPES)].argmax())] == trace.defect_type
     assert run(taught_vlm, "zoom", pointer=False).answer_features is None  # the decoder's own type
+
+
+def _with_reader(vlm: VLM, favourite: str | None) -> VLM:
+    """A copy of `vlm` with a type reader of its own that reads `favourite` on everything (None:
+    every defect type equally likely)."""
+    copied = copy.deepcopy(vlm)
+    reader = copied.model.model.visual.enable_reader()
+    with torch.no_grad():
+        reader.weight.zero_()
+        reader.bias.zero_()
+        if favourite is not None:
+            reader.bias[DEFECT_TYPES.index(favourite)] = 10.0
+    return copied
+
+
+def test_a_type_reader_of_its_own_reads_the_type_and_leaves_the_image_tokens(taught_vlm: VLM) -> None:
+    plain = run(taught_vlm, "zoom", pointer=True)
+    read = run(_with_reader(taught_vlm, "stain"), "zoom", pointer=True)
+    assert plain.defect_type != "stain" and read.defect_type == "stain"
+    assert read.answer_features is not None and np.array_equal(read.answer_features, plain.answer_features)
+    # the view head was not touched, so the decoder saw the same tokens up to the answer's type
+    def before_type(trace: Trace) -> str:
+        text = taught_vlm.tokenizer.decode(trace.conversation.ids)
+        return text[:text.rindex("\\boxed{")]
+
+    assert before_type(read) == before_type(plain) and read.defect_score == plain.defect_score
+
+
+def test_a_sampled_type_read_draws_from_the_reader_and_a_greedy_one_takes_its_best(taught_vlm: VLM) -> None:
+    vlm = _with_reader(taught_vlm, None)  # every type equally likely
+    prompt, n, _ = SCRIPTS["zoom"]
+    items = [Inspection(frames_for("zoom", n), prompt, item_id=str(k)) for k in range(12)]
+    options = LoopOptions(max_turn_tokens=48, pointer=True, temperature=0.05, seed=0)
+    drawn = [t.defect_type for t in Loop(vlm, replace(options, sample_type=True)).run_batched(items)]
+    best = [t.defect_type for t in Loop(vlm, options).run_batched(items)]
+    assert set(best) == {DEFECT_TYPES[1]}  # ties go to the first
+    assert len(set(drawn) & set(DEFECT_TYPES[1:])) >= 3  # 12 draws of 6 equally likely types
 
 
 def test_the_decision_that_there_is_a_defect_stays_the_decoders(taught_vlm: VLM) -> None:

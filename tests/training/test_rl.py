@@ -27,15 +27,17 @@ from foveal.training.examples import materialize, with_maps
 from foveal.training.forward import collate, token_logits
 from foveal.training.grpo import clipped_objective, logprobs_of, target_logprobs
 from foveal.training.rewards import Outcome, Reward, RewardConfig, group_rewards
-from foveal.training.rl import RLConfig, restore, run, update
+from foveal.training.rl import RLConfig, make_optimizer, restore, run, update
 from foveal.training.rollouts import (
     Query,
     RolloutPolicy,
     Sample,
+    TypeRead,
     backbone_maps,
     queries_from,
     roll_out,
     score_old_logprobs,
+    type_log_softmax,
 )
 from foveal.training.sft import example_loss, trainable
 from foveal.training.trajectories import AssistantTurn, Trajectory, tool_call
@@ -120,6 +122,45 @@ def test_one_grpo_step_trains_the_policy_and_leaves_the_rollout_copy_and_backbon
     rollout.refresh(micro_vlm, 1)
     assert all(torch.equal(p, q) for p, q in zip(rollout.vlm.model.parameters(), micro_vlm.model.parameters(),
                                                  strict=True))
+
+
+def test_a_reader_step_trains_only_the_type_reader_toward_the_rewarded_read(micro_vlm: VLM) -> None:
+    config = RLConfig(Path("m"), [], Path("o"), train="reader", reader_lr=1e-2)
+    tower = micro_vlm.model.model.visual
+    assert tower.reader is None
+    optimizer = make_optimizer(micro_vlm, config)  # adds the reader: a copy of the view head's classifier
+    assert tower.reader is not None and torch.equal(tower.reader.weight, tower.head.view.weight)
+    rollout = RolloutPolicy(micro_vlm)
+    features = torch.randn(2 * tower.feature_dim, generator=torch.Generator().manual_seed(0))
+    old = type_log_softmax(rollout.vlm, features[None], config.temperature)[0]
+    zoom = [f"A mark. {CROP}", "\\boxed{scratch}"]
+    samples = [scripted(micro_vlm, zoom, 0, 1.0), scripted(micro_vlm, zoom, 0, 0.0)]
+    samples[0].read, samples[1].read = TypeRead(features, 2, float(old[2])), TypeRead(features, 4, float(old[4]))
+    before = {n: p.detach().clone() for n, p in micro_vlm.model.named_parameters()}
+    stats = update(micro_vlm, optimizer, samples, config, random.Random(0))  # no decoder log-probs needed
+    assert stats.updated and stats.clip_fraction == 0.0
+    changed = {n for n, p in micro_vlm.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"model.visual.reader.weight", "model.visual.reader.bias"}
+    after = type_log_softmax(micro_vlm, features[None], config.temperature)[0]
+    assert after[2] > old[2] and after[4] < old[4]  # toward the read that earned the reward
+    with pytest.raises(ValueError, match="train must be"):
+        make_optimizer(micro_vlm, RLConfig(Path("m"), [], Path("o"), train="head"))
+
+
+def test_a_step_training_both_moves_the_decoder_and_the_reader(micro_vlm: VLM) -> None:
+    config = RLConfig(Path("m"), [], Path("o"), train="both")
+    optimizer = make_optimizer(micro_vlm, config)
+    rollout = RolloutPolicy(micro_vlm)
+    zoom, direct = [f"A mark. {CROP}", "\\boxed{scratch}"], ["\\boxed{none}"]
+    samples = [scripted(micro_vlm, zoom, 0, 1.0), scripted(micro_vlm, direct, 0, 0.0)]
+    features = torch.randn(2 * micro_vlm.model.model.visual.feature_dim)
+    samples[0].read = TypeRead(features, 1, float(type_log_softmax(rollout.vlm, features[None], 1.0)[0, 1]))
+    score_old_logprobs(rollout, samples, temperature=1.0)
+    before = {n: p.detach().clone() for n, p in micro_vlm.model.named_parameters()}
+    assert update(micro_vlm, optimizer, samples, config, random.Random(0)).updated
+    changed = {n for n, p in micro_vlm.model.named_parameters() if not torch.equal(p, before[n])}
+    assert {"model.visual.reader.weight"} < changed and any(n.startswith("model.language_model") for n in changed)
+    assert not any(".head." in n or ".stem." in n for n in changed)  # stage 0 stays frozen
 
 
 def test_a_group_the_replay_draws_twice_counts_twice_in_one_pass(micro_vlm: VLM) -> None:
