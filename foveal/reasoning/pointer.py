@@ -45,7 +45,13 @@ type after a crop): the type right 0.521 -> 0.653 (easy 0.761 -> 0.870, hard 0.4
 tiny 0.250 -> 0.219); on the 121 crops that hold the defect 0.661 -> 0.818. The crop the view
 head reads is smaller and centred on the mark, as the zooms it was trained on were.
 In an RL rollout the first token of such an answer carries loss (that there is a defect was the
-policy's decision) and the rest of the type does not.
+policy's decision) and the rest of the type does not. A tower with a type reader of its own
+(`ConvVisionTower.reader`, fitted by `foveal train readout`) reads the type with it instead of
+the view head's classifier, on the same pooled maps; the view head's probabilities in the image
+tokens stay as they were. With `TurnRequest.sample_type` (`LoopOptions.sample_type`, RL with
+`--train reader`) the type is drawn from the reader at the request's temperature instead of
+taken as its most likely: then the type is an action of the rollout, trained by GRPO on the
+reader alone (`foveal.training.rl`).
 
 Sequences are shown first as one overview of numbered tiles (`operations.overview`), and a
 compact model copies tile numbers no better than box numbers (v9 writes "tiles 2, 7 and 8 and 8

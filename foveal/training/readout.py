@@ -138,6 +138,6 @@ def run(config: ReadoutConfig, progress: Progress | None = None) -> dict[str, An
                            for t in range(1, len(DEFECT_TYPES))}}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     settings["data"] = [str(p) for p in config.data]
-    vlm.version = f"{vlm.version}-readout"
+    vlm.version = f"{vlm.version}-reader"
     loader.save(vlm, config.out, meta={"readout": {**settings, **report}})
     return report

@@ -316,8 +316,8 @@ def run_episode(policy: VLM, rollout: RolloutPolicy, optimizer: torch.optim.Opti
         clock = time.perf_counter()
         state.steps.append(update(policy, optimizer, step, config, rng))
         state.seconds["update"] += time.perf_counter() - clock
-        for s in step:  # the log keeps the scores; conversations, maps and log-probs can go
-            s.chunk, s.maps, s.old_logp, s.read = Chunk(), None, None, None
+        for s in step:  # the log keeps the scores (and type reads); conversations, maps and log-probs go
+            s.chunk, s.maps, s.old_logp = Chunk(), None, None
         state.samples += step
         queries_seen += len(batch)
         if queries_seen - rollout.refreshed_at >= config.refresh_every:  # near-policy again

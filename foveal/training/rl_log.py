@@ -55,6 +55,10 @@ class EpisodeLog:
     lr: float
     queries_seen: int
     old_logp_s: float = 0.0  # of rollout_s: the teacher-forced pass of the rollout policy
+    # rollouts whose answer's type was drawn from the type reader (`--train reader|both`), and
+    # the share of those that named the labelled type (None: no such rollout)
+    type_reads: int = 0
+    read_accuracy: float | None = None
     dev: dict[str, float | None] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -73,6 +77,7 @@ def summarize(episode: int, samples: Sequence[Sample], steps: Sequence[StepStats
     errors = sum(s.outcome.operations_ok.count(False) for s in samples)
     groups = sum(st.groups for st in steps)
     updated = [st for st in steps if st.updated]
+    reads = [s.correct for s in samples if s.read is not None]
     return EpisodeLog(
         episode=episode, queries=len({(s.query_id, s.group) for s in samples}), rollouts=len(samples),
         accuracy=sum(s.correct for s in samples) / n,
@@ -89,7 +94,8 @@ def summarize(episode: int, samples: Sequence[Sample], steps: Sequence[StepStats
         clip_fraction=sum(st.clip_fraction for st in updated) / len(updated) if updated else 0.0,
         loss=sum(st.loss for st in updated) / len(updated) if updated else 0.0,
         rollout_s=seconds.get("rollout", 0.0), update_s=seconds.get("update", 0.0), lr=lr,
-        queries_seen=queries_seen, old_logp_s=seconds.get("old_logp", 0.0))
+        queries_seen=queries_seen, old_logp_s=seconds.get("old_logp", 0.0), type_reads=len(reads),
+        read_accuracy=sum(reads) / len(reads) if reads else None)
 
 
 def append(path: Path, log: EpisodeLog) -> None:
@@ -141,6 +147,9 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "", target: fl
             if target is not None:
                 ax.axhline(target, color="grey", linestyle=":", label=f"H = {target}")
         if keys[0] == "accuracy":
+            if any(r.get("read_accuracy") is not None for r in rows):  # the type reader trained
+                ax.plot(episodes, [_value(r, "read_accuracy") for r in rows], marker="^",
+                        label="read_accuracy (type reads)")
             for key in sorted({k for r in rows for k in r.get("dev", {})}):
                 if key in ("overall_accuracy", "rapr"):
                     ax.plot(episodes, [_value(r.get("dev", {}), key) for r in rows], marker="s",

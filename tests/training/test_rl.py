@@ -135,7 +135,8 @@ def test_a_reader_step_trains_only_the_type_reader_toward_the_rewarded_read(micr
     old = type_log_softmax(rollout.vlm, features[None], config.temperature)[0]
     zoom = [f"A mark. {CROP}", "\\boxed{scratch}"]
     samples = [scripted(micro_vlm, zoom, 0, 1.0), scripted(micro_vlm, zoom, 0, 0.0)]
-    samples[0].read, samples[1].read = TypeRead(features, 2, float(old[2])), TypeRead(features, 4, float(old[4]))
+    samples[0].read = TypeRead(features, 2, float(old[2]))
+    samples[1].read = TypeRead(features, 4, float(old[4]))
     before = {n: p.detach().clone() for n, p in micro_vlm.model.named_parameters()}
     stats = update(micro_vlm, optimizer, samples, config, random.Random(0))  # no decoder log-probs needed
     assert stats.updated and stats.clip_fraction == 0.0
@@ -159,7 +160,8 @@ def test_a_step_training_both_moves_the_decoder_and_the_reader(micro_vlm: VLM) -
     before = {n: p.detach().clone() for n, p in micro_vlm.model.named_parameters()}
     assert update(micro_vlm, optimizer, samples, config, random.Random(0)).updated
     changed = {n for n, p in micro_vlm.model.named_parameters() if not torch.equal(p, before[n])}
-    assert {"model.visual.reader.weight"} < changed and any(n.startswith("model.language_model") for n in changed)
+    assert {"model.visual.reader.weight"} < changed
+    assert any(n.startswith("model.language_model") for n in changed)
     assert not any(".head." in n or ".stem." in n for n in changed)  # stage 0 stays frozen
 
 
