@@ -144,13 +144,13 @@ def policy_loss(policy: VLM, samples: Sequence[Sample], total_tokens: int, confi
         weight = mask * counts[:, None]  # (B, L)
         objective = objective + clipped_objective(logp, old, advantages, weight, *eps)
         clipped += clip_fraction(logp.detach(), old, weight, *eps) * float(weight.sum())
-    rows = [k for k, s in enumerate(samples) if s.read is not None] if config.trains_reader else []
-    if rows:
-        reads = [samples[k].read for k in rows]
-        features = torch.stack([r.features for r in reads if r is not None])  # (R, 2C)
-        index = torch.tensor([r.index for r in reads if r is not None])
+    reads = [(k, s.read) for k, s in enumerate(samples) if s.read is not None] if config.trains_reader else []
+    if reads:
+        rows = [k for k, _ in reads]
+        features = torch.stack([r.features for _, r in reads])  # (R, 2C)
+        index = torch.tensor([r.index for _, r in reads])
         logp = type_log_softmax(policy, features, config.temperature).gather(1, index[:, None])  # (R, 1)
-        old = torch.tensor([[r.old_logp] for r in reads if r is not None])  # (R, 1)
+        old = torch.tensor([[r.old_logp] for _, r in reads])  # (R, 1)
         weight = counts[rows][:, None]  # (R, 1)
         objective = objective + clipped_objective(logp, old, advantages[rows], weight, *eps)
         clipped += clip_fraction(logp.detach(), old, weight, *eps) * float(weight.sum())
