@@ -183,6 +183,11 @@ def train_rl(
                                    "(its decisions), the tower's type reader (a grounded answer's type is "
                                    "then sampled and is the action), or both."),
     reader_lr: float = typer.Option(1e-3, "--reader-lr", min=0.0, help="The type reader's learning rate."),
+    reader_weight_decay: float = typer.Option(1.0, "--reader-weight-decay", min=0.0,
+                                              help="The type reader's AdamW weight decay."),
+    greedy_decoder: bool = typer.Option(False, "--greedy-decoder", help="With --train reader: the decoder "
+                                        "decodes greedily, as inspection does, so the loop runs once per "
+                                        "query and its rollouts are types drawn from that run's read."),
 ) -> None:
     """Curiosity-driven GRPO from an SFT model; saves a loadable model, metrics.jsonl and plots."""
     import torch
@@ -200,7 +205,8 @@ def train_rl(
                       lr=lr, temperature=temperature, max_turn_tokens=max_turn_tokens,
                       micro_batch=micro_batch, max_items=max_items,
                       kind=kind.value if kind else None, dev_items=dev_items, eval_every=eval_every,
-                      seed=seed, look_first=look_first, train=train.value, reader_lr=reader_lr)
+                      seed=seed, look_first=look_first, train=train.value, reader_lr=reader_lr,
+                      reader_weight_decay=reader_weight_decay, greedy_decoder=greedy_decoder)
     with _bar() as bar:
         rows = run(config, _Phases(bar))
     last = rows[-1] if rows else {}

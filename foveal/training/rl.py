@@ -41,6 +41,7 @@ from foveal.training.rollouts import (
     episode_queries,
     queries_from,
     roll_out,
+    roll_out_types,
     score_old_logprobs,
     type_log_softmax,
 )
@@ -89,6 +90,9 @@ class RLConfig:
     # there is a defect), "reader" (only the tower's type reader: a grounded answer's type is
     # then sampled in the rollouts and is the action), or "both"
     train: str = "decoder"
+    # with train "reader": the decoder decodes greedily, as inspection does, so a query's rollouts
+    # differ only in the type drawn and the loop runs once per query (`rollouts.roll_out_types`)
+    greedy_decoder: bool = False
     reader_lr: float = 1e-3  # the reader's AdamW settings (those `foveal train readout` chose)
     reader_weight_decay: float = 1.0
 
@@ -211,6 +215,8 @@ def make_optimizer(policy: VLM, config: RLConfig) -> torch.optim.Optimizer:
     none, before the rollout policy is copied from it)."""
     if config.train not in ("decoder", "reader", "both"):
         raise ValueError(f"train must be 'decoder', 'reader' or 'both', not {config.train!r}")
+    if config.greedy_decoder and config.trains_decoder:
+        raise ValueError("a greedy decoder has no sampled tokens to train: use it with train 'reader'")
     groups: list[dict[str, Any]] = []
     if config.trains_decoder:
         groups.append({"params": trainable(policy), "lr": config.lr, "weight_decay": 0.0})
@@ -305,8 +311,9 @@ def run_episode(policy: VLM, rollout: RolloutPolicy, optimizer: torch.optim.Opti
         # rollouts, from the frozen copy
         clock = time.perf_counter()
         seed = config.seed * 1_000_003 + episode * 10_007 + n
-        step = roll_out(rollout, batch, config.group_size, replace(options, seed=seed), config.rewards,
-                        config.rollout_batch)
+        sampler = roll_out_types if config.greedy_decoder else roll_out
+        step = sampler(rollout, batch, config.group_size, replace(options, seed=seed), config.rewards,
+                       config.rollout_batch)
         looped = time.perf_counter()
         if config.trains_decoder:  # a reader's read carries its old log-probability already
             score_old_logprobs(rollout, informative(step), config.temperature, config.micro_batch)

@@ -180,6 +180,37 @@ def roll_out(rollout: RolloutPolicy, queries: Sequence[Query], group_size: int, 
     return samples
 
 
+def roll_out_types(rollout: RolloutPolicy, queries: Sequence[Query], group_size: int, options: LoopOptions,
+                   rewards: RewardConfig, batch_size: int = 32) -> list[Sample]:
+    """`group_size` rollouts of each query whose only sampled action is the answer's type (the
+    decoder greedy, as inspection runs it; `RLConfig.greedy_decoder`). Every rollout of a query
+    then runs the same turns, so the greedy loop runs once per query and its rollouts are
+    `group_size` types drawn from the rollout policy's type reader on what that run read, at
+    `options.temperature`. An answer the decoder gave without a read (`none`) makes `group_size`
+    equal rollouts: a uniform group, which the update drops. The seed in `options` makes the
+    draws reproducible."""
+    if options.temperature <= 0:
+        raise ValueError("rollouts need a sampling temperature > 0")
+    loop = Loop(rollout.vlm, replace(options, temperature=0.0, sample_type=False))
+    traces = loop.run_batched([query.inspection() for query in queries], batch_size=batch_size)
+    generator = torch.Generator().manual_seed(options.seed or 0)
+    samples: list[Sample] = []
+    for g, (query, trace) in enumerate(zip(queries, traces, strict=True)):
+        base = outcome_of(trace, query.truth)
+        reads: list[TypeRead | None] = [None] * group_size
+        if trace.answer_features is not None and trace.defect_type in DEFECT_TYPES[1:]:
+            features = torch.from_numpy(trace.answer_features).float()
+            logp = type_log_softmax(rollout.vlm, features[None], options.temperature)[0]
+            drawn = torch.multinomial(logp.exp(), group_size, replacement=True, generator=generator)
+            reads = [TypeRead(features, int(i), float(logp[i])) for i in drawn.tolist()]
+        outcomes = [base if read is None else replace(base, answer=DEFECT_TYPES[1 + read.index])
+                    for read in reads]
+        for outcome, reward, read in zip(outcomes, group_rewards(outcomes, rewards), reads, strict=True):
+            samples.append(Sample(query.label.id, g, Chunk(), None, outcome, reward, query.difficulty,
+                                  correct_type(outcome.answer, query.truth), read=read))
+    return samples
+
+
 def type_log_softmax(vlm: VLM, features: torch.Tensor, temperature: float) -> torch.Tensor:
     """(N, types) log-probabilities of the defect types (`none` excluded) the tower's type reader
     gives pooled features (N, 2C) at the sampling temperature: the distribution a sampled read

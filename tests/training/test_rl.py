@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,9 @@ from foveal.domain import DEFECT_TYPES
 from foveal.model import loader
 from foveal.model.chat import IMAGE
 from foveal.model.loader import VLM, create
+from foveal.plant.dataset import Label
 from foveal.plant.generate import generate
-from foveal.reasoning.loop import LoopOptions
+from foveal.reasoning.loop import Inspection, Loop, LoopOptions
 from foveal.reasoning.prompts import inspection_prompt
 from foveal.training.examples import materialize, with_maps
 from foveal.training.forward import collate, token_logits
@@ -36,11 +37,13 @@ from foveal.training.rollouts import (
     backbone_maps,
     queries_from,
     roll_out,
+    roll_out_types,
     score_old_logprobs,
     type_log_softmax,
 )
 from foveal.training.sft import example_loss, trainable
 from foveal.training.trajectories import AssistantTurn, Trajectory, tool_call
+from tests.reasoning.protocol_model import SCRIPTS, frames_for
 
 CROP = tool_call("crop_image_normalized", {"bbox_2d": [0.2, 0.2, 0.4, 0.4], "target_image": 1})
 TINY = dict(queries_per_episode=1, queries_per_step=1, group_size=4, refresh_every=2, max_turn_tokens=8,
@@ -243,6 +246,59 @@ def test_rollouts_sample_groups_from_the_loop_with_their_reward(micro_vlm: VLM, 
         assert float(s.old_logp.max()) <= 0.0 and float(s.old_logp.min()) < 0.0
     with pytest.raises(ValueError, match="temperature"):
         roll_out(rollout, queries, 2, replace(options, temperature=0.0), RewardConfig())
+
+
+@dataclass(frozen=True)
+class ZoomQuery(Query):
+    """A query on the frame and prompt the taught micro model zooms into and answers `scratch`."""
+
+    def inspection(self) -> Inspection:
+        return Inspection(frames_for("zoom", 1), SCRIPTS["zoom"][0], item_id=self.label.id)
+
+
+def test_with_a_greedy_decoder_a_querys_rollouts_are_types_drawn_from_one_run(taught_vlm: VLM) -> None:
+    vlm = copy.deepcopy(taught_vlm)
+    config = RLConfig(Path("m"), [], Path("o"), train="reader", greedy_decoder=True)
+    make_optimizer(vlm, config)  # adds the reader; made uniform so that the draws vary
+    reader = vlm.model.model.visual.reader
+    with torch.no_grad():
+        reader.weight.zero_()
+        reader.bias.zero_()
+    rollout = RolloutPolicy(vlm)
+    queries = [ZoomQuery(Label(id=f"z{k}", image="z.png", product="p", defect_type=truth, width=700,
+                               height=560, bbox=(0.2, 0.2, 0.4, 0.4)), Path("."))
+               for k, truth in enumerate(["stain", "crack"])]
+    options = LoopOptions(max_turn_tokens=48, pointer=True, temperature=1.0, seed=3)
+    samples = roll_out_types(rollout, queries, 8, options, RewardConfig())
+    greedy = Loop(rollout.vlm, replace(options, temperature=0.0)).run_batched(
+        [q.inspection() for q in queries])
+    assert [s.group for s in samples] == [0] * 8 + [1] * 8
+    for g, query in enumerate(queries):
+        group = [s for s in samples if s.group == g]
+        assert greedy[g].answer_features is not None  # the run the draws come from read the type
+        features = torch.from_numpy(greedy[g].answer_features).float()
+        logp = type_log_softmax(vlm, features[None], 1.0)[0].detach()
+        for s in group:
+            assert s.read is not None and torch.equal(s.read.features, features)
+            assert s.outcome.answer == DEFECT_TYPES[1 + s.read.index] and s.outcome.truth == query.truth
+            assert s.outcome.operations_ok == (True,)  # the one run's zoom, shared by the group
+            assert s.read.old_logp == pytest.approx(float(logp[s.read.index]))
+            assert s.correct == (s.outcome.answer == query.truth) and not s.chunk.ids and s.tokens == 0
+        assert [s.reward for s in group] == group_rewards([s.outcome for s in group], RewardConfig())
+    assert len({s.outcome.answer for s in samples}) >= 3  # 16 draws of 6 equally likely types
+    again = roll_out_types(rollout, queries, 8, options, RewardConfig())  # the seed fixes the draws
+    assert [s.outcome.answer for s in again] == [s.outcome.answer for s in samples]
+    # the decoder writing the type itself (no pointer): no read, so every group is uniform
+    plain = roll_out_types(rollout, queries, 4, replace(options, pointer=False), RewardConfig())
+    assert all(s.read is None for s in plain) and len({s.outcome.answer for s in plain}) == 1
+    before = {n: p.detach().clone() for n, p in vlm.model.named_parameters()}
+    optimizer = make_optimizer(vlm, config)
+    stats = update(vlm, optimizer, samples, config, random.Random(0))
+    assert stats.updated or stats.uniform == 2  # both groups may have drawn no right type
+    changed = {n for n, p in vlm.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= {"model.visual.reader.weight", "model.visual.reader.bias"}
+    with pytest.raises(ValueError, match="greedy decoder"):
+        make_optimizer(vlm, RLConfig(Path("m"), [], Path("o"), train="both", greedy_decoder=True))
 
 
 def _strip_timing(rows: list[dict[str, object]]) -> list[dict[str, object]]:
