@@ -357,7 +357,8 @@ def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> li
                                           rng, progress)
         # eval and log
         done = episode + 1
-        log = rl_log.summarize(done, state.samples, state.steps, state.seconds, config.lr, queries_seen)
+        lr = config.lr if config.trains_decoder else config.reader_lr  # the rate of what trains
+        log = rl_log.summarize(done, state.samples, state.steps, state.seconds, lr, queries_seen)
         if config.dev is not None and (done % config.eval_every == 0 or done == config.episodes):
             log.dev = dev_metrics(policy, config)
         rl_log.append(metrics_file, log)
