@@ -1,5 +1,5 @@
 """Paired comparison of two `foveal eval` runs on the same items: the difference in image F1,
-defect-type accuracy, overall accuracy and false-reject rate with 95 % paired bootstrap intervals (items resampled together, so the
+defect-type accuracy, overall accuracy, false-reject rate and box hits (single images) with 95 % paired bootstrap intervals (items resampled together, so the
 interval is that of the difference, far narrower than the two runs' own intervals). When both
 runs record each answer's `defect_score`, also the AUROC of that score (defective against good
 items) for single images and for sequences: how well the model separates them whatever the
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from foveal.evaluation.metrics import detection_scores, is_defective
+from foveal.evaluation.metrics import box_covers, detection_scores, is_defective
 from foveal.training.pretrain import auroc
 
 Record = dict[str, Any]
@@ -57,6 +57,17 @@ def false_reject_rate(records: Sequence[Record]) -> float:
     return len(rejected) / len(good) if good else float("nan")
 
 
+def box_hits(records: Sequence[Record]) -> float:
+    """Defective single images answered with a defect whose evidence box covers the labelled box
+    (`metrics.box_covers`), over all defective single images: a fixed denominator, so the
+    difference pairs (the eval's box hit rate divides by the detected items that have a box)."""
+    rows = [r for r in records if r["label"].get("kind", "image") == "image"
+            and is_defective(r["label"]["defect_type"]) and r["label"].get("bbox") is not None]
+    hit = [r for r in rows if is_defective(r["defect_type"] or "unanswered") and r.get("bbox") is not None
+           and box_covers(r["bbox"], r["label"]["bbox"])]
+    return len(hit) / len(rows) if rows else float("nan")
+
+
 def score_auroc(kind: str) -> Callable[[Sequence[Record]], float]:
     """The AUROC of `defect_score` over the items of one kind (`image` or `sequence`); NaN
     when they are not both defective and good."""
@@ -71,7 +82,7 @@ def score_auroc(kind: str) -> Callable[[Sequence[Record]], float]:
 
 METRICS: dict[str, Callable[[Sequence[Record]], float]] = {
     "image_f1": f1, "type_accuracy": type_accuracy, "overall_accuracy": overall_accuracy,
-    "false_reject_rate": false_reject_rate}
+    "false_reject_rate": false_reject_rate, "box_hits_images": box_hits}
 SCORED: dict[str, Callable[[Sequence[Record]], float]] = {
     "score_auroc_images": score_auroc("image"), "score_auroc_sequences": score_auroc("sequence")}
 

@@ -76,3 +76,26 @@ def test_runs_on_different_items_are_refused(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), str(before), str(after)],
                           capture_output=True, text=True)
     assert done.returncode != 0 and "different items" in done.stderr
+
+
+def test_box_hits_count_covering_boxes_of_detected_defective_images_over_all_of_them(tmp_path: Path) -> None:
+    truth = [0.4, 0.4, 0.5, 0.5]
+    inside, beside = [0.3, 0.3, 0.6, 0.6], [0.6, 0.6, 0.9, 0.9]
+
+    def run(path: Path, rows: list[tuple[str, str, list[float] | None]]) -> Path:
+        records = [{**_record(f"f{i}", t, a), "bbox": box,
+                    "label": {"defect_type": t, "kind": "image", "bbox": None if t == "none" else truth}}
+                   for i, (t, a, box) in enumerate(rows)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return path
+
+    # 3 defective images: one covered, one boxed beside it, one called `none` with a covering box
+    # (a miss: no defect answered); the good image's box never counts
+    before = run(tmp_path / "a.jsonl", [("pit", "pit", inside), ("dent", "dent", beside),
+                                        ("crack", "none", inside), ("none", "none", inside)])
+    after = run(tmp_path / "b.jsonl", [("pit", "pit", inside), ("dent", "pit", inside),
+                                       ("crack", "crack", inside), ("none", "none", inside)])
+    out = subprocess.run([sys.executable, str(SCRIPT), str(before), str(after), "--resamples", "400"],
+                         check=True, capture_output=True, text=True).stdout
+    hits = json.loads(out.strip().splitlines()[-1])["results"]["box_hits_images"]
+    assert hits["before"] == round(1 / 3, 4) and hits["after"] == 1.0  # a wrong type still has its box
