@@ -1,6 +1,7 @@
 """Paired comparison of two `foveal eval` runs on the same items: the difference in image F1,
-defect-type accuracy, overall accuracy, false-reject rate and box hits (single images) with 95 % paired bootstrap intervals (items resampled together, so the
-interval is that of the difference, far narrower than the two runs' own intervals). When both
+defect-type accuracy, overall accuracy, false-reject rate and box hits (single images) with 95 %
+paired bootstrap intervals (items resampled together, so the interval is that of the difference,
+far narrower than the two runs' own intervals). When both
 runs record each answer's `defect_score`, also the AUROC of that score (defective against good
 items) for single images and for sequences: how well the model separates them whatever the
 threshold, where F1 also moves with the threshold.

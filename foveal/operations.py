@@ -159,11 +159,21 @@ def look_box(rows: int, cols: int, row: int, col: int,
     >>> look_box(8, 8, 0, 0), look_box(8, 8, 3, 4), look_box(6, 10, 5, 9)
     ((0.0, 0.0, 0.12, 0.12), (0.5, 0.36, 0.62, 0.48), (0.88, 0.84, 1.0, 0.96))
     """
+    return look_at((col + 0.5) / cols, (row + 0.5) / rows, side)
+
+
+def look_at(x: float, y: float, side: float = LOOK_SIDE) -> tuple[float, float, float, float]:
+    """The zoom box of `side` (normalized) centred on the point (`x`, `y`) of an image, on the
+    0.02 grid and inside the image.
+
+    >>> look_at(0.56, 0.42), look_at(0.99, 0.01)
+    ((0.5, 0.36, 0.62, 0.48), (0.88, 0.0, 1.0, 0.12))
+    """
     def start(centre: float) -> float:
         snapped = math.floor((centre - side / 2) / 0.02 + 1e-6) * 0.02
         return round(min(max(snapped, 0.0), 1.0 - side), 2)
 
-    x1, y1 = start((col + 0.5) / cols), start((row + 0.5) / rows)
+    x1, y1 = start(x), start(y)
     return (x1, y1, round(x1 + side, 2), round(y1 + side, 2))
 
 

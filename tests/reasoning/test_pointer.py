@@ -19,7 +19,7 @@ from foveal.domain import DEFECT_TYPES
 from foveal.model.chat import Chunk
 from foveal.model.loader import VLM, create
 from foveal.model.pixels import patchify
-from foveal.operations import ImageBudget, Workspace, preview
+from foveal.operations import ImageBudget, Workspace, look_at, pad_and_clamp, preview
 from foveal.reasoning.engine import LocalEngine, TurnReply, TurnRequest, _Batch, _Session
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
 from foveal.reasoning.pointer import (
@@ -357,21 +357,28 @@ def test_the_zoom_written_before_a_verdict_is_the_trajectories_and_carries_no_lo
     assert plain.steps[0].text.startswith("A mark.") and plain.operations == 0
 
 
-def _probe_choice(vlm: VLM, trace: Trace, k: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _probe_choice(vlm: VLM, trace: Trace, k: int
+                  ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     """(the pointer's top look on the whole view, the one of its first `k` whose crop at full
-    resolution has the highest cell-head peak), computed here without the engine."""
+    resolution has the highest cell-head peak, that look centred on the peak), computed here
+    without the engine."""
     pointer = CellPointer(vlm)
     first = trace.conversation.patches[0], tuple(trace.conversation.grids[0])
     boxes = pointer.looks(*first).boxes[:k]  # type: ignore[arg-type]
     ws = Workspace(frames_for("zoom", 1), vlm.budget)
     probe = ImageBudget(PROBE_PIXELS, min(vlm.budget.min_pixels, PROBE_PIXELS), vlm.budget.factor)
-    peaks = []
+    maps = []
     for box in boxes:
         view = preview(box, 1, ws, probe)
         assert view is not None and view.pixels.shape[0] * view.pixels.shape[1] <= PROBE_PIXELS
         patches, grid = patchify(view.pixels, vlm.chat.spec)
-        peaks.append(float(pointer._defect(patches, tuple(grid)).max()))
-    return boxes[0], boxes[max(range(len(boxes)), key=lambda i: (peaks[i], -i))]
+        maps.append(pointer._defect(patches, tuple(grid)))
+    best = max(range(len(boxes)), key=lambda i: (float(maps[i].max()), -i))
+    rows, cols = maps[best].shape
+    at = int(maps[best].flatten().argmax())
+    x1, y1, x2, y2 = pad_and_clamp(boxes[best])  # what the winner's crop shows
+    centred = look_at(x1 + (at % cols + 0.5) / cols * (x2 - x1), y1 + (at // cols + 0.5) / rows * (y2 - y1))
+    return boxes[0], boxes[best], centred
 
 
 def _brightness(self: CellPointer, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -387,15 +394,17 @@ def _brightness_of_patches(self: CellPointer, images: Sequence[tuple[np.ndarray,
     return _brightness(self, pixels)
 
 
-def test_a_reranked_zoom_goes_to_the_candidate_whose_full_resolution_crop_looks_worst(
+def test_a_reranked_zoom_goes_to_the_candidate_whose_full_resolution_crop_looks_worst_centred_on_its_peak(
         taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
     # the micro model's map is all alike: a stand-in for the whole view's cells and the probes' alike
     monkeypatch.setattr(CellPointer, "_cell_maps", _brightness)
     monkeypatch.setattr(CellPointer, "_defects", _brightness_of_patches)
     k = 8
     trace = run(taught_vlm, "zoom", pointer=True, rerank=k)
-    top, best = _probe_choice(taught_vlm, trace, k)
-    assert best != top  # otherwise the test could not tell reranking from the top look
+    top, chosen, best = _probe_choice(taught_vlm, trace, k)
+    assert chosen != top  # otherwise the test could not tell reranking from the top look
+    assert best != chosen  # nor centring on the peak from the candidate's own box
+    assert abs(best[0] - chosen[0]) <= 0.18 and abs(best[1] - chosen[1]) <= 0.18  # inside its crop
     step = trace.steps[0]
     assert step.operation == "crop_image_normalized" and step.ok
     assert step.arguments == {"bbox_2d": list(best), "target_image": 1}
