@@ -23,8 +23,8 @@ shows where in that cell's neighbourhood the mark is, so a crop round a long scr
 near a cell's edge takes all of it in. Measured on 600 defective train23 images
 (`bench/look_centring.py`): the crop covers the labelled defect 0.765 -> 0.908 (easy),
 0.700 -> 0.709 (hard), 0.194 -> 0.214 (tiny); on FovealBench test the box hit rate rose
-0.693 -> 0.814 (session 24, `docs/benchmarks.md`, "Looks centred on their peak"). When the loop has sent the engine a single frame
-and the region each image shows (`TurnRequest.source` / `regions`, `LoopOptions.ship_frame`),
+0.693 -> 0.814 (session 24, `docs/benchmarks.md`, "Looks centred on their peak").
+When the loop has sent the engine a single frame and the region each image shows (`TurnRequest.source` / `regions`, `LoopOptions.ship_frame`),
 the engine cuts the same crops itself and the turn does not stop (over Triton a zoom is then
 two model calls instead of four; `docs/serving.md`). The whole view is 448 px of a 1024-2048 px frame;
 the crop sees the original pixels, where a hard defect's cells stand out that the view blurs.
