@@ -21,15 +21,16 @@ highest, moved so that it is centred on that peak (a second crop takes the runne
 is). The candidate's box is centred on a cell of the 448 px view; its crop at full resolution
 shows where in that cell's neighbourhood the mark is, so a crop round a long scratch or a mark
 near a cell's edge takes all of it in. Measured on 600 defective train23 images
-(`bench/look_centring.py`): the crop covers the labelled defect 0.765 -> 0.908 (easy),
-0.700 -> 0.709 (hard), 0.194 -> 0.214 (tiny); on FovealBench test the box hit rate rose
-0.693 -> 0.814 (session 24, `docs/benchmarks.md`, "Looks centred on their peak").
-When the loop has sent the engine a single frame and the region each image shows (`TurnRequest.source` / `regions`, `LoopOptions.ship_frame`),
-the engine cuts the same crops itself and the turn does not stop (over Triton a zoom is then
-two model calls instead of four; `docs/serving.md`). The whole view is 448 px of a 1024-2048 px frame;
-the crop sees the original pixels, where a hard defect's cells stand out that the view blurs.
-Measured on 400 test images (`/work/data/exp/rerank.py`): the chosen crop holds a hard defect
-0.52 -> 0.71 of the time with K = 8 (easy 0.86 -> 0.92, tiny 0.13 -> 0.11).
+(`bench/look_centring.py`): the crop covers the labelled defect 0.765 -> 0.908 (easy), 0.700 ->
+0.709 (hard), 0.194 -> 0.214 (tiny); on FovealBench test the box hit rate rose 0.693 -> 0.814
+(session 24, `docs/benchmarks.md`, "Looks centred on their peak"). When the loop has sent the
+engine a single frame and the region each image shows (`TurnRequest.source` / `regions`,
+`LoopOptions.ship_frame`), the engine cuts the same crops itself and the turn does not stop
+(over Triton a zoom is then two model calls instead of four; `docs/serving.md`). The whole view
+is 448 px of a 1024-2048 px frame; the crop sees the original pixels, where a hard defect's
+cells stand out that the view blurs. Measured on 400 test images (`/work/data/exp/rerank.py`):
+the chosen crop holds a hard defect 0.52 -> 0.71 of the time with K = 8 (easy 0.86 -> 0.92, tiny
+0.13 -> 0.11).
 
 The answer's type too is read off the tower rather than left to the decoder: when the model
 opens `\\boxed{` and begins a defect type's name (it has decided there is a defect), the engine
