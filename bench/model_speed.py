@@ -27,6 +27,7 @@ from render_throughput import git_commit  # type: ignore[import-not-found]
 from foveal.evaluation.bench import inspection_of
 from foveal.model import loader
 from foveal.plant.dataset import read_labels
+from foveal.reasoning.engine import DRAFT_TOKENS
 from foveal.reasoning.loop import Inspection, Loop, LoopOptions, Trace
 
 
@@ -51,17 +52,20 @@ def main() -> None:
                         help="candidate looks seen at full resolution (default: the checkpoint's choice)")
     parser.add_argument("--look-first", action=argparse.BooleanOptionalAction, default=None,
                         help="every verdict comes after a look up close (default: the checkpoint's choice)")
+    parser.add_argument("--draft-tokens", type=int, default=DRAFT_TOKENS,
+                        help="tokens drafted per greedy step and checked in one decoder pass (0: none)")
     args = parser.parse_args()
     vlm = loader.load(args.model)
     labels = [label for label in read_labels(args.bench)
               if args.kind == "all" or (label.is_sequence == (args.kind == "sequence"))][: args.n]
     items = [inspection_of(label, args.bench, True) for label in labels]
-    Loop(vlm, LoopOptions(rerank=args.rerank, look_first=args.look_first)).run(items[:2])  # warm-up
+    chosen = dict(rerank=args.rerank, look_first=args.look_first, draft_tokens=args.draft_tokens)
+    Loop(vlm, LoopOptions(**chosen)).run(items[:2])  # warm-up
     rows = []
     latencies: list[float] = []
     results: dict[str, object] = {}
-    kept = LoopOptions(rerank=args.rerank, look_first=args.look_first)
-    resent = LoopOptions(reuse_cache=False, rerank=args.rerank, look_first=args.look_first)
+    kept = LoopOptions(**chosen)
+    resent = LoopOptions(reuse_cache=False, **chosen)
     for name, options, batch in (("kv-reuse, batch 1", kept, 1), ("re-encode, batch 1", resent, 1),
                                  (f"kv-reuse, batch {args.batch}", kept, args.batch)):
         seconds, traces = timed(Loop(vlm, options), items, batch)
@@ -78,6 +82,7 @@ def main() -> None:
         "n": len(items), "kind": args.kind, "threads": torch.get_num_threads(),
         "rerank": "checkpoint's choice" if args.rerank is None else args.rerank,
         "look_first": "checkpoint's choice" if args.look_first is None else args.look_first,
+        "draft_tokens": args.draft_tokens,
         "p50_ms_batch1": round(float(np.percentile(latencies, 50)), 1),
         "p95_ms_batch1": round(float(np.percentile(latencies, 95)), 1),
         "throughput_batch1": round(rows[0][1], 3), "throughput_reencode_batch1": round(rows[1][1], 3),

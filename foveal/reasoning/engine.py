@@ -29,7 +29,11 @@ from foveal.errors import FovealError
 from foveal.model.chat import IMAGE, ChatFormat, Chunk, positions
 from foveal.model.loader import VLM
 from foveal.operations import ImageBudget, crop_of
+from foveal.reasoning.drafts import NgramDrafter
 from foveal.reasoning.pointer import CellPointer, Looks, probe_budget
+
+# tokens drafted per greedy step (`foveal.reasoning.drafts`); 0: one decoder pass per token
+DRAFT_TOKENS = 8
 
 
 class EngineUnavailable(FovealError):
@@ -150,8 +154,10 @@ class LocalEngine:
     def __init__(self, vlm: VLM, seed: int | None = None, idle_timeout_s: float | None = None,
                  vision: ImageFeatures | None = None, share_prefill: bool = True,
                  pointer: bool | None = None, rerank: int | None = None,
-                 look_first: bool | None = None) -> None:
+                 look_first: bool | None = None, draft_tokens: int = DRAFT_TOKENS) -> None:
         self.vlm = vlm
+        # greedy turns check drafted tokens several per pass; what they say is unchanged
+        self.drafter = NgramDrafter(length=draft_tokens) if draft_tokens > 0 else None
         # grounded zooms (`foveal.reasoning.pointer`): None = the checkpoint's choice (its
         # foveal.json `pointer`), which needs a tower with a cell head
         wanted = bool(vlm.meta.get("pointer", False)) if pointer is None else pointer
@@ -249,10 +255,15 @@ class LocalEngine:
         # forced box, frames or answer is appended as one chunk (one decoder pass instead of one
         # per token; a box is 12 tokens) and their log-probabilities are read off that pass
         written: list[list[int]] = [[] for _ in requests]
+        # per greedy row, the drafted tokens fed after its token in the same pass
+        # (`foveal.reasoning.drafts`): proposed this step, then checked one per step
+        proposed: list[list[int]] = [[] for _ in requests]
+        drafts: list[_Draft | None] = [None for _ in requests]
         while True:
             logprobs = torch.log_softmax(logits, dim=-1)  # (B, V)
             chosen = self._choose(logits, requests)
             feed: list[Chunk] = []
+            ahead: dict[int, torch.Tensor] = {}  # rows whose next logits their draft holds
             for b, (r, reply) in enumerate(zip(requests, replies, strict=True)):
                 feed.append(Chunk())
                 watched = logprobs[b, list(r.watch)].numpy() if r.watch else np.zeros(0, np.float32)
@@ -303,18 +314,51 @@ class LocalEngine:
                 reply.tokens += written[b]
                 reply.forced += [True] * len(written[b])
                 last = run[-1]
-                if probing or last in r.stop_ids or len(reply.tokens) >= r.max_new_tokens:
+                stops = probing or last in r.stop_ids or len(reply.tokens) >= r.max_new_tokens
+                draft, drafts[b] = drafts[b], None
+                if draft is not None:
+                    # the token is already in the cache when it is the draft's next one and
+                    # nothing else happened to it here; otherwise the draft's rest leaves it
+                    kept = token == draft.tokens[0] and not forced and not probing and not cut_here
+                    if kept and not stops:
+                        ahead[b] = draft.logits[0]
+                        if len(draft.tokens) > 1:
+                            drafts[b] = _Draft(draft.tokens[1:], draft.logits[1:], draft.columns[1:])
+                        continue
+                    batch.drop(b, draft.columns)
+                    if kept:  # the draft's token ends the turn: out of the cache, as a last token is
+                        generating[b] = False
+                        continue
+                if stops:
                     generating[b] = False
                     run = run[:-1]  # a turn's last token is not fed back
+                elif self.drafter is not None and r.temperature <= 0 and not written[b] \
+                        and not (pointing is not None and pointing.queue):
+                    proposed[b] = self.drafter.propose(reply.tokens, r.max_new_tokens - len(reply.tokens) - 1)
+                    run += proposed[b]
                 if run:
                     feed[b] = self.chat.tokens(run)
             if not any(len(c) for c in feed):
-                break
-            if not any(written):
+                if not ahead:
+                    break
+                for b, row in ahead.items():
+                    logits[b] = row
+                continue
+            start = batch.columns
+            if not any(written) and not any(proposed):
                 logits = self._append(batch, feed)
+                for b, row in ahead.items():
+                    logits[b] = row
                 continue
             every = self._append(batch, feed, every=True)  # (B, L, V)
             logits = every[:, 0].clone()
+            for b, row in ahead.items():
+                logits[b] = row
+            for b, guess in enumerate(proposed):
+                if guess:  # fed after the row's token: logits after each, to check them by
+                    drafts[b] = _Draft(guess, list(every[b, 1:1 + len(guess)]),
+                                       list(range(start + 1, start + 1 + len(guess))))
+                    proposed[b] = []
             for b, extra in enumerate(written):
                 if not extra:
                     continue
@@ -327,6 +371,10 @@ class LocalEngine:
                 if generating[b]:
                     logits[b] = every[b, len(extra)]
                 written[b] = []
+        if self.drafter is not None:
+            for r, reply in zip(requests, replies, strict=True):
+                if r.temperature <= 0 and reply.tokens:
+                    self.drafter.learn(reply.tokens)
         now = time.monotonic()
         for r, state in zip(requests, batch.split(), strict=True):
             if r.end:
@@ -503,6 +551,16 @@ def _same_images(a: Chunk, b: Chunk) -> bool:
 
 
 @dataclass
+class _Draft:
+    """A row's drafted tokens still to be checked, each in the cache at its column, with the
+    logits the pass gave after it."""
+
+    tokens: list[int]
+    logits: list[torch.Tensor]
+    columns: list[int]
+
+
+@dataclass
 class _Batch:
     """Sessions stacked into one cache: row b is left-padded by `pad[b]` masked positions."""
 
@@ -529,6 +587,25 @@ class _Batch:
                 values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
             layers.append((torch.cat(keys), torch.cat(values)))
         return cls(DynamicCache(ddp_cache_data=layers), mask, [s.next_pos for s in states])
+
+    @property
+    def columns(self) -> int:
+        """Cached positions per row, padding included."""
+        return int(self.mask.shape[1])
+
+    def drop(self, row: int, columns: Sequence[int]) -> None:
+        """Take a row's tokens at these columns (the last it was fed) out of its conversation:
+        masked, or cut off when they end a one-row batch; the row's next token takes the
+        position of the first."""
+        if not columns:
+            return
+        self.next_pos[row] -= len(columns)
+        first = min(columns)
+        if self.mask.shape[0] == 1 and list(columns) == list(range(first, self.columns)):
+            self.cache.crop(first - self.columns)  # transformers: minus the tokens to remove
+            self.mask = self.mask[:, :first]
+        else:
+            self.mask[row, list(columns)] = False
 
     def select(self, rows: Sequence[int]) -> None:
         """Keep (and repeat) the given rows, in that order."""

@@ -39,7 +39,7 @@ from foveal.operations import (
     preview,
     resize_to_budget,
 )
-from foveal.reasoning.engine import Engine, LocalEngine, ModelRef, TurnReply, TurnRequest
+from foveal.reasoning.engine import DRAFT_TOKENS, Engine, LocalEngine, ModelRef, TurnReply, TurnRequest
 from foveal.reasoning.pointer import FRAMES_PROBE, looked_frames, probe_budget
 
 BOXED = "\\boxed{"
@@ -78,6 +78,9 @@ class LoopOptions:
     # frames of more pixels than this keep the round trips (None: any size): the model host
     # holds each live inspection's frame, so the service bounds what that can cost
     ship_max_pixels: int | None = None
+    # tokens drafted per greedy step and checked in one decoder pass (`foveal.reasoning.drafts`;
+    # the same answers in fewer passes); 0: one pass per token. Only for a loaded `VLM`
+    draft_tokens: int = DRAFT_TOKENS
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,7 @@ class Loop:
                  budget: ImageBudget | None = None) -> None:
         self.engine: Engine = model if not isinstance(model, VLM) else LocalEngine(
             model, seed=options.seed, pointer=options.pointer, rerank=options.rerank,
-            look_first=options.look_first)
+            look_first=options.look_first, draft_tokens=options.draft_tokens)
         self.fmt = self.engine.chat
         self.options = options
         self.budget = budget or self.engine.budget  # the model's processor budget by default
