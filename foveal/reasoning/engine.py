@@ -282,7 +282,7 @@ class LocalEngine:
                         # as a resumed turn would: rank the candidates (their box is written
                         # from the next token on) or read the answer's type on the tight look
                         self.pointer.probed(pointing, crops)
-                        pointing.answer_open, cut_here = False, True
+                        pointing.answer_open, pointing.verdict_open, cut_here = False, None, True
                     elif asked is not None:
                         # a box or an answer opens: end the turn here and ask for the crops of
                         # the candidate looks, or of the tight look the type is read on

@@ -60,6 +60,11 @@ tokens stay as they were. With `TurnRequest.sample_type` (`LoopOptions.sample_ty
 taken as its most likely: then the type is an action of the rollout, trained by GRPO on the
 reader alone (`foveal.training.rl`).
 
+A defect verdict's sentence names its type first ("A crack: up close, ..."). When a turn opens
+one and its next token begins a type's name, the engine writes the type the tower reads there
+too, so the sentence QA staff read and the answer agree; with probes on, the tight look is asked
+for at the verdict's first token (`Looks.verdict_open` when the turn stops for it).
+
 Sequences are shown first as one overview of numbered tiles (`operations.overview`), and a
 compact model copies tile numbers no better than box numbers (v9 writes "tiles 2, 7 and 8 and 8
 and 8" and never a valid `select_frames`: `/work/data/exp/seqcheck.py`). So on a sequence the
@@ -127,6 +132,7 @@ MAX_LOOKS = 8  # candidate cells kept per inspection, most defect-like first
 FRAMES_TRIGGER = '"target_frames": ['
 FRAMES_CLOSE = ']}}</tool_call>'
 ANSWER_TRIGGER = "\\boxed{"
+VERDICT = "A {name}"  # how a defect verdict's sentence opens in the trajectories: "A crack: ..."
 # a candidate's crop is scored at this many pixels (336 x 336), not the model's 448 x 448: on 240
 # test defects the chosen crop held a hard one 0.71 of the time against 0.73 at 448 (0.54 with no
 # rerank), and the tower runs 7 ms on it against 24 (`/work/data/exp/rerank_res.py`)
@@ -188,6 +194,9 @@ class Looks:
     read_probed: int = 0  # the crop image whose tight look was asked for (0: none yet)
     asking: str = ""  # what the outstanding probes are for: "rank" (candidate looks) or "read"
     answer_open: bool = False  # the turn stopped for a tight look right after `\\boxed{`
+    # the turn stopped for a tight look right after this first token of a verdict sentence
+    # ("A " of "A crack: ..."), which goes on to name the type
+    verdict_open: int | None = None
     frames_probed: bool = False  # a sequence's frames were asked for, to rank them by their own looks
     sample: float = 0.0  # > 0: the answer's type is sampled from the reader at this temperature
 
@@ -231,6 +240,9 @@ class CellPointer:
         self._select_first = self._encode(SELECT_SENTENCE.format(tiles="tiles 1 and 2"))[0]
         none = self._encode(NO_DEFECT)[0]
         self._type_starts = frozenset(self._encode(n)[0] for n in DEFECT_TYPES[1:]) - {none}
+        # a verdict sentence names its type first ("A crack: up close, ..."): its first tokens
+        # as the tokenizer writes them for each type ("A " or "A", then " dent")
+        self._verdict_starts = frozenset(self._encode(VERDICT.format(name=n))[0] for n in DEFECT_TYPES[1:])
         # backbone maps (C, rows, cols) of the images of the turn being run, keyed by the id of
         # their patch array: the engine's encoding and the pointer's readings share one backbone
         # pass per image. Valid only while the turn's chunks hold those arrays: the engine
@@ -364,9 +376,17 @@ class CellPointer:
         view (`look_first`), a box, frames in a call or frames in prose, the type of an
         answer; or nothing."""
         resumed = looks.answer_open and not generated  # the answer opened before the stop
-        if not generated and not resumed and self._selection_due(looks, operations):
+        opener = generated[0] if len(generated) == 1 else looks.verdict_open if not generated else None
+        if not generated:
+            looks.verdict_open = None
+        if opener is not None and opener in self._verdict_starts and self.answers and looks.last is not None:
+            named = self._verdict_tokens(opener, token, looks)
+            if named:
+                return named
+        started = resumed or (not generated and opener is not None)  # a turn resumed after its first token
+        if not generated and not started and self._selection_due(looks, operations):
             return self.selection_tokens(looks)
-        if self.look_first and operations and not generated and token != self._zoom[0] and not resumed \
+        if self.look_first and operations and not generated and token != self._zoom[0] and not started \
                 and self._look_due(looks):
             return list(self._zoom)
         if not generated:
@@ -391,6 +411,21 @@ class CellPointer:
         looks.named = looks.next_frames()
         *head, last = [str(f) for f in looks.named]
         return self._encode((f"{', '.join(head)} and {last}" if head else last) + ".")
+
+    def _verdict_tokens(self, opener: int, token: int, looks: Looks) -> list[int]:
+        """When a verdict sentence's first tokens (`opener`, then the model's `token`) begin to
+        name a defect type, the rest of its opening as the engine writes it: the type the tower
+        reads (`read`), the one the answer's `\\boxed{}` will hold, so that the sentence and the
+        answer agree. Nothing when they name no type ("A mark ...")."""
+        start = self._text([opener])
+        words = (start + self._text([token]))[len(VERDICT.format(name="")):].strip()
+        if not words or not any(n.startswith(words) or words.startswith(n) for n in DEFECT_TYPES[1:]):
+            return []
+        name, _ = self.read(looks)
+        whole = VERDICT.format(name=name)
+        if not whole.startswith(start):
+            return []
+        return self._encode(whole[len(start):])
 
     def selection_tokens(self, looks: Looks) -> list[int]:
         """A sequence's first turn as the engine writes it with `look_first`: the next frames of
@@ -435,7 +470,12 @@ class CellPointer:
             return True
         return bool(self.tight and looks.crop_image and looks.crop_image == looks.images
                     and looks.read_probed != looks.crop_image and looks.last is not None
-                    and self._opens(generated, ANSWER_TRIGGER, self._brace_closers))
+                    and (self._opens(generated, ANSWER_TRIGGER, self._brace_closers)
+                         or self._opens_verdict(generated)))
+
+    def _opens_verdict(self, generated: list[int]) -> bool:
+        """Whether the turn so far is the first token of a defect verdict's sentence."""
+        return len(generated) == 1 and generated[0] in self._verdict_starts
 
     def probe_request(self, looks: Looks, generated: list[int], operations: bool = True
                       ) -> tuple[list[tuple[float, float, float, float]], int] | None:
@@ -452,7 +492,11 @@ class CellPointer:
         if self.opens_box(generated):
             looks.asking = "rank"
             return looks.boxes[:self.rerank], looks.box_image
-        looks.asking, looks.read_probed, looks.answer_open = "read", looks.crop_image, True
+        looks.asking, looks.read_probed = "read", looks.crop_image
+        if self._opens_verdict(generated):
+            looks.verdict_open = generated[0]
+        else:
+            looks.answer_open = True
         return [self.tight_box(looks)], looks.crop_image
 
     @torch.inference_mode()

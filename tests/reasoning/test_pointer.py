@@ -620,3 +620,41 @@ def test_a_look_first_sequence_with_probes_stops_for_its_frames_and_writes_its_s
     assert first.text.startswith("Let me view tiles ") and first.text.count("Let me") == 1
     assert first.operation == "select_frames" and first.ok
     assert trace.steps[1].text.startswith(ZOOM_SENTENCE)
+
+
+def test_a_verdict_sentence_names_the_type_its_answer_will_hold(taught_vlm: VLM) -> None:
+    pointer = CellPointer(taught_vlm, rerank=8)
+    tok = taught_vlm.tokenizer
+    frame = run(taught_vlm, "zoom", pointer=True).conversation
+    looks = pointer.looks(frame.patches[0], tuple(frame.grids[0]))
+    reading, _ = pointer.read(looks)
+    other = next(n for n in DEFECT_TYPES[1:] if n != reading)
+    said = tok.encode(f"A {other}: up close", add_special_tokens=False)
+    written = pointer.forced(looks, said[:1], said[1])
+    assert written and tok.decode(said[:1] + written) == f"A {reading}"  # the type the answer will hold
+    opened = tok.encode("A mark: \\boxed{", add_special_tokens=False)
+    first = tok.encode(reading, add_special_tokens=False)[0]
+    assert pointer.forced(looks, opened, first) == tok.encode(reading + "}", add_special_tokens=False)
+    # the same when the turn stopped for a tight look right after the sentence's first token
+    looks.verdict_open = said[0]
+    assert pointer.forced(looks, [], said[1]) == written and looks.verdict_open is None
+    # sentences that name no type are the model's own, and so is everything without answers
+    for own in ("A mark: up close", "No marks: up close"):
+        ids = tok.encode(own, add_special_tokens=False)
+        assert pointer.forced(looks, ids[:1], ids[1]) == [], own
+    assert CellPointer(taught_vlm, answers=False).forced(looks, said[:1], said[1]) == []
+
+
+def test_a_verdict_after_a_grounded_crop_asks_for_its_tight_look_at_its_first_token(taught_vlm: VLM) -> None:
+    pointer = CellPointer(taught_vlm, rerank=8)
+    tok = taught_vlm.tokenizer
+    frame = run(taught_vlm, "zoom", pointer=True).conversation
+    looks = replace(pointer.looks(frame.patches[0], tuple(frame.grids[0])), images=2, crop_image=2)
+    said = tok.encode("A crack: up close", add_special_tokens=False)
+    asked = pointer.probe_request(looks, said[:1])
+    assert asked == ([pointer.tight_box(looks)], 2)
+    assert looks.verdict_open == said[0] and not looks.answer_open  # the sentence goes on after it
+    opened = tok.encode("A crack: up close. \\boxed{", add_special_tokens=False)
+    assert pointer.probe_request(looks, opened) is None  # one tight look per answer
+    plain = replace(pointer.looks(frame.patches[0], tuple(frame.grids[0])), images=2, crop_image=2)
+    assert pointer.probe_request(plain, tok.encode("No marks", add_special_tokens=False)[:1]) is None
