@@ -62,9 +62,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("models/foveal_vl/1/weights"))
     parser.add_argument("--n", type=int, default=600, help="first N defective single images")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--rerank", type=int, default=None,
+                        help="candidate looks read at full resolution (default: the checkpoint's choice)")
     args = parser.parse_args()
     vlm = loader.load(args.model)
     pointer = CellPointer(vlm)
+    rerank = int(vlm.meta.get("rerank", MAX_LOOKS)) if args.rerank is None else args.rerank
 
     def cells(image: np.ndarray) -> np.ndarray:
         pixels = torch.from_numpy(normalized(image, vlm.chat.spec)).to(pointer.tower.dtype)
@@ -77,7 +80,7 @@ def main() -> None:
     for label in labels:
         frame = read_rgb(args.data / str(label.image))
         height, width = frame.shape[:2]
-        boxes = CellPointer._boxes(torch.from_numpy(cells(resize_to_budget(frame, vlm.budget))))[:MAX_LOOKS]
+        boxes = CellPointer._boxes(torch.from_numpy(cells(resize_to_budget(frame, vlm.budget))))[:rerank]
         best: tuple[float, tuple[float, float, float, float], np.ndarray] | None = None
         for box in boxes:
             crop = crop_of(box, frame, (0, 0, width, height), 0, probe_budget(vlm.budget))
@@ -104,7 +107,7 @@ def main() -> None:
     for d, r in result.items():
         print(f"{d:<10} {r['n']:>5} " + " ".join(f"{r[w]:>6.3f}" for w in WAYS))
     line = json.dumps({"benchmark": "look_centring", "data": str(args.data), "model": str(args.model),
-                       "covers": result})
+                       "rerank": rerank, "covers": result})
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(line + "\n")

@@ -260,7 +260,7 @@ def eval_command(
         None, "--pointer/--no-pointer",
         help="Grounded zooms: the crop's box from the tower's cell head (default: the checkpoint's choice)."),
     rerank: int | None = typer.Option(
-        None, "--rerank", min=0, max=8,
+        None, "--rerank", min=0, max=32,  # foveal.reasoning.pointer.MAX_LOOKS
         help="Candidate looks seen at full resolution before a grounded box is written "
              "(0: none; default: the checkpoint's choice)."),
     look_first: bool | None = typer.Option(
@@ -322,7 +322,7 @@ def predict_command(
         None, "--pointer/--no-pointer",
         help="Grounded zooms: the crop's box from the tower's cell head (default: the checkpoint's choice)."),
     rerank: int | None = typer.Option(
-        None, "--rerank", min=0, max=8,
+        None, "--rerank", min=0, max=32,  # foveal.reasoning.pointer.MAX_LOOKS
         help="Candidate looks seen at full resolution before a grounded box is written "
              "(0: none; default: the checkpoint's choice)."),
     look_first: bool | None = typer.Option(

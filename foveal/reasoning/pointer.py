@@ -128,7 +128,7 @@ from foveal.reasoning.prompts import SELECT_SENTENCE, ZOOM_SENTENCE
 
 TRIGGER = '"bbox_2d": ['
 CLOSE = '], "target_image": 1}}</tool_call>'  # the call's only valid ending on the whole frame
-MAX_LOOKS = 8  # candidate cells kept per inspection, most defect-like first
+MAX_LOOKS = 32  # candidate cells kept per inspection, most defect-like first
 FRAMES_TRIGGER = '"target_frames": ['
 FRAMES_CLOSE = ']}}</tool_call>'
 ANSWER_TRIGGER = "\\boxed{"
