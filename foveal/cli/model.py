@@ -14,6 +14,7 @@ import json
 import time
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -224,25 +225,50 @@ def readout_command(
     max_items: int | None = typer.Option(None, "--max-items", min=1,
                                          help="First N defective items of each --data."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
-    steps: int = typer.Option(100, "--steps", min=1, help="Full-batch steps of the fit."),
+    steps: int = typer.Option(100, "--steps", min=0, help="Full-batch steps of the fit on the loop's reads."),
     lr: float = typer.Option(1e-3, "--lr", min=0.0),
     weight_decay: float = typer.Option(1.0, "--weight-decay", min=0.0),
     holdout: float = typer.Option(0.2, "--holdout", min=0.0, max=0.9,
                                   help="Share of items checked, not fitted."),
     seed: int = typer.Option(0, "--seed"),
+    crop_steps: int = typer.Option(0, "--crop-steps", min=0,
+                                   help="First fine-tune a backbone of the reader's own on this many steps "
+                                        "of tight looks at the labelled defects (0: none)."),
+    crops_per_item: int = typer.Option(8, "--crops-per-item", min=1),
+    crop_batch: int = typer.Option(24, "--crop-batch", min=1),
+    crop_lr: float = typer.Option(1e-3, "--crop-lr", min=0.0),
+    loop_fit: str = typer.Option("linear", "--loop-fit",
+                                 help="What the loop's reads fit: 'linear' (the reader's classifier) or "
+                                      "'temperature' (only its confidence: the types read stay)."),
 ) -> None:
-    """Refit the view head's type classifier on the looks the greedy loop reads (docs/model.md)."""
+    """Fit the type reader: on tight looks at the labelled defects (--crop-steps), then on the
+    looks the greedy loop reads (--steps; 0 skips it). docs/model.md, "Readout refit"."""
     from foveal.training.readout import ReadoutConfig, run
 
     config = ReadoutConfig(model=model, data=data, out=out, max_items=max_items, batch_size=batch_size,
-                           steps=steps, lr=lr, weight_decay=weight_decay, holdout=holdout, seed=seed)
+                           steps=steps, lr=lr, weight_decay=weight_decay, holdout=holdout, seed=seed,
+                           crop_steps=crop_steps, crops_per_item=crops_per_item, crop_batch=crop_batch,
+                           crop_lr=crop_lr, loop_fit=loop_fit)
     with _bar() as bar:
-        phases = _Phases(bar)
-        report = run(config, lambda done, total: phases("loop on defective items", done, total))
+        report = run(config, _Phases(bar))
+    if "tight_looks" in report:
+        tight = report["tight_looks"]
+        console.print(f"tight looks: {tight['crops']} crops of {tight['items']} items; held-out accuracy "
+                      f"({tight['held_out_crops']} crops): {_change(tight)}")
+    if "temperature" in report:
+        console.print(f"{report['readings']} types read of {report['items_run']} defective items; "
+                      f"temperature {report['temperature']:.3f}; held-out calibration error "
+                      f"{report['held_out_calibration_error_before']:.3f} -> "
+                      f"{report['held_out_calibration_error_after']:.3f}")
+    elif "readings" in report:
+        console.print(f"{report['readings']} types read of {report['items_run']} defective items; held-out "
+                      f"accuracy of the read ({report['held_out']} items): {_change(report)}")
+    console.print(f"model in {out}")
+
+
+def _change(report: dict[str, Any]) -> str:
     before, after = report["held_out_accuracy_before"], report["held_out_accuracy_after"]
-    shown = "n/a" if before is None else f"{before:.3f} -> {after:.3f}"
-    console.print(f"{report['readings']} types read of {report['items_run']} defective items; held-out "
-                  f"accuracy of the read ({report['held_out']} items): {shown}; model in {out}")
+    return "n/a" if before is None else f"{before:.3f} -> {after:.3f}"
 
 
 def eval_command(

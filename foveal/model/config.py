@@ -53,6 +53,10 @@ class FovealVisionConfig(Qwen2_5_VLVisionConfig):  # type: ignore[no-untyped-cal
     # refitting it (`foveal train readout`, `foveal train rl --train reader`) leaves every image
     # token as it was. Without it the view head reads the type
     type_reader: bool = False
+    # the type reader reads from a backbone of its own (`ConvVisionTower.reader_backbone`), a copy
+    # of the tower's fine-tuned on tight looks at labelled defects (`foveal train readout
+    # --crop-steps`): the read improves and every image token stays as it was
+    reader_backbone: bool = False
     norm_groups: int = 8
     depth: int = 0
     hidden_size: int = 128

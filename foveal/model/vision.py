@@ -14,6 +14,7 @@ probability and the peak's position) enters the merger with the features.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -155,6 +156,9 @@ class ConvVisionTower(nn.Module):
         self.coord_gain: nn.Parameter | None = nn.Parameter(torch.tensor(TYPE_GAIN)) if placed else None
         self.reader: nn.Linear | None = nn.Linear(2 * c3, classes) \
             if classes and getattr(config, "type_reader", False) else None
+        self.reader_backbone: nn.Sequential | None = None
+        if self.reader is not None and getattr(config, "reader_backbone", False):
+            self.reader_backbone = self._backbone_copy()
 
     def enable_reader(self) -> nn.Linear:
         """The type reader (`FovealVisionConfig.type_reader`), added as a copy of the view head's
@@ -167,6 +171,26 @@ class ConvVisionTower(nn.Module):
             self.reader.load_state_dict(self.head.view.state_dict())
             self.reader.to(self.head.view.weight.device, self.head.view.weight.dtype)
         return self.reader
+
+    def _backbone_copy(self) -> nn.Sequential:
+        return nn.Sequential(*(copy.deepcopy(m) for m in (self.stem, self.blocks, self.down)))
+
+    def enable_reader_backbone(self) -> nn.Sequential:
+        """A backbone of the type reader's own (`FovealVisionConfig.reader_backbone`), added as a
+        copy of the tower's when it has none, with the reader itself: reads stay what they were
+        until it is fine-tuned (`foveal.training.readout`)."""
+        self.enable_reader()
+        if self.reader_backbone is None:
+            self.config.reader_backbone = True
+            self.reader_backbone = self._backbone_copy()
+        return self.reader_backbone
+
+    def reader_maps(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The maps a type is read from, per image (C, H, W): the reader's own backbone's when it
+        has one, else the tower's (`feature_maps`)."""
+        if self.reader_backbone is None:
+            return self.feature_maps(images)
+        return self.feature_maps(images, self.reader_backbone)
 
     def type_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, classes) logits of the type a grounded answer reads from `CellHead.pooled` maps:
@@ -205,6 +229,8 @@ class ConvVisionTower(nn.Module):
             modules.append(self.head)
         if self.reader is not None:
             modules.append(self.reader)
+        if self.reader_backbone is not None:
+            modules.append(self.reader_backbone)
         return [p for m in modules for p in m.parameters()]
 
     @property
@@ -220,15 +246,18 @@ class ConvVisionTower(nn.Module):
         return [unpatchify(rows, g, self.patch_size, self.spatial_merge_size, self.temporal_patch_size)  # type: ignore[arg-type]
                 for rows, g in zip(torch.split(pixel_values, sizes), grids, strict=True)]
 
-    def feature_maps(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Backbone maps (C3, H/cell, W/cell) per image; images of one size run as one batch."""
+    def feature_maps(self, images: list[torch.Tensor], backbone: nn.Module | None = None
+                     ) -> list[torch.Tensor]:
+        """Backbone maps (C3, H/cell, W/cell) per image (of `backbone`, default the tower's);
+        images of one size run as one batch."""
+        run = self.backbone if backbone is None else backbone
         out: list[torch.Tensor | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             by_size.setdefault((image.shape[1], image.shape[2]), []).append(i)
         for indices in by_size.values():
             batch = torch.stack([images[i] for i in indices]).to(self.dtype)  # (B, 3, H, W)
-            maps = self.backbone(batch)  # (B, C3, H/cell, W/cell)
+            maps = run(batch)  # (B, C3, H/cell, W/cell)
             for i, fmap in zip(indices, maps, strict=True):
                 out[i] = fmap
         return [m for m in out if m is not None]

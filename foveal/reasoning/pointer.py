@@ -55,10 +55,12 @@ In an RL rollout the first token of such an answer carries loss (that there is a
 policy's decision) and the rest of the type does not. A tower with a type reader of its own
 (`ConvVisionTower.reader`, fitted by `foveal train readout`) reads the type with it instead of
 the view head's classifier, on the same pooled maps; the view head's probabilities in the image
-tokens stay as they were. With `TurnRequest.sample_type` (`LoopOptions.sample_type`, RL with
-`--train reader`) the type is drawn from the reader at the request's temperature instead of
-taken as its most likely: then the type is an action of the rollout, trained by GRPO on the
-reader alone (`foveal.training.rl`).
+tokens stay as they were. A reader with a backbone of its own (`ConvVisionTower.reader_backbone`,
+fine-tuned on tight looks by `foveal train readout --crop-steps`) reads from that backbone's maps
+of the same crop; the tower's backbone still makes every image token. With `TurnRequest.sample_type`
+(`LoopOptions.sample_type`, RL with `--train reader`) the type is drawn from the reader at the
+request's temperature instead of taken as its most likely: then the type is an action of the
+rollout, trained by GRPO on the reader alone (`foveal.training.rl`).
 
 A defect verdict's sentence names its type first ("A crack: up close, ..."). When a turn opens
 one and its next token begins a type's name, the engine writes the type the tower reads there
@@ -150,6 +152,19 @@ FRAMES_PROBE = -1
 FRAMES_STRIDE = 2
 FRAMES_PER_LOOK = 2  # frames per selection (the trajectories select 2-4 of the frames that show it)
 _NAMING = re.compile(r"(?:^|\W)(?:tiles?|frames?) $")  # prose about to name frame numbers
+
+
+def tight_look(x: float, y: float) -> tuple[float, float, float, float]:
+    """The tight look of side `TIGHT_SIDE` centred on (x, y) of an image, kept inside it
+    (normalized to that image).
+
+    >>> tight_look(0.5, 0.5), tight_look(0.02, 0.99)
+    ((0.375, 0.375, 0.625, 0.625), (0.0, 0.75, 0.25, 1.0))
+    """
+    def start(centre: float) -> float:
+        return round(min(max(centre - TIGHT_SIDE / 2, 0.0), 1.0 - TIGHT_SIDE), 3)
+    x1, y1 = start(x), start(y)
+    return (x1, y1, round(x1 + TIGHT_SIDE, 3), round(y1 + TIGHT_SIDE, 3))
 
 
 def looked_frames(count: int) -> list[int]:
@@ -329,7 +344,7 @@ class CellPointer:
         among the defect types (never `none`: the decoder has said there is a defect)."""
         if looks.reading is None:
             assert looks.last is not None
-            looks.reading, looks.read_features = self._type_of(self._maps(*looks.last), looks.sample)
+            looks.reading, looks.read_features = self._type_of(self._reader_maps(*looks.last), looks.sample)
         return looks.reading
 
     def _type_of(self, maps: torch.Tensor, sample: float = 0.0) -> tuple[tuple[str, float], torch.Tensor]:
@@ -350,6 +365,17 @@ class CellPointer:
     def _maps(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
         """The backbone's maps of one image given as its patches and grid: (1, C, rows, cols)."""
         return self.backbone_maps([patches], [grid])[0][None]
+
+    def _reader_maps(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
+        """The maps a type is read from of one image given as its patches and grid (1, C, rows,
+        cols): the tower's (`_maps`), or its type reader's backbone's when it has one."""
+        if self.tower.reader_backbone is None:
+            return self._maps(patches, grid)
+        device = next(self.tower.parameters()).device
+        pixels = torch.from_numpy(patches).to(device, self.tower.dtype)
+        image = self.tower.images(pixels, torch.tensor([list(grid)]))
+        maps: torch.Tensor = self.tower.reader_maps(image)[0][None]
+        return maps
 
     def _defect(self, patches: npt.NDArray[np.float32], grid: tuple[int, ...]) -> torch.Tensor:
         return self._defects([(patches, grid)])[0]
@@ -507,10 +533,7 @@ class CellPointer:
         defect = self._defect(*looks.last)
         rows, cols = defect.shape
         at = int(defect.flatten().argmax())
-        def start(centre: float) -> float:
-            return round(min(max(centre - TIGHT_SIDE / 2, 0.0), 1.0 - TIGHT_SIDE), 3)
-        x1, y1 = start((at % cols + 0.5) / cols), start((at // cols + 0.5) / rows)
-        return (x1, y1, round(x1 + TIGHT_SIDE, 3), round(y1 + TIGHT_SIDE, 3))
+        return tight_look((at % cols + 0.5) / cols, (at // cols + 0.5) / rows)
 
     def probed(self, looks: Looks, probes: Sequence[npt.NDArray[np.uint8] | None]) -> None:
         """The crops of the probes last asked for have come: rank the candidates, or read the
@@ -530,7 +553,7 @@ class CellPointer:
         if crop is None:
             return
         pixels = torch.from_numpy(normalized(crop, self.spec)).to(self.tower.dtype)
-        looks.reading, looks.read_features = self._type_of(self.tower.feature_maps([pixels])[0][None],
+        looks.reading, looks.read_features = self._type_of(self.tower.reader_maps([pixels])[0][None],
                                                            looks.sample)
 
     @torch.inference_mode()

@@ -258,3 +258,25 @@ def test_the_coordinate_embedding_gives_each_token_the_numbers_of_its_own_look_b
     loader.save(vlm, tmp_path / "m")
     again = loader.load(tmp_path / "m").model.model.visual
     assert again.coord_embed is not None and torch.equal(again.coord_embed, tower.coord_embed)
+
+
+def test_a_reader_backbone_starts_as_the_towers_copy_reads_from_its_own_maps_and_is_saved(
+        micro_vlm: loader.VLM, tmp_path: Path) -> None:
+    tower = micro_vlm.model.model.visual
+    images = [torch.randn(3, 112, 84)]
+    with torch.no_grad():
+        plain = tower.feature_maps(images)[0]
+        assert torch.equal(tower.reader_maps(images)[0], plain)  # no backbone of its own: the tower's
+        own = tower.enable_reader_backbone()
+        assert tower.reader is not None and tower.enable_reader_backbone() is own
+        assert torch.equal(tower.reader_maps(images)[0], plain)  # a copy reads as the tower did
+        for p in own.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        moved = tower.reader_maps(images)[0]
+        assert not torch.allclose(moved, plain) and torch.equal(tower.feature_maps(images)[0], plain)
+    loader.save(micro_vlm, tmp_path / "m")
+    again = loader.load(tmp_path / "m").model.model.visual
+    assert again.config.reader_backbone and again.reader_backbone is not None
+    with torch.no_grad():
+        assert torch.allclose(again.reader_maps(images)[0], moved)
+        assert torch.allclose(again.feature_maps(images)[0], plain)

@@ -251,6 +251,26 @@ def test_a_type_reader_of_its_own_reads_the_type_and_leaves_the_image_tokens(tau
     assert before_type(read) == before_type(plain) and read.defect_score == plain.defect_score
 
 
+def test_a_reader_backbone_of_its_own_reads_from_its_own_maps_and_leaves_the_image_tokens(
+        taught_vlm: VLM) -> None:
+    plain = run(taught_vlm, "zoom", pointer=True)
+    copied = copy.deepcopy(taught_vlm)
+    own = copied.model.model.visual.enable_reader_backbone()
+    same = run(copied, "zoom", pointer=True)  # a copy of the tower's backbone reads as it did
+    assert same.defect_type == plain.defect_type
+    assert np.array_equal(same.answer_features, plain.answer_features)
+    with torch.no_grad():
+        for p in own.parameters():
+            p.add_(0.2 * torch.randn_like(p, generator=torch.Generator().manual_seed(p.numel())))
+    moved = run(copied, "zoom", pointer=True)
+    assert moved.answer_features is not None and not np.allclose(moved.answer_features, plain.answer_features)
+    def before_answer(trace: Trace) -> str:
+        return str(taught_vlm.tokenizer.decode(trace.conversation.ids)).rsplit("\\boxed{", 1)[0]
+
+    assert before_answer(moved) == before_answer(plain)
+    assert moved.defect_score == plain.defect_score  # the decoder decided on the same tokens
+
+
 def test_a_sampled_type_read_draws_from_the_reader_and_a_greedy_one_takes_its_best(taught_vlm: VLM) -> None:
     vlm = _with_reader(taught_vlm, None)  # every type equally likely
     prompt, n, _ = SCRIPTS["zoom"]
