@@ -117,7 +117,7 @@ def defect_boxes(label: Label) -> list[tuple[int, tuple[float, float, float, flo
 def probe_side(budget: ImageBudget) -> int:
     """The side of the square the probes of a model with this pixel budget are cut at."""
     probes = probe_budget(budget)
-    return max(1, round(probes.max_pixels ** 0.5 / probes.factor)) * probes.factor
+    return int(max(1, round(probes.max_pixels ** 0.5 / probes.factor)) * probes.factor)
 
 
 def tight_crops(frame: RGBImage, box: tuple[float, float, float, float], count: int,
@@ -340,8 +340,8 @@ def calibration_error(view: torch.nn.Linear, readings: Readings, rows: list[int]
 def fold_temperature(view: torch.nn.Linear, temperature: float) -> None:
     """Divide the classifier's logits by `temperature` for good (its argmax stays)."""
     with torch.no_grad():
-        view.weight /= temperature
-        view.bias /= temperature
+        view.weight.div_(temperature)
+        view.bias.div_(temperature)
 
 
 def split(items: list[str], holdout: float, seed: int) -> tuple[list[int], list[int]]:
