@@ -363,12 +363,12 @@ def run(config: ReadoutConfig, progress: Progress | None = None) -> dict[str, An
                          "checkpoint with stage 0's cell head is needed)")
     if not config.crop_steps and not config.steps:
         raise ValueError("nothing to fit: give crop_steps, steps or both")
+    if config.loop_fit not in ("linear", "temperature"):  # before any work: a typo loses nothing
+        raise ValueError(f"loop_fit must be 'linear' or 'temperature', not {config.loop_fit!r}")
     reader = tower.enable_reader()  # a copy of the view head's classifier when it had none
     report: dict[str, Any] = {}
     if config.crop_steps:
         report["tight_looks"] = finetune_on_crops(vlm, config, progress)
-    if config.loop_fit not in ("linear", "temperature"):
-        raise ValueError(f"loop_fit must be 'linear' or 'temperature', not {config.loop_fit!r}")
     if config.steps and config.loop_fit == "temperature":
         readings, ran = collect(vlm, config, progress)
         fit_rows, held_rows = split(readings.items, config.holdout, config.seed)

@@ -147,3 +147,16 @@ def test_a_temperature_calibrates_an_overconfident_reader_and_keeps_every_type_i
     assert after_error < 0.5 * before_error and after_error < 0.05
     assert torch.equal(view(readings.features).argmax(1), before_reads)  # the same type read for every item
     assert calibration_error(view, readings, []) is None
+
+
+def test_an_unknown_loop_fit_is_refused_before_any_fine_tuning(micro_tokenizer: object,
+                                                              tmp_path: Path) -> None:
+    from foveal.model import loader
+    from foveal.training.readout import run
+
+    loader.save(loader.create(micro_tokenizer, "micro", seed=0), tmp_path / "m")  # type: ignore[arg-type]
+    phases: list[str] = []
+    with pytest.raises(ValueError, match="loop_fit must be"):
+        run(ReadoutConfig(model=tmp_path / "m", data=[tmp_path], out=tmp_path / "out", crop_steps=5,
+                          loop_fit="temprature"), lambda phase, done, total: phases.append(phase))
+    assert phases == [] and not (tmp_path / "out").exists()  # nothing cut, nothing fitted, nothing written
