@@ -280,3 +280,25 @@ def test_a_reader_backbone_starts_as_the_towers_copy_reads_from_its_own_maps_and
     with torch.no_grad():
         assert torch.allclose(again.reader_maps(images)[0], moved)
         assert torch.allclose(again.feature_maps(images)[0], plain)
+
+
+def test_feature_maps_run_same_size_images_in_batches_of_bounded_pixels_and_keep_their_order(
+        micro_vlm: loader.VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    from foveal.model import vision
+    tower = micro_vlm.model.model.visual
+    images = [torch.randn(3, 112, 84) if i % 3 else torch.randn(3, 56, 56) for i in range(10)]
+    with torch.no_grad():
+        alone = [tower.feature_maps([image])[0] for image in images]
+        batches: list[int] = []
+        run = tower.backbone
+        monkeypatch.setattr(vision, "BATCH_PIXELS", 3 * 112 * 84)
+        monkeypatch.setattr(tower, "backbone", lambda x: batches.append(len(x)) or run(x))
+        maps = tower.feature_maps(images)
+    # 6 images of 112 x 84 in batches of 3; 4 of 56 x 56 (3,136 px each) in one batch of 4
+    assert sorted(batches) == [3, 3, 4]
+    assert all(torch.allclose(m, a, atol=1e-5) for m, a in zip(maps, alone, strict=True))
+    with torch.no_grad():
+        monkeypatch.setattr(vision, "BATCH_PIXELS", 1)  # smaller than one image: one at a time
+        batches.clear()
+        tower.feature_maps(images[:4])
+    assert batches == [1, 1, 1, 1]
