@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import cv2
 import numpy as np
@@ -137,6 +139,27 @@ def budget_size(height: int, width: int, budget: ImageBudget = ImageBudget()) ->
     return out_h, out_w
 
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the process it was made in, the pool)
+
+
+def each_image(work: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """`work` on each of `items`, in order, spread over the cores when there are several.
+
+    For resizing whole frames: OpenCV's area resize runs on one core and releases the GIL, so a
+    sequence's 8-16 frames resize in about half the time on two threads (8 frames of 1024 x 768:
+    17 ms in turn, 9 ms on two threads, the same pixels). The pool is made per process, so a
+    forked child gets its own."""
+    global _POOL
+    if len(items) < 2 or (os.cpu_count() or 1) < 2:
+        return [work(item) for item in items]
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = os.getpid(), ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                                thread_name_prefix="foveal-images")
+    return list(_POOL[1].map(work, items))
+
+
 def resize_to_budget(pixels: RGBImage, budget: ImageBudget) -> RGBImage:
     """`pixels` (H, W, 3) resized to `budget_size`: area averaging down, bicubic up."""
     height, width = pixels.shape[:2]
@@ -219,12 +242,15 @@ def overview(frames: Sequence[RGBImage], budget: ImageBudget) -> RGBImage:
     height, width = frames[0].shape[:2]
     out_h, out_w = budget_size(rows * height, cols * width, budget)
     sheet = np.zeros((out_h, out_w, 3), dtype=np.uint8)
-    for i, frame in enumerate(frames):
-        row, col = divmod(i, cols)
-        top, bottom = row * out_h // rows, (row + 1) * out_h // rows
-        left, right = col * out_w // cols, (col + 1) * out_w // cols
-        sheet[top:bottom, left:right] = cv2.resize(frame, (right - left, bottom - top),
+    tiles = [(row * out_h // rows, (row + 1) * out_h // rows, col * out_w // cols, (col + 1) * out_w // cols)
+             for row, col in (divmod(i, cols) for i in range(len(frames)))]
+
+    def tile(i: int) -> None:
+        top, bottom, left, right = tiles[i]
+        sheet[top:bottom, left:right] = cv2.resize(frames[i], (right - left, bottom - top),
                                                    interpolation=cv2.INTER_AREA)
+    each_image(tile, range(len(frames)))
+    for i, (top, _, left, _) in enumerate(tiles):
         label = str(i + 1)
         (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
         cv2.rectangle(sheet, (left, top), (left + text_w + 4, top + text_h + 6), (0, 0, 0), -1)
@@ -460,8 +486,9 @@ def _select_frames(arguments: dict[str, object], ws: Workspace) -> OperationResu
     if isinstance(numbers, str):
         return _failure(numbers, SELECT_FRAMES, arguments)
     height, width = ws.frames[0].shape[:2]
-    views = tuple(View(resize_to_budget(ws.frames[n - 1], ws.budget), (0, 0, width, height), n - 1,
-                       "selected") for n in numbers)
+    shown = each_image(lambda n: resize_to_budget(ws.frames[n - 1], ws.budget), numbers)
+    views = tuple(View(pixels, (0, 0, width, height), n - 1, "selected")
+                  for n, pixels in zip(numbers, shown, strict=True))
     ws.views.extend(views)
     which = f"frame{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}"
     return OperationResult(True, f"Here are the selected frames ({which}):", views, SELECT_FRAMES,

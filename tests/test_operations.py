@@ -14,6 +14,7 @@ import json
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
@@ -477,3 +478,28 @@ def test_the_parser_and_execute_never_raise_on_any_model_text(text: str) -> None
         result = execute(text, ws)
         assert result.ok or result.message.startswith("Execution error: ")
         del ws.views[before:]  # keep the shared workspaces below the image limit
+
+
+def test_each_image_keeps_the_order_of_its_items_and_runs_them_once() -> None:
+    seen: list[int] = []
+    assert operations.each_image(lambda i: seen.append(i) or i * i, range(12)) == [i * i for i in range(12)]
+    assert sorted(seen) == list(range(12))
+    assert operations.each_image(lambda i: i + 1, [7]) == [8] and operations.each_image(str, []) == []
+
+
+def test_a_sequence_resized_on_several_threads_gives_the_same_pixels_as_in_turn() -> None:
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (300, 400, 3), dtype=np.uint8) for _ in range(9)]
+    ws = Workspace(frames)
+    shown = execute(select([1, 4, 9]), ws)
+    budget = ws.budget
+    assert all(np.array_equal(v.pixels, resize_to_budget(frames[n - 1], budget))
+               for v, n in zip(shown.views, [1, 4, 9], strict=True))
+    sheet = ws.views[0].pixels
+    height, width = sheet.shape[:2]
+    for i, frame in enumerate(frames):  # below each tile's label, the tile is the frame resized alone
+        row, col = divmod(i, 3)
+        top, bottom = row * height // 3, (row + 1) * height // 3
+        left, right = col * width // 3, (col + 1) * width // 3
+        alone = cv2.resize(frame, (right - left, bottom - top), interpolation=cv2.INTER_AREA)
+        assert np.array_equal(sheet[top + 20: bottom, left: right], alone[20:])

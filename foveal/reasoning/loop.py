@@ -33,6 +33,7 @@ from foveal.operations import (
     RGBImage,
     View,
     Workspace,
+    each_image,
     execute,
     parse_answer,
     parse_tool_call,
@@ -270,7 +271,7 @@ class Loop:
         budget = probe_budget(self.budget)
         if reply.probe_image == FRAMES_PROBE:  # a sequence's frames, each whole
             looked = looked_frames(len(row.ws.frames))[:len(reply.probes)]
-            row.probes = tuple(resize_to_budget(row.ws.frames[f - 1], budget) for f in looked)
+            row.probes = tuple(each_image(lambda f: resize_to_budget(row.ws.frames[f - 1], budget), looked))
         else:
             crops = [preview(box, reply.probe_image, row.ws, budget) for box in reply.probes]
             row.probes = tuple(None if view is None else view.pixels for view in crops)
