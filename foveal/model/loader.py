@@ -83,6 +83,10 @@ def load(path: Path, *, dtype: torch.dtype = torch.float32) -> VLM:
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load the model in {path}: {exc}") from exc
     model.train(False)  # eval mode (`eval` itself is untyped in transformers)
+    # the compact tower: its backbones' weights in the layout they run in
+    lay_out = getattr(getattr(getattr(model, "model", None), "visual", None), "lay_out", None)
+    if lay_out is not None:
+        lay_out()
     meta_file = path / META_FILE
     meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     spec = pixel_spec(path)

@@ -302,3 +302,28 @@ def test_feature_maps_run_same_size_images_in_batches_of_bounded_pixels_and_keep
         batches.clear()
         tower.feature_maps(images[:4])
     assert batches == [1, 1, 1, 1]
+
+
+def test_the_backbones_run_channels_last_from_creation_and_loading_with_the_maps_of_the_default_layout(
+        micro_vlm: loader.VLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from foveal.model import vision
+    tower = micro_vlm.model.model.visual
+    tower.enable_reader_backbone()
+
+    def laid_out(t: vision.ConvVisionTower, layout: torch.memory_format) -> bool:
+        convs = [m.weight for b in (t.stem, t.blocks, t.down, t.reader_backbone)
+                 for m in b.modules() if isinstance(m, torch.nn.Conv2d)]
+        return bool(convs) and all(w.is_contiguous(memory_format=layout) for w in convs)
+
+    assert laid_out(tower, torch.channels_last)
+    loader.save(micro_vlm, tmp_path / "m")
+    again = loader.load(tmp_path / "m").model.model.visual
+    assert laid_out(again, torch.channels_last)
+    images = [torch.randn(3, 112, 84), torch.randn(3, 112, 84)]
+    with torch.no_grad():
+        fast, reader = again.feature_maps(images), again.reader_maps(images)
+        monkeypatch.setattr(vision, "CHANNELS_LAST", False)
+        again.lay_out()
+        assert laid_out(again, torch.contiguous_format)
+        plain, plain_reader = again.feature_maps(images), again.reader_maps(images)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(fast + reader, plain + plain_reader, strict=True))
