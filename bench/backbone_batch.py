@@ -62,7 +62,8 @@ def main() -> None:
             for b in sizes:
                 ms = {name: statistics.median(times[name, b][1:]) for name in layouts}
                 mark = "  <- feature_maps" if b == min(chosen, count) else ""
-                print(f"{side:>5} {count:>6} {b:>5} {ms['contiguous']:>14.1f} {ms['channels_last']:>17.1f}{mark}")
+                row = f"{side:>5} {count:>6} {b:>5} {ms['contiguous']:>14.1f} {ms['channels_last']:>17.1f}"
+                print(row + mark)
                 results += [dict(side=side, images=count, batch=b, layout=name, ms=round(ms[name], 2),
                                  runs=times[name, b][1:]) for name in layouts]
     tower.lay_out()

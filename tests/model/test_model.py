@@ -326,4 +326,5 @@ def test_the_backbones_run_channels_last_from_creation_and_loading_with_the_maps
         again.lay_out()
         assert laid_out(again, torch.contiguous_format)
         plain, plain_reader = again.feature_maps(images), again.reader_maps(images)
-    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(fast + reader, plain + plain_reader, strict=True))
+    pairs = zip(fast + reader, plain + plain_reader, strict=True)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in pairs)
