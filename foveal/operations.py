@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -142,6 +143,7 @@ def budget_size(height: int, width: int, budget: ImageBudget = ImageBudget()) ->
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the process it was made in, the pool)
+_POOL_LOCK = threading.Lock()
 
 
 def each_image(work: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
@@ -154,10 +156,12 @@ def each_image(work: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
     global _POOL
     if len(items) < 2 or (os.cpu_count() or 1) < 2:
         return [work(item) for item in items]
-    if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = os.getpid(), ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
-                                                thread_name_prefix="foveal-images")
-    return list(_POOL[1].map(work, items))
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid():
+            _POOL = os.getpid(), ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                                    thread_name_prefix="foveal-images")
+        pool = _POOL[1]
+    return list(pool.map(work, items))
 
 
 def resize_to_budget(pixels: RGBImage, budget: ImageBudget) -> RGBImage:
