@@ -257,7 +257,9 @@ def test_the_host_hears_that_operations_are_disabled(taught_vlm: VLM) -> None:
                         ({k: v[None] for k, v in off.items()}, Control(2, True, False))])
     assert isinstance(out[0], dict) and isinstance(out[1], dict)
     assert out[0]["GENERATED"][0].tolist() == zoom and out[0]["FORCED"][0].all()
-    assert out[1]["GENERATED"][0].tolist() != zoom and not out[1]["FORCED"][0].any()
+    # without operations the turn opens with the model's own token, not the written zoom sentence
+    # (a defect it names may still get its type written by the pointer)
+    assert out[1]["GENERATED"][0].tolist()[:len(zoom)] != zoom and not out[1]["FORCED"][0][0]
 
 
 def test_a_look_first_checkpoint_on_triton_looks_as_in_process_and_not_without_operations(
@@ -309,7 +311,9 @@ def test_a_grounded_selection_reaches_the_service_as_it_is_in_process(triton: St
         engine.close()
     local = Loop(LocalEngine(taught_vlm, pointer=True, rerank=8), OPTIONS).run([item("select")])[0]
     own = run(taught_vlm, "select")  # the model's own frames, without the pointer
-    # the frames the pointer wrote carry no loss: so the test tells them from the model's own
-    assert local.conversation.ids == own.conversation.ids and local.conversation.loss != own.conversation.loss
+    # the pointer's frames differ from the model's own: in their numbers, or, where the numbers are
+    # the same, in their loss (the frames it writes carry none); so the equality below tells that
+    # the pointer ran on Triton
+    assert (local.conversation.ids, local.conversation.loss) != (own.conversation.ids, own.conversation.loss)
     assert remote.conversation.ids == local.conversation.ids
     assert remote.conversation.loss == local.conversation.loss
