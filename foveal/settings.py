@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     triton_metrics_port: int = Field(18002, ge=1, le=65535)
     model_repository: Path = Field(Path("models"), description="Triton model repository served.")
     triton_model: str = Field("foveal_vl", description="Name of the reasoning model on Triton.")
+    triton_shared_memory: bool = Field(
+        True, description="Hand each turn's images to Triton through system shared memory when Triton "
+                          "can map it (it runs on this host, or shares its /dev/shm); else, or when off, "
+                          "they travel inside the gRPC requests (docs/serving.md).")
     model_dir: Path = Field(Path("models/foveal_vl/1/weights"),
                             description="The reasoning model: a compact foveal model or a Qwen2.5-VL "
                                         "checkpoint directory.")

@@ -5,7 +5,8 @@ the sequence, a forced answer or `release` ends it, and the model keeps the conv
 in between (`foveal/serving/model_host.py`). Concurrent inspections from many threads are
 batched by Triton's sequence batcher. Errors: unreachable server or model not ready →
 `EngineUnavailable`; deadline → `DeadlineExceeded`; anything else the server rejects →
-`EngineError`.
+`EngineError`. A turn's pixels go through system shared memory where Triton can map it
+(`foveal/serving/shm.py`), else inside the request.
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ from foveal.model.loader import load_chat
 from foveal.operations import ImageBudget
 from foveal.reasoning.engine import EngineError, EngineUnavailable, ModelRef, TurnReply, TurnRequest
 from foveal.reasoning.loop import DeadlineExceeded
+from foveal.serving.shm import Region, RegionPool, RegionRefused, needed
 from foveal.settings import Settings
 
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND", "StatusCode.CANCELLED")
+SHARED_MIN_BYTES = 64 << 10  # smaller inputs travel inside the request
 
 
 class TritonEngine:
     def __init__(self, url: str, model_name: str, chat: ChatFormat, budget: ImageBudget,
-                 model_version: str = "") -> None:
+                 model_version: str = "", shared_memory: bool = True) -> None:
         self.url = url
         self.model_name = model_name
         self.model_version = model_version
@@ -42,6 +45,8 @@ class TritonEngine:
         self._started: set[int] = set()
         self._lock = threading.Lock()
         self._last = ModelRef(model_name, model_version or "?")
+        self.regions = RegionPool(self._register, self._unregister) \
+            if shared_memory else None
 
     @property
     def model(self) -> ModelRef:
@@ -82,7 +87,21 @@ class TritonEngine:
                 pass
 
     def close(self) -> None:
+        if self.regions is not None:
+            self.regions.close()
         self.client.close()
+
+    def _register(self, name: str, key: str, size: int) -> None:
+        try:
+            self.client.register_system_shared_memory(name, key, size, client_timeout=5.0)
+        except InferenceServerException as exc:
+            raise RegionRefused((exc.message() or str(exc)).splitlines()[0]) from exc
+
+    def _unregister(self, name: str) -> None:
+        try:
+            self.client.unregister_system_shared_memory(name, client_timeout=5.0)
+        except InferenceServerException:  # the server is gone, and its mapping with it
+            pass
 
     def _turn(self, r: TurnRequest, timeout_s: float | None) -> TurnReply:
         with self._lock:
@@ -91,10 +110,20 @@ class TritonEngine:
                 self._started.discard(r.session)
             else:
                 self._started.add(r.session)
-        inputs = _inputs(np.asarray(r.chunk.ids, np.int64), r.chunk.images, r.max_new_tokens,
+        arrays = _arrays(np.asarray(r.chunk.ids, np.int64), r.chunk.images, r.max_new_tokens,
                          sorted(r.stop_ids), r.watch, r.temperature, r.restart, r.frames, r.probes,
                          r.operations, r.source, r.regions)
-        result, ms = self._infer(inputs, r.session, start=start, end=r.end, timeout_s=timeout_s)
+        inputs, region = self._placed(arrays)
+        finished = False
+        try:
+            result, ms = self._infer(inputs, r.session, start=start, end=r.end, timeout_s=timeout_s)
+            finished = True
+        except EngineError:  # the server answered (not a deadline, not unreachable): inputs read
+            finished = True
+            raise
+        finally:
+            if region is not None and self.regions is not None:
+                self.regions.release(region, finished)
         tokens = result.as_numpy("GENERATED")
         logprobs = result.as_numpy("LOGPROBS")
         watch = result.as_numpy("WATCH_LOGPROBS")
@@ -115,6 +144,23 @@ class TritonEngine:
                          probe_image=0 if probe_image is None else int(probe_image[0][0]),
                          watch=np.asarray(watch[0], np.float32), model_ms=ms,
                          model=self._last)
+
+    def _placed(self, arrays: list[tuple[str, npt.NDArray[np.generic], str]]
+                ) -> tuple[list[triton_grpc.InferInput], Region | None]:
+        """The turn's input tensors, the large ones in a shared-memory region when there is one."""
+        large = [value for _, value, _ in arrays if value.nbytes >= SHARED_MIN_BYTES]
+        region = self.regions.acquire(needed(large)) if large and self.regions is not None else None
+        places = iter(region.write(large) if region is not None else ())
+        inputs = []
+        for name, value, dtype in arrays:
+            tensor = triton_grpc.InferInput(name, [1, *value.shape], dtype)
+            if region is not None and value.nbytes >= SHARED_MIN_BYTES:
+                offset, size = next(places)
+                tensor.set_shared_memory(region.name, size, offset)
+            else:
+                tensor.set_data_from_numpy(value[None])
+            inputs.append(tensor)
+        return inputs, region
 
     def _infer(self, inputs: list[triton_grpc.InferInput], session: int, *, start: bool, end: bool,
                timeout_s: float | None) -> tuple[triton_grpc.InferResult, float]:
@@ -165,7 +211,7 @@ def _arrays(ids: npt.NDArray[np.int64], images: Sequence[npt.NDArray[np.uint8]],
     shapes, pixels = _packed(images)
     arrays: list[tuple[str, npt.NDArray[np.generic], str]] = [
         ("TOKENS", ids, "INT64"),
-        ("IMAGES", pixels.astype(np.uint8), "UINT8"),
+        ("IMAGES", pixels, "UINT8"),
         ("IMAGE_SHAPES", shapes, "INT32"),
         ("MAX_NEW_TOKENS", np.asarray([max_new], np.int32), "INT32"),
         ("STOP_IDS", np.asarray(stop_ids, np.int64), "INT64"),
@@ -194,11 +240,13 @@ def _packed(images: Sequence[npt.NDArray[np.uint8] | None]
     shapes = np.asarray([s for view in images for s in (view.shape[:2] if view is not None else (0, 0))],
                         np.int32)
     present = [view.reshape(-1) for view in images if view is not None]
-    return shapes, (np.concatenate(present) if present else np.zeros(0, np.uint8)).astype(np.uint8)
+    pixels = np.concatenate(present) if present else np.zeros(0, np.uint8)
+    return shapes, pixels.astype(np.uint8, copy=False)
 
 
 def connect(settings: Settings) -> TritonEngine:
     """The engine for the configured Triton and model; the tokenizer and pixel settings come from
     the model directory (`FOVEAL_MODEL_DIR`), which must be the one Triton serves."""
     chat, budget = load_chat(settings.model_dir)
-    return TritonEngine(settings.triton_address, settings.triton_model, chat, budget)
+    return TritonEngine(settings.triton_address, settings.triton_model, chat, budget,
+                        shared_memory=settings.triton_shared_memory)

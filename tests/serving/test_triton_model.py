@@ -5,6 +5,7 @@ a malformed request alone and runs torch on the threads it is given."""
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from foveal.operations import Workspace
 from foveal.reasoning.engine import EngineError, EngineUnavailable, LocalEngine, TurnReply, TurnRequest
 from foveal.reasoning.loop import DeadlineExceeded, Inspection, Loop, LoopOptions, Trace
 from foveal.reasoning.pointer import ZOOM_SENTENCE
+from foveal.serving import triton_engine as triton_engine_module
 from foveal.serving.model_host import Control, ModelHost
 from foveal.serving.triton_engine import TritonEngine, _arrays, _inputs
 from foveal.stack import Stack
@@ -41,15 +43,55 @@ def run(engine: object, name: str) -> Trace:
     return Loop(engine, OPTIONS).run([item(name)])[0]  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-memory", "bytes"])
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_triton_lives_the_same_conversation_as_the_in_process_loop(
-        name: str, triton_engine: TritonEngine, taught_vlm: VLM) -> None:
-    remote, local = run(triton_engine, name), run(taught_vlm, name)
+        name: str, shared: bool, triton: Stack, taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    # every input through the regions, tokens too (the micro model's views are under the threshold)
+    monkeypatch.setattr(triton_engine_module, "SHARED_MIN_BYTES", 0)
+    engine = TritonEngine(triton.settings.triton_address, "foveal_vl", taught_vlm.chat, taught_vlm.budget,
+                          shared_memory=shared)
+    try:
+        remote, local = run(engine, name), run(taught_vlm, name)
+        mapped = _shared_regions(triton)
+        if shared:
+            assert engine.regions is not None and engine.regions.failed is None
+            assert engine.regions.regions >= 1 and mapped >= {r.name for r in engine.regions._free}
+        else:
+            assert engine.regions is None
+    finally:
+        engine.close()
     assert remote.conversation.ids == local.conversation.ids
     assert remote.operations == local.operations >= 1
     assert remote.defect_type == local.defect_type
     assert remote.confidence == pytest.approx(local.confidence, abs=1e-4)
     assert remote.model is not None and (remote.model.name, remote.model.version) == ("foveal_vl", "1")
+    assert not {n for n in _shared_regions(triton) if n.startswith(f"foveal_{os.getpid()}_")}  # let go
+
+
+def test_where_triton_cannot_map_the_regions_the_images_go_as_bytes(
+        triton: Stack, taught_vlm: VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(triton_engine_module, "SHARED_MIN_BYTES", 0)
+    engine = TritonEngine(triton.settings.triton_address, "foveal_vl", taught_vlm.chat, taught_vlm.budget)
+    assert engine.regions is not None
+    # as Triton on another host answers: it has no such key to open
+    monkeypatch.setattr(engine.regions, "_register",
+                        lambda name, key, size: engine._register(name, "/foveal-no-such-key", size))
+    try:
+        remote = run(engine, "zoom")
+    finally:
+        engine.close()
+    assert engine.regions.failed and "shared memory" in engine.regions.failed.lower()
+    assert engine.regions.regions == 0
+    assert remote.conversation.ids == run(taught_vlm, "zoom").conversation.ids
+
+
+def _shared_regions(stack: Stack) -> set[str]:
+    client = triton_grpc.InferenceServerClient(stack.settings.triton_address)
+    try:
+        return set(client.get_system_shared_memory_status(as_json=True).get("regions", {}))
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("ship_frame", [True, False], ids=["frame-sent", "probes-sent"])
