@@ -30,8 +30,9 @@ def serve_command(
     levels: str = typer.Option("1,4,16,32", help="Concurrency levels."),
     out: Path = typer.Option(Path("bench/results/serve.json"), help="JSON results."),
     port: int = typer.Option(28051, help="Port of the benchmarked reasoning service."),
-    rounds: int = typer.Option(1, min=1, help="Times the service at concurrency 1 and its same-threads "
-                                              "reference are timed, alternating; the overhead pools them."),
+    rounds: int = typer.Option(2, min=1, help="Passes over the items timing the service at concurrency 1 "
+                                              "and the same work in process on the same threads, item by "
+                                              "item, which goes first alternating; the overhead pools them."),
 ) -> None:
     """Concurrency sweep of Inspect through the service and Triton, against the in-process loop."""
     from foveal.stack import Stack
@@ -49,7 +50,7 @@ def serve_command(
 
 
 def _serve_bench(settings: Settings, bench: Path, n: int, levels: str, out: Path, port: int,
-                 rounds: int = 1) -> None:
+                 rounds: int = 2) -> None:
     from foveal.serving import benchmark as b
     from foveal.serving.process import ReasonerProcess
 
@@ -67,14 +68,12 @@ def _serve_bench(settings: Settings, bench: Path, n: int, levels: str, out: Path
         service.wait_serving()
         rows += b.through_service(settings, service, requests, [int(x) for x in levels.split(",")],
                                   settings.triton_model)
-        # more rounds of the overhead's two sides, alternating: one run of 48 items moved by 8
-        # points between two runs of the same code (session 19)
-        pairs = [(b.in_process_same_work(settings, requests, inspections, vision, threads),
-                  b.through_service(settings, service, requests, [1], settings.triton_model)[0])
-                 for _ in range(rounds - 1)]
+        # the overhead item by item: separate blocks of 48 items moved by 8 points between two runs
+        # of the same code (session 19), and by 17 between rounds of one run (session 28)
+        paired = b.paired_overhead(settings, service, requests, inspections, vision, threads, rounds)
     finally:
         service.stop()
-    rows += b.kept_versus_resent(settings, inspections)
+    rows += [*paired, *b.kept_versus_resent(settings, inspections)]
     encoder = b.vision_speed(settings, inspections[:16])
     table = Table(title="foveal bench serve")
     for column in ("name", "items", "throughput/s", "mean ms", "p50 ms", "p95 ms", "p99 ms", "Triton batch"):
@@ -92,22 +91,26 @@ def _serve_bench(settings: Settings, bench: Path, n: int, levels: str, out: Path
     reference, same_work, same_threads = rows[0], rows[1], (rows[2] if threads else None)
     by_c = {level.concurrency: level for level in rows if level.name.startswith("service")}
     kept, resent = rows[-2], rows[-1]
-    over_threads: float | None = None
-    over_rounds: list[float] | None = None  # each round's own figure (the first is the sweep's)
-    if 1 in by_c and same_threads is not None:
-        served = [by_c[1], *(svc for _, svc in pairs)]
-        references = [same_threads, *(ref for ref, _ in pairs)]
-        over_threads = b.pooled_overhead_pct(served, references)
-        over_rounds = [b.pooled_overhead_pct([svc], [ref])
-                       for svc, ref in zip(served, references, strict=True)]
+    paired_ref, paired_svc = paired
+    per_pass = len(requests)
+    over_passes = [b.pooled_overhead_pct(
+        [b.Level("", 1, 0.0, paired_svc.latencies_ms[i:i + per_pass])],
+        [b.Level("", 1, 0.0, paired_ref.latencies_ms[i:i + per_pass])])
+        for i in range(0, len(paired_ref.latencies_ms), per_pass)]
     summary = {
         "throughput_ratio_c16": round(by_c[16].throughput / reference.throughput, 3) if 16 in by_c else None,
         "overhead_pct": round((np.mean(by_c[1].latencies_ms) / np.mean(reference.latencies_ms) - 1) * 100, 1)
         if 1 in by_c else None,
         "overhead_same_work_pct": round((np.mean(by_c[1].latencies_ms) / np.mean(same_work.latencies_ms) - 1)
                                         * 100, 1) if 1 in by_c else None,
-        "overhead_same_threads_pct": over_threads,
-        "overhead_same_threads_rounds": over_rounds,
+        # the service against the same work on one instance's threads, timed in pairs
+        "overhead_same_threads_pct": b.pooled_overhead_pct([paired_svc], [paired_ref]),
+        "overhead_same_threads_passes": over_passes,
+        "overhead_same_threads_paired_median_ms": round(float(np.median(
+            np.asarray(paired_svc.latencies_ms) - np.asarray(paired_ref.latencies_ms))), 1),
+        # as before session 28: the sweep's concurrency-1 block against the reference's block
+        "overhead_same_threads_blocks_pct": b.pooled_overhead_pct([by_c[1]], [same_threads])
+        if 1 in by_c and same_threads is not None else None,
         "served_threads": threads or None,
         "triton_kept_vs_resent_speedup": round(resent.seconds / kept.seconds, 3),
         **encoder, "served_vision": vision,

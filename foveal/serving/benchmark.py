@@ -17,6 +17,9 @@ concurrency 1 over the in-process batch-1 mean, minus 1 (equal batching: none);
 gRPC, Triton and the process boundary add; `overhead_same_threads_pct` the same again with the
 reference on the torch threads of one Triton instance (config.pbtxt's "threads"), so that at
 concurrency 1 both sides compute on the same thread budget and only the serving machinery differs.
+Since session 28 that last figure is timed in pairs (`timed_pairs`: each item through the service
+and the reference back to back, which goes first alternating), because the host's speed drifts
+by a fifth within minutes; the blocks' figure is kept as `overhead_same_threads_blocks_pct`.
 """
 
 from __future__ import annotations
@@ -193,14 +196,11 @@ def in_process(settings: Settings, inspections: Sequence[Inspection], vision: st
     return Level(f"in-process loop, batch 1 ({vision})", 1, seconds, latencies)
 
 
-def in_process_same_work(settings: Settings, requests: Sequence[inspection_pb2.InspectRequest],
-                         inspections: Sequence[Inspection], vision: str = "torch", threads: int = 0) -> Level:
-    """The in-process loop doing the service's whole job at batch 1: decode the request's encoded
-    frames (`read_frames`, with its checks), run the loop, build the `InspectResult` with its
-    PNG-encoded evidence crops. Against this, what the service adds is gRPC, Triton and the
-    process boundary; against `in_process` (frames decoded outside the timing) it also pays the
-    decoding and encoding."""
-    loop = reference_loop(settings, vision)
+def same_work(loop: Loop, inspections: Sequence[Inspection]
+              ) -> Callable[[inspection_pb2.InspectRequest], inspection_pb2.InspectResult]:
+    """The service's whole job for one request, in process: decode the request's encoded frames
+    (`read_frames`, with its checks), run the loop, build the `InspectResult` with its
+    PNG-encoded evidence crops."""
     prompts = {item.item_id: item for item in inspections}
 
     def one(request: inspection_pb2.InspectRequest) -> inspection_pb2.InspectResult:
@@ -209,12 +209,56 @@ def in_process_same_work(settings: Settings, requests: Sequence[inspection_pb2.I
         trace = loop.run([Inspection(frames, known.prompt, known.taxonomy, request.frame_id)])[0]
         return inspect_result(request.frame_id, trace, FrameGeometry.of(frames), Timing(0.0, 0.0))
 
+    return one
+
+
+def in_process_same_work(settings: Settings, requests: Sequence[inspection_pb2.InspectRequest],
+                         inspections: Sequence[Inspection], vision: str = "torch", threads: int = 0) -> Level:
+    """The in-process loop doing the service's whole job at batch 1 (`same_work`). Against this,
+    what the service adds is gRPC, Triton and the process boundary; against `in_process` (frames
+    decoded outside the timing) it also pays the decoding and encoding."""
+    one = same_work(reference_loop(settings, vision), inspections)
     with torch_threads(threads):
         for request in requests[:WARM_UP]:
             one(request)  # warm-up
         seconds, latencies = timed_each(requests, one, 1)  # type: ignore[arg-type]
     on = f", {threads} torch thread{'s' if threads > 1 else ''} as one Triton instance" if threads else ""
     return Level(f"in-process loop, batch 1, from encoded bytes ({vision}{on})", 1, seconds, latencies)
+
+
+def timed_pairs(items: Sequence[object], first: Callable[[object], object],
+                second: Callable[[object], object], passes: int) -> tuple[list[float], list[float]]:
+    """Each item through both calls back to back, `passes` times over the items, the call that
+    goes first alternating from item to item (and from pass to pass): a drift of the host's
+    speed falls on both sides of every item. The two calls' latencies in ms, item by item."""
+    times: tuple[list[float], list[float]] = ([], [])
+    calls = (first, second)
+    for done in range(passes):
+        for k, item in enumerate(items):
+            for side in ((0, 1) if (k + done) % 2 == 0 else (1, 0)):
+                began = time.perf_counter()
+                calls[side](item)
+                times[side].append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def paired_overhead(settings: Settings, service: ReasonerProcess,
+                    requests: Sequence[inspection_pb2.InspectRequest], inspections: Sequence[Inspection],
+                    vision: str, threads: int, passes: int) -> tuple[Level, Level]:
+    """The service at concurrency 1 against the same work in process on one Triton instance's
+    threads, timed in pairs (`timed_pairs`): (reference, service)."""
+    one = same_work(reference_loop(settings, vision), inspections)
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    with grpc.insecure_channel(service.address, options=options) as channel, torch_threads(threads):
+        stub = reasoner_pb2_grpc.ReasonerStub(channel)  # type: ignore[no-untyped-call]
+        for request in requests[:WARM_UP]:
+            one(request)
+        reference, served = timed_pairs(requests, one, lambda r: stub.Inspect(r, timeout=300),  # type: ignore[arg-type]
+                                        passes)
+    on = f"{threads} torch thread{'s' if threads > 1 else ''}" if threads else "torch's threads"
+    return (Level(f"paired: in-process loop from encoded bytes ({vision}, {on})", 1, sum(reference) / 1000,
+                  reference),
+            Level("paired: service, concurrency 1", 1, sum(served) / 1000, served))
 
 
 def through_service(settings: Settings, service: ReasonerProcess,

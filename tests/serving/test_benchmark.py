@@ -3,6 +3,7 @@ encoded frames and encodes the evidence, so the service's overhead can be read a
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,19 @@ def test_the_overhead_pools_every_round_of_both_sides() -> None:
     # (110 + 130 + 90) / 3 = 110 against 100: 10 %, not the mean of the rounds' 20 % and -10 %
     assert benchmark.pooled_overhead_pct(served, reference) == 10.0
     assert benchmark.pooled_overhead_pct(served[:1], reference[:1]) == 20.0
+
+
+def test_paired_timing_runs_every_item_through_both_sides_back_to_back_alternating_which_goes_first() -> None:
+    seen: list[tuple[str, object]] = []
+
+    def side(name: str, ms: float) -> object:
+        def call(item: object) -> None:
+            seen.append((name, item))
+            time.sleep(ms / 1000)
+        return call
+
+    first, second = benchmark.timed_pairs(["a", "b", "c"], side("ref", 1), side("svc", 6), passes=2)
+    assert seen == [("ref", "a"), ("svc", "a"), ("svc", "b"), ("ref", "b"), ("ref", "c"), ("svc", "c"),
+                    ("svc", "a"), ("ref", "a"), ("ref", "b"), ("svc", "b"), ("svc", "c"), ("ref", "c")]
+    assert len(first) == len(second) == 6
+    assert all(s > f for f, s in zip(first, second, strict=True))  # item by item, in the same order
