@@ -150,7 +150,12 @@ class TritonEngine:
         """The turn's input tensors, the large ones in a shared-memory region when there is one."""
         large = [value for _, value, _ in arrays if value.nbytes >= SHARED_MIN_BYTES]
         region = self.regions.acquire(needed(large)) if large and self.regions is not None else None
-        places = iter(region.write(large) if region is not None else ())
+        try:
+            places = iter(region.write(large) if region is not None else ())
+        except BaseException:
+            if region is not None and self.regions is not None:
+                self.regions.release(region, finished=True)  # nothing was sent
+            raise
         inputs = []
         for name, value, dtype in arrays:
             tensor = triton_grpc.InferInput(name, [1, *value.shape], dtype)

@@ -133,3 +133,24 @@ def test_arrays_are_written_at_aligned_offsets_and_read_back_whole(pool: RegionP
         assert np.array_equal(back, array)
         del back  # a view into the region would keep it from closing
     assert places[-1][0] + places[-1][1] <= needed(arrays)
+
+
+def test_a_region_whose_write_failed_goes_back_to_the_pool(
+        server: Server, pool: RegionPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from foveal.operations import ImageBudget
+    from foveal.serving.shm import Region
+    from foveal.serving.triton_engine import TritonEngine
+
+    engine = TritonEngine("127.0.0.1:9", "foveal_vl", None, ImageBudget())  # type: ignore[arg-type]
+    engine.regions = pool
+
+    def broken(self: Region, arrays: object) -> None:
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(Region, "write", broken)
+    try:
+        with pytest.raises(MemoryError):
+            engine._placed([("IMAGES", np.zeros(1 << 20, np.uint8), "UINT8")])
+    finally:
+        engine.client.close()
+    assert pool._busy == set() and len(pool._free) == 1  # free again, not lost
