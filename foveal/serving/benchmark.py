@@ -55,6 +55,7 @@ from foveal.v1 import frame_pb2, inspection_pb2, reasoner_pb2_grpc
 # Triton runs two model instances, each warming its own buffers, and two requests may not reach
 # both), so eight, for the in-process references too
 WARM_UP = 8
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 
 
 @dataclass
@@ -248,8 +249,7 @@ def paired_overhead(settings: Settings, service: ReasonerProcess,
     """The service at concurrency 1 against the same work in process on one Triton instance's
     threads, timed in pairs (`timed_pairs`): (reference, service)."""
     one = same_work(reference_loop(settings, vision), inspections)
-    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
-    with grpc.insecure_channel(service.address, options=options) as channel, torch_threads(threads):
+    with grpc.insecure_channel(service.address, options=CHANNEL_OPTIONS) as channel, torch_threads(threads):
         stub = reasoner_pb2_grpc.ReasonerStub(channel)  # type: ignore[no-untyped-call]
         for request in requests[:WARM_UP]:
             one(request)
@@ -264,9 +264,8 @@ def paired_overhead(settings: Settings, service: ReasonerProcess,
 def through_service(settings: Settings, service: ReasonerProcess,
                     requests: Sequence[inspection_pb2.InspectRequest], levels: Sequence[int],
                     model: str) -> list[Level]:
-    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
     out = []
-    with grpc.insecure_channel(service.address, options=options) as channel:
+    with grpc.insecure_channel(service.address, options=CHANNEL_OPTIONS) as channel:
         stub = reasoner_pb2_grpc.ReasonerStub(channel)  # type: ignore[no-untyped-call]
         for request in requests[:WARM_UP]:
             stub.Inspect(request, timeout=120)  # warm-up: every Triton instance, every buffer size
