@@ -18,6 +18,7 @@ from foveal.errors import FovealError
 from foveal.model.chat import ChatFormat
 from foveal.model.modeling import register
 from foveal.model.pixels import CLIP_MEAN, CLIP_STD, PixelSpec
+from foveal.model.vision import ConvVisionTower, fast_low_precision
 from foveal.operations import ImageBudget
 
 META_FILE = "foveal.json"
@@ -72,8 +73,30 @@ def load_chat(path: Path) -> tuple[ChatFormat, ImageBudget]:
     return ChatFormat(tokenizer, spec, patches=False), image_budget(path, spec)
 
 
-def load(path: Path, *, dtype: torch.dtype = torch.float32) -> VLM:
-    """The model in `path` ready for inference (eval mode)."""
+TOWER_PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def set_tower_precision(vlm: VLM, precision: str = "auto") -> torch.dtype | None:
+    """The dtype a compact tower's backbone runs the pointer's probes in (the candidate looks it
+    ranks and a sequence's frames it ranks; never an image the decoder sees), on the device the
+    model is on now: "auto" is bfloat16 where that device runs it natively
+    (`vision.fast_low_precision`), "float32" the weights' own, "bfloat16" always. Returns the
+    dtype set (None: the weights' own); a model without a compact tower (a Qwen2.5-VL
+    checkpoint) is left as it is."""
+    if precision not in TOWER_PRECISIONS:
+        raise ValueError(f"tower precision must be one of {', '.join(TOWER_PRECISIONS)}, not {precision!r}")
+    tower = getattr(getattr(vlm.model, "model", None), "visual", None)
+    if not isinstance(tower, ConvVisionTower):
+        return None
+    device = next(tower.parameters()).device
+    tower.probe_dtype = {"auto": fast_low_precision(device), "float32": None,
+                             "bfloat16": torch.bfloat16}[precision]
+    return tower.probe_dtype
+
+
+def load(path: Path, *, dtype: torch.dtype = torch.float32, tower_precision: str = "auto") -> VLM:
+    """The model in `path` ready for inference (eval mode); a compact tower's probes run in
+    `tower_precision` (`set_tower_precision`; training loads with "float32")."""
     register()
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} is not a model directory: no config.json")
@@ -90,9 +113,11 @@ def load(path: Path, *, dtype: torch.dtype = torch.float32) -> VLM:
     meta_file = path / META_FILE
     meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     spec = pixel_spec(path)
-    return VLM(model, tokenizer, ChatFormat(tokenizer, spec),
-               name=str(meta.get("name", path.name)), version=str(meta.get("version", "1")), path=path,
-               meta=meta, budget=image_budget(path, spec))
+    vlm = VLM(model, tokenizer, ChatFormat(tokenizer, spec),
+              name=str(meta.get("name", path.name)), version=str(meta.get("version", "1")), path=path,
+              meta=meta, budget=image_budget(path, spec))
+    set_tower_precision(vlm, tower_precision)
+    return vlm
 
 
 def save(vlm: VLM, path: Path, meta: dict[str, Any] | None = None) -> None:

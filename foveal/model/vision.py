@@ -123,6 +123,21 @@ BATCH_PIXELS = 4 * 336 * 336
 CHANNELS_LAST = True
 
 
+def fast_low_precision(device: torch.device | str = "cpu") -> torch.dtype | None:
+    """bfloat16 where `device` runs it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU that
+    supports it), else None. On this 2-core machine's CPU the backbone runs 2.1x faster under
+    bfloat16 autocast (`docs/benchmarks.md`, "The tower in bfloat16"); on a CPU without native
+    bfloat16 oneDNN emulates it and it would be slower, so there it stays float32."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+    if kind != "cpu":
+        return None
+    native = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return torch.bfloat16 if any(check is not None and check() for check in native) else None
+
+
 class ConvVisionTower(nn.Module):
     """Backbone (3 strided stages: x2, x2, x7 = 28 px, residual blocks, for merge 4 one more x2
     stage and block) + optional cell head + merger."""
@@ -166,6 +181,11 @@ class ConvVisionTower(nn.Module):
         self.reader: nn.Linear | None = nn.Linear(2 * c3, classes) \
             if classes and getattr(config, "type_reader", False) else None
         self.reader_backbone: nn.Sequential | None = None
+        # the dtype the backbone runs the pointer's probes in (`feature_maps(..., probe=True)`
+        # without gradients, under autocast; the maps come back in the tower's dtype): the looks
+        # it ranks and whose peaks it reads, never an image the decoder sees. None: the tower's
+        # own. Set by `loader.load(tower_precision=...)`, never saved with the weights
+        self.probe_dtype: torch.dtype | None = None
         if self.reader is not None and getattr(config, "reader_backbone", False):
             self.reader_backbone = self._backbone_copy()
         self.lay_out()
@@ -265,11 +285,13 @@ class ConvVisionTower(nn.Module):
         return [unpatchify(rows, g, self.patch_size, self.spatial_merge_size, self.temporal_patch_size)  # type: ignore[arg-type]
                 for rows, g in zip(torch.split(pixel_values, sizes), grids, strict=True)]
 
-    def feature_maps(self, images: list[torch.Tensor], backbone: nn.Module | None = None
-                     ) -> list[torch.Tensor]:
+    def feature_maps(self, images: list[torch.Tensor], backbone: nn.Module | None = None,
+                     probe: bool = False) -> list[torch.Tensor]:
         """Backbone maps (C3, H/cell, W/cell) per image (of `backbone`, default the tower's);
-        images of one size run as batches of at most `BATCH_PIXELS` pixels (at least one image)."""
+        images of one size run as batches of at most `BATCH_PIXELS` pixels (at least one image).
+        `probe`: images only the pointer reads, run in `probe_dtype` when inferring."""
         run = self.backbone if backbone is None else backbone
+        low = self.probe_dtype if probe and not (self.training or torch.is_grad_enabled()) else None
         out: list[torch.Tensor | None] = [None] * len(images)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
@@ -281,7 +303,11 @@ class ConvVisionTower(nn.Module):
                 batch = torch.stack([images[i] for i in chunk]).to(self.dtype)  # (B, 3, H, W)
                 if CHANNELS_LAST:
                     batch = batch.contiguous(memory_format=torch.channels_last)
-                maps = run(batch)  # (B, C3, H/cell, W/cell)
+                if low is None:
+                    maps = run(batch)  # (B, C3, H/cell, W/cell)
+                else:
+                    with torch.autocast(batch.device.type, dtype=low):
+                        maps = run(batch).to(self.dtype)
                 for i, fmap in zip(chunk, maps, strict=True):
                     out[i] = fmap
         return [m for m in out if m is not None]

@@ -387,9 +387,9 @@ class CellPointer:
         maps = self.backbone_maps([p for p, _ in images], [g for _, g in images])
         return [self._defect_of(fmap) for fmap in maps]
 
-    def _cell_maps(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _cell_maps(self, pixels: list[torch.Tensor], low_precision: bool = False) -> list[torch.Tensor]:
         """P(defect) per cell of each normalized (3, H, W) image."""
-        return [self._defect_of(fmap) for fmap in self.tower.feature_maps(pixels)]
+        return [self._defect_of(fmap) for fmap in self.tower.feature_maps(pixels, probe=low_precision)]
 
     def _defect_of(self, fmap: torch.Tensor) -> torch.Tensor:
         """P(defect) per cell (rows, cols) of one image's backbone maps (C, rows, cols)."""
@@ -563,7 +563,7 @@ class CellPointer:
         asked for, None for a crop that cannot be made) and queue the best one's box: the next
         tokens the engine writes."""
         crops = list(probes[:len(looks.boxes)])
-        cells = self._peak_cells(crops)
+        cells = self._peak_cells(crops, low_precision=True)
         scored = [(cells[k][0] if k in cells else -1.0, k) for k in range(len(crops))]
         order = [k for _, k in sorted(scored, key=lambda pk: (-pk[0], pk[1]))]
         boxes = [looks.boxes[k] for k in order]
@@ -596,14 +596,15 @@ class CellPointer:
         """The cell head's peak on each crop given (by its index; None: no crop, no peak)."""
         return {k: peak for k, (peak, _, _) in self._peak_cells(crops).items()}
 
-    def _peak_cells(self, crops: Sequence[npt.NDArray[np.uint8] | None]
+    def _peak_cells(self, crops: Sequence[npt.NDArray[np.uint8] | None], low_precision: bool = False
                     ) -> dict[int, tuple[float, float, float]]:
         """The cell head's peak on each crop given (by its index; None: no crop, no peak) and
-        where it is: the peak cell's centre (x, y), normalized to the crop."""
+        where it is: the peak cell's centre (x, y), normalized to the crop. `low_precision`: the
+        backbone runs them in the tower's `probe_dtype`."""
         shown = [k for k, crop in enumerate(crops) if crop is not None]
         pixels = [torch.from_numpy(normalized(crops[k], self.spec)).to(self.tower.dtype) for k in shown]  # type: ignore[arg-type]
         out: dict[int, tuple[float, float, float]] = {}
-        for k, defect in zip(shown, self._cell_maps(pixels), strict=True):
+        for k, defect in zip(shown, self._cell_maps(pixels, low_precision), strict=True):
             rows, cols = defect.shape
             at = int(defect.flatten().argmax())
             out[k] = float(defect.flatten()[at]), (at % cols + 0.5) / cols, (at // cols + 0.5) / rows

@@ -46,7 +46,7 @@ import torch
 
 from foveal.errors import FovealError
 from foveal.model.chat import IMAGE, TEXT, Chunk
-from foveal.model.loader import load
+from foveal.model.loader import load, set_tower_precision
 from foveal.model.pixels import patchify
 from foveal.reasoning.engine import LocalEngine, TurnReply, TurnRequest
 
@@ -72,10 +72,12 @@ class ModelHost:
 
     @classmethod
     def load(cls, weights: Path, idle_timeout_s: float = 120.0, vision: str = "torch",
-             device: str = "auto", threads: int = 0) -> ModelHost:
+             device: str = "auto", threads: int = 0, tower_precision: str = "auto") -> ModelHost:
         """`vision`: "torch" (the model's own tower) or "onnx" (onnxruntime; compact model only).
         `device`: "auto" (CUDA when torch sees a GPU), "cpu" or "cuda[:n]". `threads`: torch's
-        intra-op threads on the CPU (0: torch's default, one per core)."""
+        intra-op threads on the CPU (0: torch's default, one per core). `tower_precision`: what a
+        compact tower's backbones run in (`loader.set_tower_precision`; "auto": bfloat16 where
+        the device runs it natively)."""
         if threads < 0:
             raise ValueError(f"threads must be 0 (torch's default) or more, not {threads}")
         if threads:
@@ -83,6 +85,7 @@ class ModelHost:
         vlm = load(weights)
         target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         vlm.model.to(torch.device(target))  # type: ignore[arg-type]  # transformers types `to` oddly
+        set_tower_precision(vlm, tower_precision)
         if vision not in ("torch", "onnx"):
             raise ValueError(f"vision must be 'torch' or 'onnx', not {vision!r}")
         features = None

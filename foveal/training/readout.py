@@ -356,7 +356,7 @@ def run(config: ReadoutConfig, progress: Progress | None = None) -> dict[str, An
     """With `crop_steps`, fine-tune the reader's own backbone on tight looks first; then (with
     `steps`) collect the loop's reads, check on the held-out items, refit on all; save; returns
     the report."""
-    vlm = loader.load(config.model)
+    vlm = loader.load(config.model, tower_precision="float32")
     tower = vlm.model.model.visual
     if getattr(tower, "head", None) is None:
         raise ValueError(f"{config.model}: the model has no view head to read types with (a compact "

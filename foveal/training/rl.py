@@ -338,7 +338,7 @@ def run(config: RLConfig, progress: Progress = _noop, resume: bool = True) -> li
     # init
     work = config.out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    policy = loader.load(config.model)
+    policy = loader.load(config.model, tower_precision="float32")
     queries: list[Query] = queries_from(config.data, config.max_items, config.kind)
     optimizer = make_optimizer(policy, config)
     rng = random.Random(config.seed)

@@ -346,7 +346,7 @@ def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], 
     cache = work / "prepared.pt"
     if cache.is_file():
         saved = torch.load(cache, weights_only=False)
-        vlm = loader.load(work / "stage0")
+        vlm = loader.load(work / "stage0", tower_precision="float32")
         _with_layout(vlm, config)
         return vlm, saved["train"], saved["dev"], SFTReport(**saved["report"])
     report = SFTReport()
@@ -356,7 +356,7 @@ def prepare(config: SFTConfig, progress: Progress) -> tuple[VLM, list[Example], 
     dev_labels = read_labels(config.dev)[: config.dev_items] if config.dev else []
     dev_trajectories = trajectories_for(dev_labels, 1, config.mix, config.seed + 1)
     if config.init is not None:
-        vlm = loader.load(config.init)
+        vlm = loader.load(config.init, tower_precision="float32")
         vlm.name, vlm.version = config.name, config.version
     else:
         tokenizer = train_tokenizer(corpus_lines(trajectories), config.vocab_size)

@@ -328,3 +328,45 @@ def test_the_backbones_run_channels_last_from_creation_and_loading_with_the_maps
         plain, plain_reader = again.feature_maps(images), again.reader_maps(images)
     pairs = zip(fast + reader, plain + plain_reader, strict=True)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in pairs)
+
+
+def test_probes_run_in_the_probe_dtype_only_when_inferring_and_the_decoders_images_never(
+        micro_vlm: loader.VLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    tower = micro_vlm.model.model.visual
+    images = [torch.randn(3, 112, 84), torch.randn(3, 112, 84)]
+    with torch.inference_mode():
+        plain = tower.feature_maps(images)
+    autocast: list[bool] = []
+    run = tower.backbone
+    monkeypatch.setattr(tower, "backbone",
+                        lambda x: autocast.append(torch.is_autocast_enabled("cpu")) or run(x))
+    monkeypatch.setattr(tower, "probe_dtype", torch.bfloat16)
+    with torch.inference_mode():
+        seen, probed = tower.feature_maps(images), tower.feature_maps(images, probe=True)
+    assert autocast == [False, True]
+    assert all(torch.equal(a, b) for a, b in zip(seen, plain, strict=True))  # what the decoder sees
+    for p, a in zip(probed, plain, strict=True):  # bfloat16 maps, handed back in the tower's dtype
+        assert p.dtype == a.dtype and not torch.equal(p, a)
+        assert (p - a).abs().max() <= 0.05 * a.abs().max()
+    trained = tower.feature_maps(images, probe=True)  # with gradients (training): never lowered
+    assert autocast[-1] is False
+    assert all(torch.equal(t.detach(), a) for t, a in zip(trained, plain, strict=True))
+
+
+def test_the_tower_precision_is_bfloat16_only_where_asked_or_native(
+        micro_vlm: loader.VLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from foveal.model import vision
+    tower = micro_vlm.model.model.visual
+    assert loader.set_tower_precision(micro_vlm, "float32") is None and tower.probe_dtype is None
+    assert loader.set_tower_precision(micro_vlm, "bfloat16") is torch.bfloat16
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        expected = torch.bfloat16 if native else None
+        assert vision.fast_low_precision("cpu") is expected
+        assert loader.set_tower_precision(micro_vlm, "auto") is expected
+    with pytest.raises(ValueError, match="tower precision"):
+        loader.set_tower_precision(micro_vlm, "float16")
+    loader.save(micro_vlm, tmp_path / "m")
+    assert loader.load(tmp_path / "m", tower_precision="float32").model.model.visual.probe_dtype is None
+    assert loader.load(tmp_path / "m").model.model.visual.probe_dtype is torch.bfloat16  # native, patched

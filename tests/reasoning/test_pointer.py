@@ -401,7 +401,8 @@ def _probe_choice(vlm: VLM, trace: Trace, k: int
     return boxes[0], boxes[best], centred
 
 
-def _brightness(self: CellPointer, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+def _brightness(self: CellPointer, pixels: list[torch.Tensor], low_precision: bool = False
+                ) -> list[torch.Tensor]:
     """A stand-in cell map that any crop changes: the mean of each 28 px cell's pixels."""
     cell = 14 * self.merge
     return [torch.nn.functional.avg_pool2d(image.float().mean(0, keepdim=True), cell)[0] for image in pixels]
@@ -678,3 +679,18 @@ def test_a_verdict_after_a_grounded_crop_asks_for_its_tight_look_at_its_first_to
     assert pointer.probe_request(looks, opened) is None  # one tight look per answer
     plain = replace(pointer.looks(frame.patches[0], tuple(frame.grids[0])), images=2, crop_image=2)
     assert pointer.probe_request(plain, tok.encode("No marks", add_special_tokens=False)[:1]) is None
+
+
+def test_only_the_reranked_candidates_run_in_the_probe_dtype(taught_vlm: VLM,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    tower = taught_vlm.model.model.visual
+    calls: list[tuple[int, bool]] = []
+    maps = tower.feature_maps
+    monkeypatch.setattr(tower, "feature_maps", lambda images, backbone=None, probe=False:
+                        calls.append((len(images), probe)) or maps(images, backbone, probe))
+    monkeypatch.setattr(tower, "probe_dtype", torch.bfloat16)
+    trace = run(taught_vlm, "zoom", pointer=True, rerank=8)
+    assert trace.steps[0].operation == "crop_image_normalized" and trace.steps[0].ok
+    # one pass over the 8 candidate crops in bfloat16; the frame and the crop shown in float32
+    assert [c for c in calls if c[1]] == [(8, True)]
+    assert sum(n for n, probe in calls if not probe) >= 2

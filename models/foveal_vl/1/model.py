@@ -18,7 +18,8 @@ class TritonPythonModel:
         folder = Path(args["model_repository"]) / args["model_version"] / params.get("weights", "weights")
         self.host = ModelHost.load(folder, idle_timeout_s=float(params.get("idle_timeout_s", "120")),
                                    vision=params.get("vision", "torch"), device=params.get("device", "auto"),
-                                   threads=int(params.get("threads", "0")))
+                                   threads=int(params.get("threads", "0")),
+                                   tower_precision=params.get("tower_precision", "auto"))
 
     def execute(self, requests):
         batch = []
