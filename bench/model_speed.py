@@ -54,8 +54,11 @@ def main() -> None:
                         help="every verdict comes after a look up close (default: the checkpoint's choice)")
     parser.add_argument("--draft-tokens", type=int, default=DRAFT_TOKENS,
                         help="tokens drafted per greedy step and checked in one decoder pass (0: none)")
+    parser.add_argument("--tower-precision", choices=loader.TOWER_PRECISIONS, default="auto",
+                        help="what the pointer's reranked probes run in (loader.set_tower_precision)")
     args = parser.parse_args()
-    vlm = loader.load(args.model)
+    vlm = loader.load(args.model, tower_precision=args.tower_precision)
+    probe_dtype = vlm.model.model.visual.probe_dtype
     labels = [label for label in read_labels(args.bench)
               if args.kind == "all" or (label.is_sequence == (args.kind == "sequence"))][: args.n]
     items = [inspection_of(label, args.bench, True) for label in labels]
@@ -83,6 +86,7 @@ def main() -> None:
         "rerank": "checkpoint's choice" if args.rerank is None else args.rerank,
         "look_first": "checkpoint's choice" if args.look_first is None else args.look_first,
         "draft_tokens": args.draft_tokens,
+        "tower_precision": args.tower_precision, "probe_dtype": str(probe_dtype or "float32"),
         "p50_ms_batch1": round(float(np.percentile(latencies, 50)), 1),
         "p95_ms_batch1": round(float(np.percentile(latencies, 95)), 1),
         "throughput_batch1": round(rows[0][1], 3), "throughput_reencode_batch1": round(rows[1][1], 3),
