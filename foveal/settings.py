@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("models/foveal_vl/1/weights"),
                             description="The reasoning model: a compact foveal model or a Qwen2.5-VL "
                                         "checkpoint directory.")
+    tower_precision: str = Field(
+        "auto", pattern="^(auto|float32|bfloat16)$",
+        description="What a compact tower runs the pointer's reranked probes in, in this process "
+                    "(eval, predict): auto is bfloat16 where the CPU or GPU runs it natively. "
+                    "Triton's model reads its own config.pbtxt parameter of that name.")
 
     # Topics.
     frames_partitions: int = Field(4, ge=1)

@@ -71,6 +71,7 @@ def test_missing_config_file_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     ("FOVEAL_FRAMES_PARTITIONS", "0"),
     ("FOVEAL_DATABASE_URL", "mysql://u@h/db"),
     ("FOVEAL_START_TIMEOUT_S", "soon"),
+    ("FOVEAL_TOWER_PRECISION", "float16"),
 ])
 def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     monkeypatch.setenv(variable, value)

@@ -302,7 +302,7 @@ def eval_command(
     from foveal.model import loader
     from foveal.reasoning.loop import LoopOptions
 
-    vlm = loader.load(model or settings_of(ctx).model_dir)
+    vlm = loader.load(model or settings_of(ctx).model_dir, tower_precision=settings_of(ctx).tower_precision)
     runs = [no_ops] + ([True] if compare_no_ops and not no_ops else [])
     results = {}
     out.mkdir(parents=True, exist_ok=True)
@@ -362,7 +362,7 @@ def predict_command(
     from foveal.reasoning.loop import Loop, LoopOptions, Trace
 
     items = inference.discover(paths)
-    vlm = loader.load(model or settings_of(ctx).model_dir)
+    vlm = loader.load(model or settings_of(ctx).model_dir, tower_precision=settings_of(ctx).tower_precision)
     loop = Loop(vlm, LoopOptions(allow_operations=not no_ops, pointer=pointer, rerank=rerank,
                                  look_first=look_first))
     out.parent.mkdir(parents=True, exist_ok=True)

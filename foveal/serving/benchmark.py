@@ -176,8 +176,8 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def reference_loop(settings: Settings, vision: str = "torch") -> Loop:
-    """The in-process loop on the same model and vision backend as Triton's."""
-    vlm = load(settings.model_dir)
+    """The in-process loop on the same model, vision backend and tower precision as Triton's."""
+    vlm = load(settings.model_dir, tower_precision=served_parameters(settings).get("tower_precision", "auto"))
     features = None
     if vision == "onnx":
         import tempfile
