@@ -126,7 +126,7 @@ CHANNELS_LAST = True
 def fast_low_precision(device: torch.device | str = "cpu") -> torch.dtype | None:
     """bfloat16 where `device` runs it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU that
     supports it), else None. On this 2-core machine's CPU the backbone runs 2.1x faster under
-    bfloat16 autocast (`docs/benchmarks.md`, "The tower in bfloat16"); on a CPU without native
+    bfloat16 autocast (`docs/benchmarks.md`, "One inspection", session 29); on a CPU without native
     bfloat16 oneDNN emulates it and it would be slower, so there it stays float32."""
     kind = torch.device(device).type
     if kind == "cuda":
