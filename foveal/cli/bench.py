@@ -59,10 +59,11 @@ def _serve_bench(settings: Settings, bench: Path, n: int, levels: str, out: Path
     requests = [b.request_of(label, bench) for label in labels]
     console.print(f"{len(labels)} items from {bench}; in-process reference first")
     vision, threads = b.served_vision(settings), b.served_threads(settings)
-    rows = [b.in_process(settings, inspections, vision),
-            b.in_process_same_work(settings, requests, inspections, vision)]
+    precision = b.served_tower_precision(settings)
+    rows = [b.in_process(settings, inspections, vision, precision),
+            b.in_process_same_work(settings, requests, inspections, vision, tower_precision=precision)]
     if threads:  # the same work on the thread budget one Triton instance has
-        rows.append(b.in_process_same_work(settings, requests, inspections, vision, threads))
+        rows.append(b.in_process_same_work(settings, requests, inspections, vision, threads, precision))
     service = ReasonerProcess(settings, port, port + 1, settings.home_dir / "logs" / "bench-reasoner.log")
     try:
         service.wait_serving()
@@ -70,7 +71,8 @@ def _serve_bench(settings: Settings, bench: Path, n: int, levels: str, out: Path
                                   settings.triton_model)
         # the overhead item by item: separate blocks of 48 items moved by 8 points between two runs
         # of the same code (session 19), and by 17 between rounds of one run (session 28)
-        paired = b.paired_overhead(settings, service, requests, inspections, vision, threads, rounds)
+        paired = b.paired_overhead(settings, service, requests, inspections, vision, threads, rounds,
+                                   precision)
     finally:
         service.stop()
     rows += [*paired, *b.kept_versus_resent(settings, inspections)]

@@ -139,6 +139,7 @@ def run_pipeline(settings: Settings, options: PipelineOptions, plot_path: Path,
         cleanup.callback(camera.close)
         _warm_up(reasoner.address, camera.bank)
         vision = serve_bench.served_vision(settings)
+        precision = serve_bench.served_tower_precision(settings)
         for worker in workers:
             worker.wait_started()
         _await_assignment(workers, settings.frames_partitions)
@@ -168,7 +169,8 @@ def run_pipeline(settings: Settings, options: PipelineOptions, plot_path: Path,
         rows, dead = _rows(url), _dlq_ids(run_settings, topics[2])
         say("services stopping; the in-process reference follows")
     batch = options.reference_batch or max(1, round(_avg_batch(before, after) or 1))
-    reference_fps = in_process_fps(settings, camera.bank, [s.item for s in main.sent], batch, vision)
+    reference_fps = in_process_fps(settings, camera.bank, [s.item for s in main.sent], batch, vision,
+                                   precision)
     summary = _summary(options, probe, main, rows, dead, samples, rate, reference_fps, batch,
                        _avg_batch(before, after), committed_to_end)
     written_s = [w - sampler.started_epoch for _, w in rows.times.values()]
@@ -244,13 +246,14 @@ def _plot_title(summary: dict[str, Any]) -> str:
 
 
 # -- the in-process reference -----------------------------------------------------------
-def in_process_fps(settings: Settings, bank: Bank, items: Sequence[str], batch: int, vision: str) -> float:
+def in_process_fps(settings: Settings, bank: Bank, items: Sequence[str], batch: int, vision: str,
+                   tower_precision: str = "auto") -> float:
     """Frames/s of the reasoning loop in this process on `items` (bank label ids, in order) in
     batches of `batch`; decoding happens outside the timing, as in `foveal bench serve`."""
     from foveal.serving.benchmark import reference_loop
 
     by_id = {item.label.id: item for item in bank.frames + bank.sequences}
-    loop = reference_loop(settings, vision)
+    loop = reference_loop(settings, vision, tower_precision)
     decode = _decoder(bank.folder)
     loop.run([decode(by_id[i]) for i in items[:min(2, len(items))]])  # warm-up
     seconds = 0.0

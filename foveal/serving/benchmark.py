@@ -156,6 +156,11 @@ def served_vision(settings: Settings) -> str:
     return served_parameters(settings).get("vision") or "torch"
 
 
+def served_tower_precision(settings: Settings) -> str:
+    """What the served compact tower runs its reranked looks in (config.pbtxt's "tower_precision")."""
+    return served_parameters(settings).get("tower_precision") or "auto"
+
+
 def served_threads(settings: Settings) -> int:
     """torch threads of one served instance (config.pbtxt's "threads"; 0: torch's default)."""
     return int(served_parameters(settings).get("threads") or 0)
@@ -175,9 +180,10 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def reference_loop(settings: Settings, vision: str = "torch") -> Loop:
-    """The in-process loop on the same model, vision backend and tower precision as Triton's."""
-    vlm = load(settings.model_dir, tower_precision=served_parameters(settings).get("tower_precision", "auto"))
+def reference_loop(settings: Settings, vision: str = "torch", tower_precision: str = "auto") -> Loop:
+    """The in-process loop on the same model as Triton's, with the vision backend and tower
+    precision it is configured with (`served_vision`, `served_tower_precision`)."""
+    vlm = load(settings.model_dir, tower_precision=tower_precision)
     features = None
     if vision == "onnx":
         import tempfile
@@ -188,9 +194,10 @@ def reference_loop(settings: Settings, vision: str = "torch") -> Loop:
     return Loop(LocalEngine(vlm, vision=features), service_loop_options(settings))
 
 
-def in_process(settings: Settings, inspections: Sequence[Inspection], vision: str = "torch") -> Level:
+def in_process(settings: Settings, inspections: Sequence[Inspection], vision: str = "torch",
+               tower_precision: str = "auto") -> Level:
     """The reference: the same model and vision backend as Triton's, in this process, batch 1."""
-    loop = reference_loop(settings, vision)
+    loop = reference_loop(settings, vision, tower_precision)
     for item in inspections[:WARM_UP]:
         loop.run([item])  # warm-up, at batch 1 like the timed runs
     seconds, latencies = timed_each(inspections, lambda item: loop.run([item]), 1)  # type: ignore[list-item]
@@ -214,11 +221,12 @@ def same_work(loop: Loop, inspections: Sequence[Inspection]
 
 
 def in_process_same_work(settings: Settings, requests: Sequence[inspection_pb2.InspectRequest],
-                         inspections: Sequence[Inspection], vision: str = "torch", threads: int = 0) -> Level:
+                         inspections: Sequence[Inspection], vision: str = "torch", threads: int = 0,
+                         tower_precision: str = "auto") -> Level:
     """The in-process loop doing the service's whole job at batch 1 (`same_work`). Against this,
     what the service adds is gRPC, Triton and the process boundary; against `in_process` (frames
     decoded outside the timing) it also pays the decoding and encoding."""
-    one = same_work(reference_loop(settings, vision), inspections)
+    one = same_work(reference_loop(settings, vision, tower_precision), inspections)
     with torch_threads(threads):
         for request in requests[:WARM_UP]:
             one(request)  # warm-up
@@ -245,10 +253,11 @@ def timed_pairs(items: Sequence[object], first: Callable[[object], object],
 
 def paired_overhead(settings: Settings, service: ReasonerProcess,
                     requests: Sequence[inspection_pb2.InspectRequest], inspections: Sequence[Inspection],
-                    vision: str, threads: int, passes: int) -> tuple[Level, Level]:
+                    vision: str, threads: int, passes: int, tower_precision: str = "auto"
+                    ) -> tuple[Level, Level]:
     """The service at concurrency 1 against the same work in process on one Triton instance's
     threads, timed in pairs (`timed_pairs`): (reference, service)."""
-    one = same_work(reference_loop(settings, vision), inspections)
+    one = same_work(reference_loop(settings, vision, tower_precision), inspections)
     with grpc.insecure_channel(service.address, options=CHANNEL_OPTIONS) as channel, torch_threads(threads):
         stub = reasoner_pb2_grpc.ReasonerStub(channel)  # type: ignore[no-untyped-call]
         for request in requests[:WARM_UP]:
