@@ -14,15 +14,12 @@ Run: `.venv/bin/python bench/probe_precision.py --bench /path/to/fovealbench/tes
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from render_throughput import git_commit  # type: ignore[import-not-found]
+from render_throughput import write_record  # type: ignore[import-not-found]
 
 from foveal.evaluation.bench import inspection_of
 from foveal.model import loader
@@ -66,13 +63,9 @@ def main() -> None:
             medians[side].append(round(statistics.median(passed), 1))
             print(f"pass {b + 1}: probes in {side if side == 'float32' else low}, p50 {medians[side][-1]} ms")
         tower.probe_dtype = low
-        line = json.dumps(dict(benchmark="probe_precision_blocks", model=str(args.model),
-                               kind=args.kind, n=len(items), probe_dtype=str(low),
-                               pass_medians_ms=medians, commit=git_commit()))
         out = args.out or Path(__file__).parent / "results" / f"probe_precision_{args.kind}_blocks.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(line + "\n")
-        print(line)
+        print(write_record(dict(benchmark="probe_precision_blocks", model=str(args.model), kind=args.kind,
+                                n=len(items), probe_dtype=str(low), pass_medians_ms=medians), out))
         return
     times: dict[str, list[float]] = {"float32": [], "low": []}
     same = 0
@@ -99,12 +92,8 @@ def main() -> None:
     print(f"paired change: median {results['paired_change_median_ms']} ms, "
           f"mean {results['paired_change_mean_ms']} ms; "
           f"the same verdict, type and box on {same} of {len(items)}")
-    machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version())
-    line = json.dumps(dict(benchmark="probe_precision", model=str(args.model), results=results,
-                           runs=times, commit=git_commit(), machine=machine))
-    out = args.out or Path(__file__).parent / "results" / f"probe_precision_{args.kind}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(line + "\n")
+    line = write_record(dict(benchmark="probe_precision", model=str(args.model), results=results, runs=times),
+                        args.out or Path(__file__).parent / "results" / f"probe_precision_{args.kind}.json")
     print(line[:300])
 
 

@@ -36,6 +36,15 @@ def git_commit() -> str:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def write_record(record: dict[str, object], out: Path) -> str:
+    """`record` with the git commit and the machine, as one JSON line written to `out`; the line."""
+    machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version())
+    line = json.dumps(dict(record, commit=git_commit(), machine=machine))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(line + "\n")
+    return line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames-1024", type=int, default=20, help="frames per run at 1024 px")

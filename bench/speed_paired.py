@@ -19,9 +19,6 @@ Run: `.venv/bin/python bench/speed_paired.py --bench /path/to/fovealbench/test -
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from render_throughput import git_commit  # type: ignore[import-not-found]
+from render_throughput import write_record  # type: ignore[import-not-found]
 
 import foveal.operations as operations
 import foveal.reasoning.loop as loop_module
@@ -93,12 +90,9 @@ def main() -> None:
     print(f"{'now':>8} {results['now_p50_ms']:>8} {results['now_total_s']:>8}")
     print(f"paired change: median {results['paired_change_median_ms']} ms, "
           f"mean {results['paired_change_mean_ms']} ms")
-    machine = dict(platform=platform.platform(), cpu_count=os.cpu_count(), python=platform.python_version())
-    line = json.dumps(dict(benchmark="speed_paired", model=str(args.model), results=results,
-                           runs=times, commit=git_commit(), machine=machine))
     out = args.out or Path(__file__).parent / "results" / f"speed_paired_{args.kind}_b{args.batch}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(line + "\n")
+    line = write_record(dict(benchmark="speed_paired", model=str(args.model), results=results,
+                             runs=times), out)
     print(line[:300])
 
 
