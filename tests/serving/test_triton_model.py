@@ -268,6 +268,16 @@ def test_the_host_runs_torch_on_the_threads_its_config_names(taught_vlm: VLM, tm
         ModelHost.load(tmp_path / "weights", threads=-1)
 
 
+def test_the_host_runs_the_reranked_looks_in_the_precision_its_config_names(taught_vlm: VLM,
+                                                                          tmp_path: Path) -> None:
+    save(taught_vlm, tmp_path / "weights")
+    for precision, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+        host = ModelHost.load(tmp_path / "weights", device="cpu", tower_precision=precision)
+        assert host.engine.vlm.model.model.visual.probe_dtype is dtype
+    with pytest.raises(ValueError, match="tower precision"):
+        ModelHost.load(tmp_path / "weights", tower_precision="half")
+
+
 def test_the_host_tells_the_pointer_a_sequence_from_a_frame(taught_vlm: VLM) -> None:
     host = ModelHost(LocalEngine(taught_vlm, pointer=True))
     fmt = taught_vlm.chat
