@@ -77,9 +77,9 @@ TOWER_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def set_tower_precision(vlm: VLM, precision: str = "auto") -> torch.dtype | None:
-    """The dtype a compact tower's backbone runs the pointer's probes in (the candidate looks it
-    ranks and a sequence's frames it ranks; never an image the decoder sees), on the device the
-    model is on now: "auto" is bfloat16 where that device runs it natively
+    """The dtype a compact tower's backbone runs the pointer's reranked probes in (the candidate
+    looks before a zoom; never an image the decoder sees, a type read or a sequence's frame
+    looks), on the device the model is on now: "auto" is bfloat16 where that device runs it natively
     (`vision.fast_low_precision`), "float32" the weights' own, "bfloat16" always. Returns the
     dtype set (None: the weights' own); a model without a compact tower (a Qwen2.5-VL
     checkpoint) is left as it is."""
@@ -90,7 +90,7 @@ def set_tower_precision(vlm: VLM, precision: str = "auto") -> torch.dtype | None
         return None
     device = next(tower.parameters()).device
     tower.probe_dtype = {"auto": fast_low_precision(device), "float32": None,
-                             "bfloat16": torch.bfloat16}[precision]
+                         "bfloat16": torch.bfloat16}[precision]
     return tower.probe_dtype
 
 
