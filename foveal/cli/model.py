@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,70 @@ def readout_command(
         console.print(f"{report['readings']} types read of {report['items_run']} defective items; held-out "
                       f"accuracy of the read ({report['held_out']} items): {_change(report)}")
     console.print(f"model in {out}")
+
+
+def retrain_command(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", help="The job's folder: reviews, models, eval, retrain.json "
+                             "(rerun with the same options to resume)."),
+    model: Path | None = typer.Option(None, "--model", help="The parent model (default: FOVEAL_MODEL_DIR)."),
+    data: list[Path] = typer.Option([], "--data", help="Labelled folder(s) trained on beside the reviews "
+                                    "(repeatable)."),
+    line: str | None = typer.Option(None, "--line", help="Only reviews of this production line."),
+    product: str | None = typer.Option(None, "--product", help="Only reviews of this product."),
+    since: datetime | None = typer.Option(None, "--since", formats=["%Y-%m-%d"],
+                                          help="Only inspections from this day on."),
+    until: datetime | None = typer.Option(None, "--until", formats=["%Y-%m-%d"],
+                                          help="Only inspections up to this day."),
+    bench: Path | None = typer.Option(None, "--bench", help="Labelled folder both models are evaluated on "
+                                      "(FovealBench dev)."),
+    bench_limit: int | None = typer.Option(None, "--bench-limit", min=1, help="First N items of --bench."),
+    crop_steps: int = typer.Option(1500, "--crop-steps", min=1, help="Fine-tune steps on tight looks."),
+    crops_per_item: int = typer.Option(6, "--crops-per-item", min=1),
+    loop_items: int = typer.Option(500, "--loop-items", min=1,
+                                   help="Defective items per folder whose reads calibrate the confidence."),
+    promote: bool = typer.Option(False, "--promote", help="Copy the model into the Triton model "
+                                 "repository as its next version when it measures better on --bench."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Retrain on reviewed data: export the reviews, fine-tune the type reader, calibrate it,
+    evaluate against the parent, register both in model_versions, promote if better.
+    docs/model.md, "Retraining on reviewed data"."""
+    from foveal.dashboard.export import ExportFilters
+    from foveal.storage.database import make_engine, session_factory
+    from foveal.training.retrain import RetrainConfig, better, run
+
+    settings = settings_of(ctx)
+    config = RetrainConfig(out=out, model=model or settings.model_dir, data=tuple(data),
+                           filters=ExportFilters(line, product, since.date() if since else None,
+                                                 until.date() if until else None),
+                           bench=bench, bench_limit=bench_limit, crop_steps=crop_steps,
+                           crops_per_item=crops_per_item, loop_items=loop_items, promote=promote, seed=seed)
+    engine = make_engine(settings.postgres_url, pool_size=1, max_overflow=0)
+    try:
+        with _bar() as bar:
+            state = run(config, settings, session_factory(engine), _Phases(bar))
+    finally:
+        engine.dispose()
+    stages = state["stages"]
+    exported = stages["export"]
+    console.print(f"reviews: {exported['items']} items ({exported['defects_with_box']} defects with a box), "
+                  f"snapshot {exported['snapshot_id']}")
+    tight = stages["tight"].get("tight_looks")
+    if tight:
+        console.print(f"tight looks: {tight['crops']} crops of {tight['items']} items; held-out accuracy: "
+                      f"{_change(tight)}")
+    if "skipped" in stages["calibrate"]:
+        console.print(f"confidence not calibrated: {stages['calibrate']['skipped']}")
+    registered = stages["register"]
+    console.print(f"model {registered['name']} {registered['version']} in {out / 'model'}; "
+                  f"model_versions id {registered['model_version_id']} (parent {registered['parent_id']})")
+    if "eval" in stages:
+        console.print(f"on {stages['eval']['items']} bench items, paired: {better(stages['eval'])[1]}")
+    if "promote" in stages:
+        promoted = stages["promote"]
+        console.print(f"promoted to {promoted['version_folder']} (Triton: {promoted['triton']})"
+                      if promoted["promoted"] else f"not promoted: {promoted['why']}")
 
 
 def _change(report: dict[str, Any]) -> str:

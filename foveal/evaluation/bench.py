@@ -46,6 +46,19 @@ def evaluate_model(vlm: VLM, folder: Path, *, no_ops: bool = False, limit: int |
                    batch_size: int = 8, named_prompt: bool = True,
                    on_item: Callable[[int, int], None] | None = None,
                    options: LoopOptions | None = None) -> tuple[Metrics, list[dict[str, Any]]]:
+    labels, predictions, records = predict_labelled(vlm, folder, no_ops=no_ops, limit=limit,
+                                                    batch_size=batch_size, named_prompt=named_prompt,
+                                                    on_item=on_item, options=options)
+    return evaluate(labels, predictions), records
+
+
+def predict_labelled(vlm: VLM, folder: Path, *, no_ops: bool = False, limit: int | None = None,
+                     batch_size: int = 8, named_prompt: bool = True,
+                     on_item: Callable[[int, int], None] | None = None,
+                     options: LoopOptions | None = None
+                     ) -> tuple[list[Label], list[Prediction], list[dict[str, Any]]]:
+    """The first `limit` labels of `folder`, the model's prediction of each and its record (for
+    paired comparisons of two models on the same items, `metrics.paired_differences`)."""
     labels = read_labels(folder)[:limit]
     base = options or LoopOptions()
     loop_options = LoopOptions(**{**base.__dict__, "allow_operations": not no_ops})
@@ -55,7 +68,7 @@ def evaluate_model(vlm: VLM, folder: Path, *, no_ops: bool = False, limit: int |
     for trace in traces_for(vlm, labels, folder, loop_options, batch_size, named_prompt, on_item):
         predictions.append(prediction(trace, trace.item_id))
         records.append(labelled_record(record(trace), by_id[trace.item_id]))
-    return evaluate(labels, predictions), records
+    return labels, predictions, records
 
 
 def labelled_record(item: dict[str, Any], label: Label) -> dict[str, Any]:

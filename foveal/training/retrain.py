@@ -1,0 +1,330 @@
+"""`foveal retrain`: the reviewed plant data back into the model, as one resumable job.
+
+What QA staff confirmed and corrected on the dashboard is the best data a line has. This job
+runs, in order, each stage recorded in `<out>/retrain.json` (a rerun with the same `--out`
+skips what is done, so an interrupted job resumes and a finished one repeats nothing):
+
+1. **export**: the reviewed inspections (optionally one line, product or time window) as a
+   dataset in foveal's format under `<out>/reviews`, recorded as a `dataset_snapshots` row
+   (`foveal.dashboard.export`, the dashboard's Export page does the same);
+2. **tight**: the type reader's backbone fine-tuned on tight looks at the reviewed defects (and
+   at those of any `--data` folders), as `foveal train readout --crop-steps` does
+   (`foveal.training.readout`; the tower that makes the image tokens is left as it was);
+3. **calibrate**: the reader's confidence calibrated on the loop's own reads of those items
+   (`--loop-fit temperature`: every type it reads stays; skipped, and said so in the record, when
+   the loop reads no type on them), written to `<out>/model` with the version
+   `<parent version>+rt.<first 8 hex of the reviews' labels SHA-256>`;
+4. **eval** (with `--bench`): the parent and the new model on the same items, the differences
+   paired item by item with bootstrap intervals (`metrics.paired_differences`);
+5. **register**: both models in `model_versions` (the parent as `imported` when it is not
+   there yet; the new one with the parent, the dataset snapshot, the recipe and the metrics),
+   upserted on (name, version), so a rerun writes the same rows;
+6. **promote** (with `--promote`, which needs `--bench`): only when the new model's overall
+   accuracy on the bench is higher and its image F1 not lower beyond the paired interval, the
+   model is copied into the Triton model repository as the next version folder, and Triton, when
+   it is up, is asked to load it (its `latest` policy then serves the new version).
+
+Why the reader and not SFT or RL: with the compact checkpoints every none/defect decision and
+box comes from the tower and the decoder, and the answer's type from the reader, and the reader
+is what a few hundred reviewed defects can move (session 26: a tight-look fine-tune on 3,150
+defects lifted FovealBench type accuracy +0.052, paired). `foveal train sft` and `train rl` take
+the exported folder as `--data` too, by hand. Which stages run and why is in `docs/model.md`,
+"Retraining on reviewed data".
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from foveal.dashboard.export import ExportFilters, export_reviews
+from foveal.errors import ConfigError, FovealError
+from foveal.plant.dataset import read_labels
+from foveal.settings import Settings
+from foveal.storage.models import ModelVersion
+
+STATE_FILE = "retrain.json"
+STAGES = ("export", "tight", "calibrate", "eval", "register", "promote")
+Progress = Callable[[str, int, int], None]
+
+
+class RetrainError(FovealError):
+    """The retraining job cannot go on; the message says why and nothing was registered."""
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    out: Path
+    model: Path  # the parent: the model now in use
+    data: tuple[Path, ...] = ()  # labelled folders trained on beside the reviews (generated plant data)
+    filters: ExportFilters = field(default_factory=ExportFilters)
+    bench: Path | None = None  # a labelled folder both models are evaluated on (FovealBench dev)
+    bench_limit: int | None = None
+    crop_steps: int = 1500  # session 26's default fine-tune
+    crops_per_item: int = 6
+    crop_batch: int = 24
+    loop_items: int = 500  # defective items per folder whose reads calibrate the confidence
+    batch_size: int = 8
+    seed: int = 0
+    promote: bool = False
+    model_repository: Path | None = None  # where a promoted version goes (default: the settings')
+    triton_model: str | None = None
+
+    def recipe(self) -> dict[str, Any]:
+        """What decides the result, JSON-ready (a rerun into the same `out` must match it)."""
+        keep = ("model", "data", "filters", "bench", "bench_limit", "crop_steps", "crops_per_item",
+                "crop_batch", "loop_items", "seed")
+        chosen = {k: getattr(self, k) for k in keep}
+        recipe: dict[str, Any] = json.loads(json.dumps(chosen, default=_jsonable))
+        return recipe
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, ExportFilters):
+        return value.as_json()
+    raise TypeError(type(value))
+
+
+class _State:
+    """`<out>/retrain.json`: the recipe and each finished stage's result."""
+
+    def __init__(self, config: RetrainConfig) -> None:
+        self.path = config.out / STATE_FILE
+        recipe = config.recipe()
+        if self.path.is_file():
+            self.data = json.loads(self.path.read_text())
+            if self.data.get("recipe") != recipe:
+                raise RetrainError(f"{config.out} holds a retrain with another recipe; give a new --out "
+                                   "(or the same options)")
+        else:
+            config.out.mkdir(parents=True, exist_ok=True)
+            self.data = {"recipe": recipe, "stages": {}}
+
+    def done(self, stage: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = self.data["stages"].get(stage)
+        return found
+
+    def finish(self, stage: str, result: dict[str, Any]) -> dict[str, Any]:
+        self.data["stages"][stage] = result
+        scratch = self.path.with_suffix(".tmp")
+        scratch.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
+        scratch.replace(self.path)
+        return result
+
+
+def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Session],
+        progress: Progress | None = None) -> dict[str, Any]:
+    """Run the stages not yet done (module docstring); returns `retrain.json`'s content."""
+    if config.promote and config.bench is None:
+        raise ConfigError("--promote needs --bench: a model is promoted only when it measures better")
+    for folder in (*config.data, *([config.bench] if config.bench else [])):
+        if not (folder / "labels.jsonl").is_file():
+            raise ConfigError(f"{folder} is not a labelled dataset folder (no labels.jsonl)")
+    state = _State(config)
+    reviews = config.out / "reviews"
+    exported = state.done("export") or state.finish("export", _export(config, settings, sessions, reviews))
+    folders = [reviews, *config.data]
+    if not state.done("tight"):
+        state.finish("tight", _readout(config, folders, config.model, config.out / "tight", progress,
+                                       crop_steps=config.crop_steps, steps=0))
+    if not state.done("calibrate"):
+        try:
+            report = _readout(config, folders, config.out / "tight", config.out / "model", progress,
+                              crop_steps=0, steps=1, loop_fit="temperature", max_items=config.loop_items)
+        except RetrainError as exc:  # the loop read no type on these items: keep the reader as tuned
+            shutil.rmtree(config.out / "model", ignore_errors=True)
+            shutil.copytree(config.out / "tight", config.out / "model")
+            report = {"skipped": str(exc)}
+        version = f"{_meta(config.model).get('version', '1')}+rt.{exported['labels_sha256'][:8]}"
+        _set_meta(config.out / "model", version=version)
+        state.finish("calibrate", {**report, "version": version})
+    if config.bench is not None and not state.done("eval"):
+        state.finish("eval", _evaluate(config, progress))
+    if not state.done("register"):
+        state.finish("register", _register(config, sessions, state.data["stages"]))
+    if config.promote and not state.done("promote"):
+        state.finish("promote", _promote(config, settings, state.data["stages"]))
+    result: dict[str, Any] = state.data
+    return result
+
+
+def _export(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Session],
+            reviews: Path) -> dict[str, Any]:
+    """The reviewed data into `reviews` and its snapshot row, in one transaction: a failure
+    leaves neither (a half-written folder from an interrupted run is replaced)."""
+    if reviews.exists():
+        shutil.rmtree(reviews)
+    try:
+        with sessions() as session, session.begin():
+            done = export_reviews(session, settings, "foveal", reviews, config.filters,
+                                  name=f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%S%f}")
+            labels = read_labels(reviews)
+            defects = sum(1 for label in labels if label.defect_type != "none"
+                          and (label.bbox is not None or label.frame_boxes))
+            if not defects and not config.data:
+                raise RetrainError(
+                    f"no reviewed defect with a box matches {config.filters.as_json()} ({done.items} "
+                    "reviewed items): the type reader learns from reviewed defects; review some, or "
+                    "give --data")
+    except BaseException:
+        shutil.rmtree(reviews, ignore_errors=True)
+        raise
+    sha = json.loads((reviews / "manifest.json").read_text())["labels_sha256"]
+    return {"snapshot_id": done.snapshot_id, "items": done.items, "defects_with_box": defects,
+            "skipped": done.skipped, "labels_sha256": sha}
+
+
+def _readout(config: RetrainConfig, folders: list[Path], model: Path, out: Path, progress: Progress | None,
+             **options: Any) -> dict[str, Any]:
+    from foveal.training.readout import ReadoutConfig
+    from foveal.training.readout import run as readout
+
+    if out.exists():  # an interrupted stage's partial output
+        shutil.rmtree(out)
+    try:
+        report = readout(ReadoutConfig(model=model, data=folders, out=out, batch_size=config.batch_size,
+                                       seed=config.seed, crops_per_item=config.crops_per_item,
+                                       crop_batch=config.crop_batch, **options), progress)
+    except ValueError as exc:
+        raise RetrainError(f"{out.name}: {exc}") from exc
+    return report
+
+
+def _meta(model: Path) -> dict[str, Any]:
+    path = model / "foveal.json"
+    found: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    return found
+
+
+def _set_meta(model: Path, **values: Any) -> None:
+    meta = {**_meta(model), **values}
+    (model / "foveal.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def _evaluate(config: RetrainConfig, progress: Progress | None) -> dict[str, Any]:
+    from foveal.evaluation.bench import predict_labelled
+    from foveal.evaluation.metrics import evaluate, paired_differences
+    from foveal.evaluation.report import write_predictions
+    from foveal.model import loader
+
+    assert config.bench is not None
+    runs = {}
+    for name, folder in (("parent", config.model), ("model", config.out / "model")):
+        vlm = loader.load(folder)
+        phase = f"evaluating the {'new model' if name == 'model' else 'parent'} on {config.bench.name}"
+        def advance(done: int, total: int, phase: str = phase) -> None:
+            if progress is not None:
+                progress(phase, done, total)
+        labels, predictions, records = predict_labelled(vlm, config.bench, limit=config.bench_limit,
+                                                        batch_size=config.batch_size, on_item=advance)
+        (config.out / "eval" / name).mkdir(parents=True, exist_ok=True)
+        write_predictions(config.out / "eval" / name / "predictions.jsonl", records)
+        runs[name] = (labels, predictions)
+    labels, before = runs["parent"]
+    after = runs["model"][1]
+    metrics = {name: evaluate(labels, predictions).overall.model_dump(mode="json")
+               for name, (_, predictions) in runs.items()}
+    keys = ("image_f1", "type_accuracy", "overall_accuracy", "false_reject_at_escape", "rapr")
+    return {"bench": str(config.bench.resolve()), "items": len(labels),
+            "parent": {k: metrics["parent"].get(k) for k in keys},
+            "model": {k: metrics["model"].get(k) for k in keys},
+            "paired": {k: list(v) for k, v in paired_differences(labels, before, after,
+                                                                 seed=config.seed).items()}}
+
+
+def _upsert(session: Session, **row: Any) -> int:
+    """A `model_versions` row on (name, version): inserted, or its record brought up to date."""
+    changing = {k: v for k, v in row.items() if k not in ("name", "version")}
+    statement = insert(ModelVersion).values(**row).on_conflict_do_update(
+        index_elements=[ModelVersion.name, ModelVersion.version], set_=changing).returning(ModelVersion.id)
+    found: int = session.execute(statement).scalar_one()
+    return found
+
+
+def _register(config: RetrainConfig, sessions: sessionmaker[Session],
+              stages: dict[str, Any]) -> dict[str, Any]:
+    parent_meta, meta = _meta(config.model), _meta(config.out / "model")
+    name = str(meta.get("name", "foveal-vl"))
+    parent_name, parent_version = str(parent_meta.get("name", name)), str(parent_meta.get("version", "1"))
+    with sessions() as session, session.begin():
+        parent = session.scalar(select(ModelVersion.id).where(ModelVersion.name == parent_name,
+                                                              ModelVersion.version == parent_version))
+        if parent is None:  # the model in use was never registered: it enters as imported
+            parent = _upsert(session, name=parent_name, version=parent_version, stage="imported",
+                             parent_id=None, dataset_snapshot_id=None,
+                             checkpoint_uri=config.model.resolve().as_uri(), config={}, metrics={})
+        metrics = {"tight_looks": stages["tight"].get("tight_looks", {}),
+                   "calibration": {k: v for k, v in stages["calibrate"].items() if k != "version"},
+                   **({"eval": stages["eval"]} if "eval" in stages else {})}
+        model = _upsert(session, name=name, version=str(meta["version"]), stage="retrain",
+                        parent_id=parent, dataset_snapshot_id=stages["export"]["snapshot_id"],
+                        checkpoint_uri=(config.out / "model").resolve().as_uri(), config=config.recipe(),
+                        metrics=json.loads(json.dumps(metrics)))
+    return {"parent_id": parent, "model_version_id": model, "name": name, "version": meta["version"]}
+
+
+def better(evaluation: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a retrained model may replace its parent: overall accuracy (verdict and type) higher
+    on the bench, and image F1 not lower beyond the paired interval; and the reason, in words.
+
+    >>> better({"paired": {"overall_accuracy": [0.02, 0.0, 0.04], "image_f1": [-0.01, -0.03, 0.01]}})
+    (True, 'overall accuracy +0.020 (+0.000 … +0.040), image F1 -0.010 (-0.030 … +0.010)')
+    >>> better({"paired": {"overall_accuracy": [0.0, -0.01, 0.01], "image_f1": [0.0, 0.0, 0.0]}})[0]
+    False
+    """
+    paired = evaluation["paired"]
+    accuracy, f1 = paired.get("overall_accuracy"), paired.get("image_f1")
+    if accuracy is None:
+        return False, "no overall accuracy on the bench"
+    words = "overall accuracy {:+.3f} ({:+.3f} … {:+.3f})".format(*accuracy)
+    if f1 is not None:
+        words += ", image F1 {:+.3f} ({:+.3f} … {:+.3f})".format(*f1)
+    return accuracy[0] > 0 and (f1 is None or f1[2] >= 0), words
+
+
+def _promote(config: RetrainConfig, settings: Settings, stages: dict[str, Any]) -> dict[str, Any]:
+    ok, why = better(stages["eval"])
+    if not ok:
+        return {"promoted": False, "why": why}
+    name = config.triton_model or settings.triton_model
+    repository = (config.model_repository or settings.model_repository_dir) / name
+    versions = sorted(int(p.name) for p in repository.iterdir() if p.is_dir() and p.name.isdigit())
+    if not versions:
+        raise RetrainError(f"{repository} holds no version folder to take model.py from")
+    target = repository / str(versions[-1] + 1)
+    scratch = repository / f".{target.name}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(repository / str(versions[-1]), scratch,
+                    ignore=shutil.ignore_patterns("weights", "__pycache__"))
+    shutil.copytree(config.out / "model", scratch / "weights")
+    scratch.rename(target)  # Triton never sees a half-copied version
+    return {"promoted": True, "why": why, "version_folder": str(target),
+            "triton": _load_on_triton(settings, name)}
+
+
+def _load_on_triton(settings: Settings, model: str) -> str:
+    """Ask a running Triton to (re)load the model, which then serves its newest version; a
+    Triton that is not up loads it when it starts."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        client = grpcclient.InferenceServerClient(settings.triton_address)
+        client.load_model(model)
+        return "loaded"
+    except InferenceServerException as exc:
+        return f"not loaded now ({str(exc).splitlines()[0]}); Triton loads it at its next start"
+
+
+__all__ = ["STAGES", "RetrainConfig", "RetrainError", "better", "run"]

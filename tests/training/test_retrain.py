@@ -1,0 +1,125 @@
+"""`foveal retrain` on a real PostgreSQL: reviews written through the dashboard become a dataset
+snapshot, a retrained model and its lineage in `model_versions`; a rerun repeats nothing; a job
+with nothing to learn from registers nothing; promotion copies a version folder only when the
+new model measured better.
+Run: `.venv/bin/python -m pytest -q tests/training/test_retrain.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from foveal.dashboard import create_app
+from foveal.dashboard.export import ExportFilters
+from foveal.model import loader
+from foveal.storage.models import DatasetSnapshot, ModelVersion
+from foveal.training.retrain import RetrainConfig, RetrainError, run
+from tests.conftest import free_ports
+from tests.dashboard.conftest import Env, dashboard_postgres, env, sign_in  # noqa: F401 (fixtures)
+from tests.dashboard.test_export import _review
+from tests.training.test_readout import _coloured_defects
+
+LINE = "line-retrain"
+
+
+def _counts(env: Env) -> tuple[int, int]:  # noqa: F811
+    with env.sessions() as session:
+        return (session.scalar(select(func.count()).select_from(ModelVersion)) or 0,
+                session.scalar(select(func.count()).select_from(DatasetSnapshot)) or 0)
+
+
+@pytest.fixture(scope="module")
+def reviewed(env: Env) -> Env:  # noqa: F811
+    """Four reviewed inspections on LINE (three defects, one good part) and one not reviewed."""
+    env.add_user("retrainer")
+    with TestClient(create_app(env.settings)) as client:
+        token = sign_in(client, "retrainer")
+        for seed, defect in enumerate(["scratch", "stain", "crack", "none"]):
+            inspection = env.inspection(defect=defect, product="textile", seed=70 + seed, line=LINE)
+            _review(client, token, inspection, "confirm")
+        env.inspection(defect="pit", product="textile", seed=79, line=LINE)
+    return env
+
+
+def _config(tmp_path: Path, model: Path, **extra: object) -> RetrainConfig:
+    options: dict[str, object] = dict(out=tmp_path / "job", model=model, filters=ExportFilters(line=LINE),
+                                      crop_steps=3, crops_per_item=2, crop_batch=4, loop_items=4,
+                                      batch_size=4)
+    return RetrainConfig(**{**options, **extra})  # type: ignore[arg-type]
+
+
+def test_reviews_become_a_snapshot_a_retrained_model_and_its_lineage_and_a_rerun_repeats_nothing(
+        reviewed: Env, micro_tokenizer: object, tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
+    loader.save(loader.create(micro_tokenizer, "micro", seed=0, version="7"), parent)  # type: ignore[arg-type]
+    _coloured_defects(tmp_path / "bench", 4)
+    config = _config(tmp_path, parent, bench=tmp_path / "bench")
+    phases: set[str] = set()
+    state = run(config, reviewed.settings, reviewed.sessions, lambda phase, done, total: phases.add(phase))
+    stages = state["stages"]
+    assert set(stages) == {"export", "tight", "calibrate", "eval", "register"}
+    assert stages["export"]["items"] == 4 and stages["export"]["defects_with_box"] == 3
+    # an untaught model reads no type in the loop, so its reader stays uncalibrated, and says so
+    assert "no answer's type was read" in stages["calibrate"]["skipped"]
+    assert {"fine-tuning the reader on tight looks", "evaluating the parent on bench",
+            "evaluating the new model on bench"} <= phases
+    sha = stages["export"]["labels_sha256"]
+    model = loader.load(config.out / "model")
+    assert model.version == f"7+rt.{sha[:8]}" and model.model.model.visual.reader_backbone is not None
+    assert stages["eval"]["items"] == 4 and set(stages["eval"]["paired"]) >= {"overall_accuracy", "image_f1"}
+    assert (config.out / "eval" / "model" / "predictions.jsonl").read_text().count("\n") == 4
+    with reviewed.sessions() as session:
+        row = session.get(ModelVersion, stages["register"]["model_version_id"])
+        assert row is not None and row.parent is not None and row.dataset_snapshot is not None
+        assert (row.stage, row.version) == ("retrain", model.version)
+        assert (row.parent.version, row.parent.stage) == ("7", "imported")
+        assert row.dataset_snapshot.n_items == 4 and row.dataset_snapshot.content_sha256 == sha
+        assert row.metrics["eval"]["paired"] == stages["eval"]["paired"]
+        assert row.checkpoint_uri == (config.out / "model").resolve().as_uri()
+    counts = _counts(reviewed)
+    again = run(config, reviewed.settings, reviewed.sessions, lambda *_: pytest.fail("a finished stage ran"))
+    assert again == state and _counts(reviewed) == counts
+    with pytest.raises(RetrainError, match="another recipe"):
+        run(_config(tmp_path, parent, crop_steps=5), reviewed.settings, reviewed.sessions)
+
+
+def test_a_job_without_reviewed_defects_registers_nothing_and_leaves_no_folder(
+        reviewed: Env, micro_tokenizer: object, tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
+    loader.save(loader.create(micro_tokenizer, "micro", seed=0), parent)  # type: ignore[arg-type]
+    counts = _counts(reviewed)
+    config = _config(tmp_path, parent, filters=ExportFilters(line="a-line-nobody-reviewed"))
+    with pytest.raises(RetrainError, match="no reviewed defect with a box"):
+        run(config, reviewed.settings, reviewed.sessions)
+    assert _counts(reviewed) == counts and not (config.out / "reviews").exists()
+    assert not (config.out / "retrain.json").exists()
+
+
+def test_promotion_copies_the_next_version_folder_only_when_the_new_model_measured_better(
+        reviewed: Env, tmp_path: Path) -> None:
+    from foveal.training.retrain import _promote
+
+    repository = tmp_path / "repo"
+    (repository / "foveal_vl" / "1" / "weights").mkdir(parents=True)
+    (repository / "foveal_vl" / "1" / "model.py").write_text("# the python backend\n")
+    (tmp_path / "job" / "model").mkdir(parents=True)
+    (tmp_path / "job" / "model" / "foveal.json").write_text(json.dumps({"version": "7+rt.0"}))
+    settings = reviewed.settings.model_copy(update={"triton_url": f"127.0.0.1:{free_ports(1)[0]}"})
+    config = _config(tmp_path, tmp_path / "parent", promote=True, model_repository=repository)
+    worse = {"eval": {"paired": {"overall_accuracy": [-0.01, -0.05, 0.02], "image_f1": [0.0, 0.0, 0.0]}}}
+    assert _promote(config, settings, worse)["promoted"] is False
+    assert sorted(p.name for p in (repository / "foveal_vl").iterdir()) == ["1"]
+    good = {"eval": {"paired": {"overall_accuracy": [0.05, 0.01, 0.09], "image_f1": [0.01, -0.02, 0.04]}}}
+    done = _promote(config, settings, good)
+    assert done["promoted"] is True and "not loaded now" in done["triton"]
+    new = repository / "foveal_vl" / "2"
+    assert (new / "model.py").read_text() == "# the python backend\n"
+    assert json.loads((new / "weights" / "foveal.json").read_text())["version"] == "7+rt.0"
+    assert sorted(p.name for p in (repository / "foveal_vl").iterdir()) == ["1", "2"]
+    with pytest.raises(Exception, match="needs --bench"):
+        run(_config(tmp_path, tmp_path / "parent", promote=True), reviewed.settings, reviewed.sessions)
