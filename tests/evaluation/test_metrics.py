@@ -356,3 +356,16 @@ def test_a_reviewed_sequence_is_judged_against_its_one_box() -> None:
     hit = evaluate([label], [prediction("r1", "crack", 0.9, ops=1, bbox=evidence, frame=2)])
     elsewhere = evaluate([label], [prediction("r1", "crack", 0.9, ops=1, bbox=evidence, frame=1)])
     assert hit.overall.box_hit_rate == 1.0 and elsewhere.overall.box_hit_rate == 0.0
+
+
+def test_paired_differences_are_zero_for_the_same_answers_and_count_a_fixed_item(
+        labels: list[Label], predictions: list[Prediction]) -> None:
+    from foveal.evaluation.metrics import paired_differences
+
+    same = paired_differences(labels, predictions, predictions, resamples=200)
+    assert set(same) == set(metrics_module.INTERVAL_METRICS)
+    assert all(value == (0.0, 0.0, 0.0) for value in same.values())  # the same items drawn for both
+    # the false alarm on g2 gone
+    fixed = [prediction("g2", "none", 0.10) if p.item_id == "g2" else p for p in predictions]
+    diff, low, high = paired_differences(labels, predictions, fixed, resamples=200)["overall_accuracy"]
+    assert diff == pytest.approx(1 / len(labels)) and low >= 0.0 and high > 0.0
