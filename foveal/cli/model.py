@@ -283,7 +283,8 @@ def retrain_command(
     bench: Path | None = typer.Option(None, "--bench", help="Labelled folder both models are evaluated on "
                                       "(FovealBench dev)."),
     bench_limit: int | None = typer.Option(None, "--bench-limit", min=1, help="First N items of --bench."),
-    crop_steps: int = typer.Option(1500, "--crop-steps", min=1, help="Fine-tune steps on tight looks."),
+    crop_steps: int | None = typer.Option(None, "--crop-steps", min=1, help="Fine-tune steps on tight looks "
+                                          "(default: about two passes over them, 100 to 1,500)."),
     crops_per_item: int = typer.Option(6, "--crops-per-item", min=1),
     loop_items: int = typer.Option(500, "--loop-items", min=1,
                                    help="Defective items per folder whose reads calibrate the confidence."),

@@ -69,7 +69,9 @@ class RetrainConfig:
     filters: ExportFilters = field(default_factory=ExportFilters)
     bench: Path | None = None  # a labelled folder both models are evaluated on (FovealBench dev)
     bench_limit: int | None = None
-    crop_steps: int = 1500  # session 26's default fine-tune
+    # fine-tune steps on tight looks; None: about two passes over them (`auto_crop_steps`), as the
+    # default checkpoint's fine-tune made (session 26: 1,500 steps of 24 over 18,900 looks)
+    crop_steps: int | None = None
     crops_per_item: int = 6
     crop_batch: int = 24
     loop_items: int = 500  # defective items per folder whose reads calibrate the confidence
@@ -136,8 +138,9 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
     exported = state.done("export") or state.finish("export", _export(config, settings, sessions, reviews))
     folders = [reviews, *config.data]
     if not state.done("tight"):
-        state.finish("tight", _readout(config, folders, config.model, config.out / "tight", progress,
-                                       crop_steps=config.crop_steps, steps=0))
+        steps = config.crop_steps or auto_crop_steps(folders, config.crops_per_item, config.crop_batch)
+        state.finish("tight", {**_readout(config, folders, config.model, config.out / "tight", progress,
+                                          crop_steps=steps, steps=0), "crop_steps": steps})
     if not state.done("calibrate"):
         try:
             report = _readout(config, folders, config.out / "tight", config.out / "model", progress,
@@ -157,6 +160,21 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
         state.finish("promote", _promote(config, settings, state.data["stages"]))
     result: dict[str, Any] = state.data
     return result
+
+
+def auto_crop_steps(folders: list[Path], crops_per_item: int, batch: int, passes: float = 2.0,
+                    holdout: float = 0.2) -> int:
+    """Steps of `batch` tight looks that make about `passes` passes over the looks the fine-tune
+    cuts (`crops_per_item` per labelled defect box, the held-out share left out), within
+    [100, 1500].
+
+    >>> auto_crop_steps([], 6, 24)
+    100
+    """
+    from foveal.training.readout import defect_boxes
+
+    boxes = sum(len(defect_boxes(label)) for folder in folders for label in read_labels(folder))
+    return int(min(1500, max(100, round(passes * boxes * crops_per_item * (1 - holdout) / batch))))
 
 
 def _export(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Session],

@@ -123,3 +123,11 @@ def test_promotion_copies_the_next_version_folder_only_when_the_new_model_measur
     assert sorted(p.name for p in (repository / "foveal_vl").iterdir()) == ["1", "2"]
     with pytest.raises(Exception, match="needs --bench"):
         run(_config(tmp_path, tmp_path / "parent", promote=True), reviewed.settings, reviewed.sessions)
+
+
+def test_the_docstring_examples_hold() -> None:
+    import doctest
+
+    from foveal.training import retrain
+
+    assert doctest.testmod(retrain).attempted >= 3 and doctest.testmod(retrain).failed == 0
