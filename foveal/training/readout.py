@@ -219,6 +219,17 @@ def crop_accuracy(tower: ConvVisionTower, crops: Crops, rows: list[int], spec: P
     return right / len(rows)
 
 
+def one_cycle(optimizer: torch.optim.Optimizer, lrs: list[float], steps: int
+              ) -> torch.optim.lr_scheduler.LRScheduler:
+    """A one-cycle schedule over `steps` (a tenth warming up, at least one step), or the peak
+    rates throughout for fewer than 3 steps. torch's `OneCycleLR` divides by zero when its
+    warm-up ends on step 0 (10 steps at a tenth), so the warm-up is never shorter than that."""
+    if steps < 3:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lrs, total_steps=steps,
+                                               pct_start=max(0.1, 2.0 / steps))
+
+
 def finetune_on_crops(vlm: VLM, config: ReadoutConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Give the reader a backbone of its own and fine-tune it with the reader on tight looks at
     the labelled defects of the data, the held-out items kept out; returns the report."""
@@ -237,8 +248,7 @@ def finetune_on_crops(vlm: VLM, config: ReadoutConfig, progress: Progress | None
     lrs = [config.crop_lr, 3 * config.crop_lr]
     groups = [{"params": list(m.parameters()), "lr": lr} for m, lr in zip(modules, lrs, strict=True)]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lrs, total_steps=config.crop_steps,
-                                                   pct_start=0.1)
+    schedule = one_cycle(optimizer, lrs, config.crop_steps)
     rng = np.random.default_rng(config.seed)
     pool = np.array(fit_rows)
     losses: list[float] = []

@@ -160,3 +160,18 @@ def test_an_unknown_loop_fit_is_refused_before_any_fine_tuning(micro_tokenizer: 
         run(ReadoutConfig(model=tmp_path / "m", data=[tmp_path], out=tmp_path / "out", crop_steps=5,
                           loop_fit="temprature"), lambda phase, done, total: phases.append(phase))
     assert phases == [] and not (tmp_path / "out").exists()  # nothing cut, nothing fitted, nothing written
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 10, 11, 20, 1500])
+def test_the_fine_tunes_schedule_runs_any_number_of_steps_and_peaks_at_the_rates_given(steps: int) -> None:
+    from foveal.training.readout import one_cycle
+
+    weights = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([{"params": [weights], "lr": 1e-3}])
+    schedule = one_cycle(optimizer, [1e-3], steps)  # torch's own divided by zero at 10 steps
+    seen = []
+    for _ in range(steps):
+        optimizer.step()
+        schedule.step()
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert max(seen) <= 1e-3 * (1 + 1e-9) and (steps < 3 or max(seen) > 0.5e-3)
