@@ -13,7 +13,7 @@ skips what is done, so an interrupted job resumes and a finished one repeats not
 3. **calibrate**: the reader's confidence calibrated on the loop's own reads of those items
    (`--loop-fit temperature`: every type it reads stays; skipped, and said so in the record, when
    the loop reads no type on them), written to `<out>/model` with the version
-   `<parent version>+rt.<first 8 hex of the reviews' labels SHA-256>`;
+   `<parent version>+rt.<8 hex digits of the reviews' labels and the recipe>` (`model_digest`);
 4. **eval** (with `--bench`): the parent and the new model on the same items, the differences
    paired item by item with bootstrap intervals (`metrics.paired_differences`);
 5. **register**: both models in `model_versions` (the parent as `imported` when it is not
@@ -34,6 +34,7 @@ the exported folder as `--data` too, by hand. Which stages run and why is in `do
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -149,7 +150,8 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
             shutil.rmtree(config.out / "model", ignore_errors=True)
             shutil.copytree(config.out / "tight", config.out / "model")
             report = {"skipped": str(exc)}
-        version = f"{_meta(config.model).get('version', '1')}+rt.{exported['labels_sha256'][:8]}"
+        digest = model_digest(config, exported["labels_sha256"])
+        version = f"{_meta(config.model).get('version', '1')}+rt.{digest}"
         _set_meta(config.out / "model", version=version)
         state.finish("calibrate", {**report, "version": version})
     if config.bench is not None and not state.done("eval"):
@@ -160,6 +162,15 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
         state.finish("promote", _promote(config, settings, state.data["stages"]))
     result: dict[str, Any] = state.data
     return result
+
+
+def model_digest(config: RetrainConfig, labels_sha256: str) -> str:
+    """8 hex digits that name what made the model: the reviews' labels and every option that
+    shapes the weights (not the bench, which only measures them). Two jobs on the same reviews
+    with other data or steps get two versions, so neither's record replaces the other's."""
+    recipe = {k: v for k, v in config.recipe().items() if k not in ("bench", "bench_limit")}
+    text = json.dumps({"reviews": labels_sha256, "recipe": recipe}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def auto_crop_steps(folders: list[Path], crops_per_item: int, batch: int, passes: float = 2.0,

@@ -18,7 +18,7 @@ from foveal.dashboard import create_app
 from foveal.dashboard.export import ExportFilters
 from foveal.model import loader
 from foveal.storage.models import DatasetSnapshot, ModelVersion
-from foveal.training.retrain import RetrainConfig, RetrainError, run
+from foveal.training.retrain import RetrainConfig, RetrainError, model_digest, run
 from tests.conftest import free_ports
 from tests.dashboard.conftest import Env, dashboard_postgres, env, sign_in  # noqa: F401 (fixtures)
 from tests.dashboard.test_export import _review
@@ -70,7 +70,8 @@ def test_reviews_become_a_snapshot_a_retrained_model_and_its_lineage_and_a_rerun
             "evaluating the new model on bench"} <= phases
     sha = stages["export"]["labels_sha256"]
     model = loader.load(config.out / "model")
-    assert model.version == f"7+rt.{sha[:8]}" and model.model.model.visual.reader_backbone is not None
+    assert model.version == f"7+rt.{model_digest(config, sha)}"
+    assert model.model.model.visual.reader_backbone is not None
     assert stages["eval"]["items"] == 4 and set(stages["eval"]["paired"]) >= {"overall_accuracy", "image_f1"}
     assert (config.out / "eval" / "model" / "predictions.jsonl").read_text().count("\n") == 4
     with reviewed.sessions() as session:
@@ -86,6 +87,14 @@ def test_reviews_become_a_snapshot_a_retrained_model_and_its_lineage_and_a_rerun
     assert again == state and _counts(reviewed) == counts
     with pytest.raises(RetrainError, match="another recipe"):
         run(_config(tmp_path, parent, crop_steps=5), reviewed.settings, reviewed.sessions)
+    # the same reviews with more data make another version: a row of its own, the first kept
+    other = run(_config(tmp_path, parent, out=tmp_path / "job2", data=(tmp_path / "bench",)),
+                reviewed.settings, reviewed.sessions)["stages"]["register"]
+    assert other["version"] != model.version
+    assert other["model_version_id"] != stages["register"]["model_version_id"]
+    with reviewed.sessions() as session:
+        first = session.get(ModelVersion, stages["register"]["model_version_id"])
+        assert first is not None and first.checkpoint_uri == (config.out / "model").resolve().as_uri()
 
 
 def test_a_job_without_reviewed_defects_registers_nothing_and_leaves_no_folder(
