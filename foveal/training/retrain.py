@@ -45,10 +45,11 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from foveal.dashboard.export import ExportFilters, export_reviews
-from foveal.errors import ConfigError, FovealError
+from foveal.errors import ConfigError, FovealError, StorageError
 from foveal.plant.dataset import read_labels
 from foveal.settings import Settings
 from foveal.storage.models import ModelVersion
@@ -134,6 +135,7 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
     for folder in (*config.data, *([config.bench] if config.bench else [])):
         if not (folder / "labels.jsonl").is_file():
             raise ConfigError(f"{folder} is not a labelled dataset folder (no labels.jsonl)")
+    _reachable(sessions)  # before any work: the job ends by writing to it
     state = _State(config)
     reviews = config.out / "reviews"
     exported = state.done("export") or state.finish("export", _export(config, settings, sessions, reviews))
@@ -162,6 +164,16 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
         state.finish("promote", _promote(config, settings, state.data["stages"]))
     result: dict[str, Any] = state.data
     return result
+
+
+def _reachable(sessions: sessionmaker[Session]) -> None:
+    try:
+        with sessions() as session:
+            session.execute(select(1))
+    except OperationalError as exc:
+        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+        raise StorageError(f"the database cannot be reached ({reason}): start it with `foveal stack up` "
+                           "or set FOVEAL_DATABASE_URL") from exc
 
 
 def model_digest(config: RetrainConfig, labels_sha256: str) -> str:

@@ -140,3 +140,21 @@ def test_the_docstring_examples_hold() -> None:
     from foveal.training import retrain
 
     assert doctest.testmod(retrain).attempted >= 3 and doctest.testmod(retrain).failed == 0
+
+
+def test_an_unreachable_database_stops_the_job_before_any_work(tmp_path: Path) -> None:
+    from foveal.errors import StorageError
+    from foveal.storage.database import make_engine, session_factory
+    from tests.conftest import embedded_settings
+
+    port = free_ports(1)[0]
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/x"  # nothing listens there
+    settings = embedded_settings(tmp_path / "home", database_url=url)
+    engine = make_engine(settings.postgres_url, pool_size=1, max_overflow=0)
+    config = _config(tmp_path, tmp_path / "parent")
+    try:
+        with pytest.raises(StorageError, match="cannot be reached"):
+            run(config, settings, session_factory(engine))
+    finally:
+        engine.dispose()
+    assert not config.out.exists()
