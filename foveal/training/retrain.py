@@ -50,9 +50,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from foveal.dashboard.export import ExportFilters, export_reviews
 from foveal.errors import ConfigError, FovealError, StorageError
-from foveal.plant.dataset import read_labels
+from foveal.model.loader import META_FILE
+from foveal.plant.dataset import MANIFEST_FILE, read_labels
 from foveal.settings import Settings
 from foveal.storage.models import ModelVersion
+from foveal.training.readout import ReadoutConfig, defect_boxes
+from foveal.training.readout import run as readout
 
 STATE_FILE = "retrain.json"
 STAGES = ("export", "tight", "calibrate", "eval", "register", "promote")
@@ -194,8 +197,6 @@ def auto_crop_steps(folders: list[Path], crops_per_item: int, batch: int, passes
     >>> auto_crop_steps([], 6, 24)
     100
     """
-    from foveal.training.readout import defect_boxes
-
     boxes = sum(len(defect_boxes(label)) for folder in folders for label in read_labels(folder))
     return int(min(1500, max(100, round(passes * boxes * crops_per_item * (1 - holdout) / batch))))
 
@@ -211,8 +212,7 @@ def _export(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Se
             done = export_reviews(session, settings, "foveal", reviews, config.filters,
                                   name=f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%S%f}")
             labels = read_labels(reviews)
-            defects = sum(1 for label in labels if label.defect_type != "none"
-                          and (label.bbox is not None or label.frame_boxes))
+            defects = sum(1 for label in labels if defect_boxes(label))  # what the fine-tune can cut
             if not defects and not config.data:
                 raise RetrainError(
                     f"no reviewed defect with a box matches {config.filters.as_json()} ({done.items} "
@@ -221,16 +221,13 @@ def _export(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Se
     except BaseException:
         shutil.rmtree(reviews, ignore_errors=True)
         raise
-    sha = json.loads((reviews / "manifest.json").read_text())["labels_sha256"]
+    sha = json.loads((reviews / MANIFEST_FILE).read_text())["labels_sha256"]
     return {"snapshot_id": done.snapshot_id, "items": done.items, "defects_with_box": defects,
             "skipped": done.skipped, "labels_sha256": sha}
 
 
 def _readout(config: RetrainConfig, folders: list[Path], model: Path, out: Path, progress: Progress | None,
              **options: Any) -> dict[str, Any]:
-    from foveal.training.readout import ReadoutConfig
-    from foveal.training.readout import run as readout
-
     if out.exists():  # an interrupted stage's partial output
         shutil.rmtree(out)
     try:
@@ -243,14 +240,14 @@ def _readout(config: RetrainConfig, folders: list[Path], model: Path, out: Path,
 
 
 def _meta(model: Path) -> dict[str, Any]:
-    path = model / "foveal.json"
+    path = model / META_FILE
     found: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     return found
 
 
 def _set_meta(model: Path, **values: Any) -> None:
     meta = {**_meta(model), **values}
-    (model / "foveal.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (model / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def _evaluate(config: RetrainConfig, progress: Progress | None) -> dict[str, Any]:
