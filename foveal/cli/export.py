@@ -54,11 +54,12 @@ def reviews_command(
 ) -> None:
     """Export reviewed inspections (the reviewer's labels, full frames) as a dataset."""
     from foveal.dashboard.export import ExportFilters, export_reviews
-    from foveal.storage.database import make_engine, session_factory
+    from foveal.storage.database import ensure_reachable, make_engine, session_factory
 
     state: AppState = ctx.obj
     engine = make_engine(state.settings.postgres_url, pool_size=1, max_overflow=0)
     try:
+        ensure_reachable(session_factory(engine))
         with session_factory(engine)() as session, session.begin():
             done = export_reviews(session, state.settings, fmt, out, ExportFilters(line, product))
     finally:

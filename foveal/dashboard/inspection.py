@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, defer, selectinload
 
 from foveal.dashboard.reviews import Box4, Label, current_label, model_label
-from foveal.storage.models import EvidenceCrop, Frame, Inspection, Review, Step
+from foveal.storage.models import EvidenceCrop, Frame, Inspection, ModelVersion, Review, Step
 
 ZOOM = "crop_image_normalized"
 SELECT = "select_frames"
@@ -93,6 +93,7 @@ class InspectionView:
     defect_type: str
     confidence: float
     model: str
+    registered: str | None  # the model_versions row of that model: name, version, stage, parent
     operations: int
     latency_ms: float
     timings: dict[str, Any]
@@ -109,7 +110,8 @@ def load(session: Session, inspection_id: int) -> InspectionView | None:
         select(Inspection).where(Inspection.id == inspection_id).options(
             selectinload(Inspection.frame).selectinload(Frame.blobs),
             selectinload(Inspection.steps).selectinload(Step.crops).options(defer(EvidenceCrop.image)),
-            selectinload(Inspection.reviews))
+            selectinload(Inspection.reviews),
+            selectinload(Inspection.registered_model).selectinload(ModelVersion.parent))
     ).first()
     if inspection is None:
         return None
@@ -127,13 +129,24 @@ def load(session: Session, inspection_id: int) -> InspectionView | None:
         sequence_length=frame.sequence_length, shown_frame=shown,
         model_box_shown=box_on is None or box_on == shown, verdict=inspection.verdict,
         defect_type=inspection.defect_type, confidence=inspection.confidence,
-        model=f"{inspection.model_name}/{inspection.model_version}", operations=inspection.operations,
+        model=f"{inspection.model_name}/{inspection.model_version}",
+        registered=registered(inspection.registered_model), operations=inspection.operations,
         latency_ms=inspection.latency_ms, timings=dict(inspection.timings),
         model_box=model_label(inspection).box, label=current_label(session, inspection),
         steps=steps, zooms=zooms,
         strip=_strip(frame.sequence_length, steps, kept, selection_order(seen, frame.sequence_length)),
         reviews=[_review(r) for r in reversed(inspection.reviews)],
     )
+
+
+def registered(row: ModelVersion | None) -> str | None:
+    """How the model that made an inspection is registered, in words, for the side panel."""
+    if row is None or row.stage == "served":  # `served`: known only by its Triton name and version
+        return None
+    words = f"{row.name} {row.version} ({row.stage}"
+    if row.parent is not None:
+        words += f", from {row.parent.name} {row.parent.version}"
+    return words + ")"
 
 
 def _steps(steps: list[Step]) -> tuple[list[StepView], list[tuple[int, Box4, int]]]:

@@ -307,7 +307,13 @@ class ModelVersion(Base):
     """A registered model checkpoint with its lineage: parent model and training data."""
 
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("name", "version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        # What Triton answers for this model (its model name and version folder), so that every
+        # inspection can name the row of the model that made it.
+        UniqueConstraint("served_model", "served_version"),
+        CheckConstraint("(served_model IS NULL) = (served_version IS NULL)", name="served_pair"),
+    )
 
     id: Mapped[int] = _id()
     name: Mapped[str]
@@ -320,6 +326,9 @@ class ModelVersion(Base):
     config: Mapped[dict[str, Any]] = mapped_column(server_default=EMPTY_JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(server_default=EMPTY_JSON)
     created_at: Mapped[datetime] = _created_at()
+    # Last columns: added by revision 0004 (ALTER TABLE appends).
+    served_model: Mapped[str | None]
+    served_version: Mapped[str | None]
 
     parent: Mapped[ModelVersion | None] = relationship(remote_side=[id])
     dataset_snapshot: Mapped[DatasetSnapshot | None] = relationship()

@@ -5,7 +5,9 @@ commits.
 Every write is idempotent on the frame's `frame_id`: the frame and its inspection are inserted
 with `ON CONFLICT DO NOTHING`, the frame's blob keys (one per image, in order) only by the
 transaction whose frame insert won, and the steps and evidence crops only by the one whose
-inspection insert won, so a replayed frame adds no rows. `notify_inspection`
+inspection insert won, so a replayed frame adds no rows. Each inspection is linked to the
+`model_versions` row of the model Triton answered for it (`served_model_id`), which a model seen
+for the first time gets as a row of stage `served`. `notify_inspection`
 queues a PostgreSQL `NOTIFY` that is delivered when (and only if) the transaction commits.
 Arguments are plain dataclasses; converting protobuf messages to them is the caller's job.
 """
@@ -21,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from foveal.domain import FrameMeta
-from foveal.storage.models import EvidenceCrop, Frame, FrameBlob, Inspection, Step
+from foveal.storage.models import EvidenceCrop, Frame, FrameBlob, Inspection, ModelVersion, Step
 
 # The channel the dashboard LISTENs on; the payload is the inspected frame's id.
 INSPECTIONS_CHANNEL = "foveal_inspections"
@@ -128,6 +130,27 @@ def insert_frame(session: Session, frame: NewFrame) -> bool:
     return True
 
 
+def served_model_id(session: Session, model: str, version: str) -> int | None:
+    """The `model_versions` row of the model Triton serves as `model` version `version`.
+
+    A pair seen for the first time is registered as stage `served` with the checkpoint
+    `triton://<model>/<version>` (`foveal retrain` registers the models it promotes, with their
+    lineage, before they serve). None only when a row of that name and version exists that is
+    not the served one; the inspection is then written unlinked rather than wrongly linked.
+    """
+    def find() -> int | None:
+        return session.scalar(select(ModelVersion.id).where(ModelVersion.served_model == model,
+                                                            ModelVersion.served_version == version))
+
+    found = find()
+    if found is None:
+        session.execute(insert(ModelVersion).values(
+            name=model, version=version, stage="served", checkpoint_uri=f"triton://{model}/{version}",
+            served_model=model, served_version=version).on_conflict_do_nothing())
+        found = find()
+    return found
+
+
 def insert_inspection(session: Session, frame_id: uuid.UUID, inspection: NewInspection) -> int | None:
     """Insert the inspection of `frame_id` with its steps and crops; return its id, or None when
     the frame already had one (then nothing is written)."""
@@ -135,7 +158,9 @@ def insert_inspection(session: Session, frame_id: uuid.UUID, inspection: NewInsp
     values: dict[str, Any] = dict(
         frame_id=frame_id, verdict=inspection.verdict, defect_type=inspection.defect_type,
         confidence=inspection.confidence, model_name=inspection.model_name,
-        model_version=inspection.model_version, operations=inspection.operations,
+        model_version=inspection.model_version,
+        model_version_id=served_model_id(session, inspection.model_name, inspection.model_version),
+        operations=inspection.operations,
         latency_ms=inspection.latency_ms, timings=dict(inspection.timings),
         box_x1=box[0] if box else None, box_y1=box[1] if box else None,
         box_x2=box[2] if box else None, box_y2=box[3] if box else None,

@@ -22,7 +22,9 @@ skips what is done, so an interrupted job resumes and a finished one repeats not
 6. **promote** (with `--promote`, which needs `--bench`): only when the new model's overall
    accuracy on the bench is higher and its image F1 not lower beyond the paired interval, the
    model is copied into the Triton model repository as the next version folder, and Triton, when
-   it is up, is asked to load it (its `latest` policy then serves the new version).
+   it is up, is asked to load it (its `latest` policy then serves the new version). The new
+   model's row records the folder (`served_model`, `served_version`), so the inspections it makes
+   link to it, as those of a parent served from the repository link to the parent's row.
 
 Why the reader and not SFT or RL: with the compact checkpoints every none/defect decision and
 box comes from the tower and the decoder, and the answer's type from the reader, and the reader
@@ -43,16 +45,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from foveal.dashboard.export import ExportFilters, export_reviews
-from foveal.errors import ConfigError, FovealError, StorageError
+from foveal.errors import ConfigError, FovealError
 from foveal.model.loader import META_FILE
 from foveal.plant.dataset import MANIFEST_FILE, read_labels
 from foveal.settings import Settings
+from foveal.storage.database import ensure_reachable
 from foveal.storage.models import ModelVersion
 from foveal.training.readout import ReadoutConfig, defect_boxes
 from foveal.training.readout import run as readout
@@ -138,7 +140,7 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
     for folder in (*config.data, *([config.bench] if config.bench else [])):
         if not (folder / "labels.jsonl").is_file():
             raise ConfigError(f"{folder} is not a labelled dataset folder (no labels.jsonl)")
-    _reachable(sessions)  # before any work: the job ends by writing to it
+    ensure_reachable(sessions)  # before any work: the job ends by writing to it
     state = _State(config)
     reviews = config.out / "reviews"
     exported = state.done("export") or state.finish("export", _export(config, settings, sessions, reviews))
@@ -162,21 +164,11 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
     if config.bench is not None and not state.done("eval"):
         state.finish("eval", _evaluate(config, progress))
     if not state.done("register"):
-        state.finish("register", _register(config, sessions, state.data["stages"]))
+        state.finish("register", _register(config, settings, sessions, state.data["stages"]))
     if config.promote and not state.done("promote"):
-        state.finish("promote", _promote(config, settings, state.data["stages"]))
+        state.finish("promote", _promote(config, settings, sessions, state.data["stages"]))
     result: dict[str, Any] = state.data
     return result
-
-
-def _reachable(sessions: sessionmaker[Session]) -> None:
-    try:
-        with sessions() as session:
-            session.execute(select(1))
-    except OperationalError as exc:
-        reason = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
-        raise StorageError(f"the database cannot be reached ({reason}): start it with `foveal stack up` "
-                           "or set FOVEAL_DATABASE_URL") from exc
 
 
 def model_digest(config: RetrainConfig, labels_sha256: str) -> str:
@@ -290,18 +282,47 @@ def _upsert(session: Session, **row: Any) -> int:
     return found
 
 
-def _register(config: RetrainConfig, sessions: sessionmaker[Session],
+def _repository(config: RetrainConfig, settings: Settings) -> tuple[str, Path]:
+    """The Triton model name and its folder in the model repository."""
+    name = config.triton_model or settings.triton_model
+    return name, (config.model_repository or settings.model_repository_dir) / name
+
+
+def served_as(model: Path, triton_model: str, repository: Path) -> tuple[str, str] | None:
+    """(Triton model, version) when `model` is a version folder's `weights` in `repository`.
+
+    >>> served_as(Path("/r/foveal_vl/3/weights"), "foveal_vl", Path("/r/foveal_vl"))
+    ('foveal_vl', '3')
+    >>> served_as(Path("/work/runs/v9"), "foveal_vl", Path("/r/foveal_vl")) is None
+    True
+    """
+    folder = model.resolve()
+    if (folder.name == "weights" and folder.parent.name.isdigit()
+            and folder.parent.parent == repository.resolve()):
+        return triton_model, folder.parent.name
+    return None
+
+
+def _register(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Session],
               stages: dict[str, Any]) -> dict[str, Any]:
     parent_meta, meta = _meta(config.model), _meta(config.out / "model")
     name = str(meta.get("name", "foveal-vl"))
     parent_name, parent_version = str(parent_meta.get("name", name)), str(parent_meta.get("version", "1"))
+    served = served_as(config.model, *_repository(config, settings))
     with sessions() as session, session.begin():
-        parent = session.scalar(select(ModelVersion.id).where(ModelVersion.name == parent_name,
-                                                              ModelVersion.version == parent_version))
+        parent = None
+        if served is not None:  # the parent serves: the row its inspections link to (maybe `served`)
+            parent = session.scalar(select(ModelVersion.id).where(ModelVersion.served_model == served[0],
+                                                                  ModelVersion.served_version == served[1]))
+        if parent is None:
+            parent = session.scalar(select(ModelVersion.id).where(ModelVersion.name == parent_name,
+                                                                  ModelVersion.version == parent_version))
         if parent is None:  # the model in use was never registered: it enters as imported
             parent = _upsert(session, name=parent_name, version=parent_version, stage="imported",
                              parent_id=None, dataset_snapshot_id=None,
-                             checkpoint_uri=config.model.resolve().as_uri(), config={}, metrics={})
+                             checkpoint_uri=config.model.resolve().as_uri(), config={}, metrics={},
+                             served_model=served[0] if served else None,
+                             served_version=served[1] if served else None)
         metrics = {"tight_looks": stages["tight"].get("tight_looks", {}),
                    "calibration": {k: v for k, v in stages["calibrate"].items() if k != "version"},
                    **({"eval": stages["eval"]} if "eval" in stages else {})}
@@ -331,23 +352,35 @@ def better(evaluation: dict[str, Any]) -> tuple[bool, str]:
     return accuracy[0] > 0 and (f1 is None or f1[2] >= 0), words
 
 
-def _promote(config: RetrainConfig, settings: Settings, stages: dict[str, Any]) -> dict[str, Any]:
+def _promote(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Session],
+             stages: dict[str, Any]) -> dict[str, Any]:
     ok, why = better(stages["eval"])
     if not ok:
         return {"promoted": False, "why": why}
-    name = config.triton_model or settings.triton_model
-    repository = (config.model_repository or settings.model_repository_dir) / name
+    name, repository = _repository(config, settings)
     versions = sorted(int(p.name) for p in repository.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         raise RetrainError(f"{repository} holds no version folder to take model.py from")
-    target = repository / str(versions[-1] + 1)
-    scratch = repository / f".{target.name}.partial"
-    shutil.rmtree(scratch, ignore_errors=True)
-    shutil.copytree(repository / str(versions[-1]), scratch,
-                    ignore=shutil.ignore_patterns("weights", "__pycache__"))
-    shutil.copytree(config.out / "model", scratch / "weights")
-    scratch.rename(target)  # Triton never sees a half-copied version
-    return {"promoted": True, "why": why, "version_folder": str(target),
+    version = stages["calibrate"]["version"]
+    # A job stopped after the copy finds its folder again instead of making another.
+    target = next((repository / str(v) for v in versions
+                   if _meta(repository / str(v) / "weights").get("version") == version), None)
+    if target is None:
+        target = repository / str(versions[-1] + 1)
+        scratch = repository / f".{target.name}.partial"
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.copytree(repository / str(versions[-1]), scratch,
+                        ignore=shutil.ignore_patterns("weights", "__pycache__"))
+        shutil.copytree(config.out / "model", scratch / "weights")
+        scratch.rename(target)  # Triton never sees a half-copied version
+    with sessions() as session, session.begin():  # before Triton loads it: its first inspection links here
+        taken = (ModelVersion.served_model == name) & (ModelVersion.served_version == target.name)
+        row_id = stages["register"]["model_version_id"]
+        session.execute(update(ModelVersion).where(taken, ModelVersion.id != row_id)  # a folder number reused
+                        .values(served_model=None, served_version=None))
+        session.execute(update(ModelVersion).where(ModelVersion.id == row_id)
+                        .values(served_model=name, served_version=target.name))
+    return {"promoted": True, "why": why, "version_folder": str(target), "served_as": [name, target.name],
             "triton": _load_on_triton(settings, name)}
 
 
@@ -365,4 +398,4 @@ def _load_on_triton(settings: Settings, model: str) -> str:
         return f"not loaded now ({str(exc).splitlines()[0]}); Triton loads it at its next start"
 
 
-__all__ = ["STAGES", "RetrainConfig", "RetrainError", "better", "run"]
+__all__ = ["STAGES", "RetrainConfig", "RetrainError", "better", "run", "served_as"]

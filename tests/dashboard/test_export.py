@@ -94,3 +94,21 @@ def test_export_page_answers_a_zip(env: Env, client: TestClient) -> None:
     names = zipfile.ZipFile(io.BytesIO(answer.content)).namelist()
     assert "annotations.json" in names and any(n.startswith("images/") for n in names)
     assert "reviews-" in client.get("/export").text
+
+
+def test_the_export_command_without_a_database_says_so_and_writes_nothing(
+        tmp_path: Path, monkeypatch: object, capsys: object) -> None:
+    import pytest
+
+    from foveal.cli import main
+    from tests.conftest import free_ports
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch) and isinstance(capsys, pytest.CaptureFixture)
+    monkeypatch.setenv("FOVEAL_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{free_ports(1)[0]}/x")
+    monkeypatch.setattr("sys.argv", ["foveal", "export", "reviews", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot be reached" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

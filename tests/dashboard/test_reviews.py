@@ -1,8 +1,9 @@
 """Review actions and the pages that show evidence, on the real PostgreSQL: each action stores
 one row with who, when, what and the label after it; a double submit (same request_id) adds
 nothing and answers the same row; the inspection page draws every zoom numbered in order and
-shows the crops and steps; frame and crop images come through the media endpoints; the
-statistics page computes the false-reject rate and confusion matrix from the reviews.
+shows the crops, the steps and the registered model that made the inspection; frame and crop
+images come through the media endpoints; the statistics page computes the false-reject rate
+and confusion matrix from the reviews.
 Run: `.venv/bin/python -m pytest -q tests/dashboard/test_reviews.py`.
 """
 
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from foveal.dashboard import stats as figures
-from foveal.storage.models import Review
+from foveal.storage.models import ModelVersion, Review
 from tests.dashboard.conftest import Env, sign_in
 
 
@@ -122,6 +123,23 @@ def test_inspection_page_shows_numbered_zooms_crops_and_steps(env: Env, client: 
     frame = client.get(f"/media/frames/{inspection}")
     assert frame.status_code == 200 and frame.content[:4] == b"\x89PNG"
     assert client.get("/media/crops/999999").status_code == 404
+
+
+def test_inspection_page_names_the_registered_model_and_its_parent(env: Env, client: TestClient) -> None:
+    env.add_user("lineage")
+    sign_in(client, "lineage")
+    with env.sessions() as session, session.begin():
+        parent = ModelVersion(name="foveal-vl", version="9-tight", stage="sft", checkpoint_uri="file:///p")
+        session.add(parent)
+        session.flush()
+        session.add(ModelVersion(name="foveal-vl", version="9-tight+rt.ab12", stage="retrain",
+                                 checkpoint_uri="file:///r", parent_id=parent.id,
+                                 served_model="foveal_vl", served_version="41"))
+    page = client.get(f"/inspections/{env.inspection(seed=3, model_version='41')}")
+    assert "foveal_vl/41" in page.text
+    assert "foveal-vl 9-tight+rt.ab12 (retrain, from foveal-vl 9-tight)" in page.text
+    plain = client.get(f"/inspections/{env.inspection(seed=4, model_version='42')}")  # first seen: `served`
+    assert "foveal_vl/42" in plain.text and "(served" not in plain.text
 
 
 def test_statistics_from_reviews(env: Env, client: TestClient) -> None:

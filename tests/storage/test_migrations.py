@@ -160,6 +160,42 @@ def test_0003_copies_each_frames_blob_key_to_position_0_and_its_downgrade_keeps_
         engine.dispose()
 
 
+def test_0004_links_existing_inspections_to_a_row_per_served_model_and_its_downgrade_unlinks_them(
+        fresh_database_url: str) -> None:
+    migrate.upgrade(fresh_database_url, "0003")
+    engine = create_engine(fresh_database_url, poolclass=NullPool)
+    frames = [uuid.uuid4() for _ in range(3)]
+    try:
+        with engine.begin() as conn:
+            for frame_id, version in zip(frames, ["1", "1", "2"], strict=True):
+                conn.execute(text(
+                    "INSERT INTO frames (frame_id, line, station, camera, part_serial, product, captured_at,"
+                    " mime_type) VALUES (:id, 'L1', 'S1', 'top', 'P-1', 'pcb', now(), 'image/png')"),
+                    {"id": frame_id})
+                conn.execute(text(
+                    "INSERT INTO inspections (frame_id, verdict, defect_type, confidence, model_name,"
+                    " model_version, operations, latency_ms) VALUES (:id, 'ok', 'none', 0.9, 'foveal_vl',"
+                    " :v, 1, 90.0)"), {"id": frame_id, "v": version})
+        assert migrate.upgrade(fresh_database_url) == _head()
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT i.model_version, m.stage, m.served_model, m.served_version, m.checkpoint_uri"
+                " FROM inspections i JOIN model_versions m ON m.id = i.model_version_id"
+                " ORDER BY i.model_version")).all()
+            assert conn.scalar(text("SELECT count(*) FROM model_versions")) == 2
+        assert [tuple(r) for r in rows] == [
+            ("1", "served", "foveal_vl", "1", "triton://foveal_vl/1"),
+            ("1", "served", "foveal_vl", "1", "triton://foveal_vl/1"),
+            ("2", "served", "foveal_vl", "2", "triton://foveal_vl/2")]
+
+        assert migrate.downgrade(fresh_database_url, "0003") == "0003"
+        with engine.connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM model_versions")) == 0
+            assert conn.scalar(text("SELECT count(*) FROM inspections WHERE model_version_id IS NULL")) == 3
+    finally:
+        engine.dispose()
+
+
 def test_concurrent_upgrades_apply_each_revision_once(fresh_database_url: str) -> None:
     # Several services may start at once against one empty database; the advisory lock in
     # env.py makes the later ones wait and then find nothing to do. The workers import first

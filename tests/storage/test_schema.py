@@ -26,7 +26,7 @@ from foveal.domain import FrameMeta
 from foveal.storage import migrate
 from foveal.storage import repository as repo
 from foveal.storage.database import make_engine, session_factory
-from foveal.storage.models import EvidenceCrop, Frame, FrameBlob, Inspection, Review, Step
+from foveal.storage.models import EvidenceCrop, Frame, FrameBlob, Inspection, ModelVersion, Review, Step
 
 CAPTURED_AT = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
 
@@ -112,6 +112,51 @@ def _blob_rows(sessions: sessionmaker[Session], frame_id: uuid.UUID) -> list[tup
         rows = session.execute(select(FrameBlob.position, FrameBlob.blob_key)
                                .where(FrameBlob.frame_id == frame_id).order_by(FrameBlob.position))
         return [(position, key) for position, key in rows]
+
+
+def _served_inspection(version: str) -> repo.NewInspection:
+    return repo.NewInspection(verdict="ok", defect_type="none", confidence=0.9, box=None,
+                              model_name="foveal_vl", model_version=version, operations=1,
+                              latency_ms=100.0, timings={})
+
+
+def test_each_inspection_links_to_the_row_of_the_model_that_served_it(
+        sessions: sessionmaker[Session]) -> None:
+    frames = [_new_frame([f"k{n}"]) for n in range(3)]
+    with sessions() as session, session.begin():
+        ids = []
+        for frame, version in zip(frames, ["1", "1", "2"], strict=True):
+            repo.insert_frame(session, frame)
+            ids.append(repo.insert_inspection(session, frame.meta.frame_id, _served_inspection(version)))
+        # a replay of the first frame writes nothing and registers nothing more
+        assert repo.insert_inspection(session, frames[0].meta.frame_id, _served_inspection("1")) is None
+    with sessions() as session:
+        links = [session.get(Inspection, i).model_version_id for i in ids]  # type: ignore[union-attr]
+        rows = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
+    assert links[0] == links[1] != links[2] and None not in links
+    assert [(r.id, r.name, r.version, r.stage, r.checkpoint_uri, r.served_model, r.served_version)
+            for r in rows] == [
+        (links[0], "foveal_vl", "1", "served", "triton://foveal_vl/1", "foveal_vl", "1"),
+        (links[2], "foveal_vl", "2", "served", "triton://foveal_vl/2", "foveal_vl", "2")]
+
+
+def test_an_inspection_links_to_a_registered_model_by_what_triton_serves_it_as(
+        sessions: sessionmaker[Session]) -> None:
+    frame = _new_frame(["k"])
+    with sessions() as session, session.begin():
+        session.add(ModelVersion(name="foveal-vl", version="9+rt.1", stage="retrain", checkpoint_uri="file:///m",
+                                 served_model="foveal_vl", served_version="3"))
+    with sessions() as session, session.begin():
+        repo.insert_frame(session, frame)
+        inspection_id = repo.insert_inspection(session, frame.meta.frame_id, _served_inspection("3"))
+    with sessions() as session:
+        inspection = session.get(Inspection, inspection_id)
+        assert inspection is not None and inspection.registered_model is not None
+        assert inspection.registered_model.version == "9+rt.1"
+        assert session.scalar(select(func.count()).select_from(ModelVersion)) == 1
+    with sessions() as session, session.begin(), pytest.raises(IntegrityError, match="served_pair"):
+        session.add(ModelVersion(name="x", version="1", stage="served", checkpoint_uri="-", served_model="x"))
+        session.flush()
 
 
 def test_a_sequence_keeps_every_blob_key_once_in_order(sessions: sessionmaker[Session]) -> None:

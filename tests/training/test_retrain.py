@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from foveal.dashboard import create_app
 from foveal.dashboard.export import ExportFilters
 from foveal.model import loader
-from foveal.storage.models import DatasetSnapshot, ModelVersion
+from foveal.storage.models import DatasetSnapshot, Inspection, ModelVersion
 from foveal.training.retrain import RetrainConfig, RetrainError, model_digest, run
 from tests.conftest import free_ports
 from tests.dashboard.conftest import Env, dashboard_postgres, env, sign_in  # noqa: F401 (fixtures)
@@ -97,6 +97,23 @@ def test_reviews_become_a_snapshot_a_retrained_model_and_its_lineage_and_a_rerun
         assert first is not None and first.checkpoint_uri == (config.out / "model").resolve().as_uri()
 
 
+def test_a_parent_served_from_the_model_repository_is_the_row_its_inspections_already_link_to(
+        reviewed: Env, micro_tokenizer: object, tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    parent = repository / "foveal_vl" / "1" / "weights"  # what Triton serves as foveal_vl version 1
+    loader.save(loader.create(micro_tokenizer, "micro", seed=0, version="7"), parent)  # type: ignore[arg-type]
+    stages = run(_config(tmp_path, parent, model_repository=repository),
+                 reviewed.settings, reviewed.sessions)["stages"]
+    with reviewed.sessions() as session:
+        served = session.scalar(select(ModelVersion).where(ModelVersion.served_model == "foveal_vl",
+                                                           ModelVersion.served_version == "1"))
+        assert served is not None and served.stage == "served"  # registered when ingest first saw it
+        linked = session.scalar(select(func.count()).select_from(Inspection)
+                                .where(Inspection.model_version_id == served.id))
+        row = session.get(ModelVersion, stages["register"]["model_version_id"])
+        assert row is not None and row.parent_id == served.id and linked
+
+
 def test_a_job_without_reviewed_defects_registers_nothing_and_leaves_no_folder(
         reviewed: Env, micro_tokenizer: object, tmp_path: Path) -> None:
     parent = tmp_path / "parent"
@@ -120,16 +137,30 @@ def test_promotion_copies_the_next_version_folder_only_when_the_new_model_measur
     (tmp_path / "job" / "model" / "foveal.json").write_text(json.dumps({"version": "7+rt.0"}))
     settings = reviewed.settings.model_copy(update={"triton_url": f"127.0.0.1:{free_ports(1)[0]}"})
     config = _config(tmp_path, tmp_path / "parent", promote=True, model_repository=repository)
-    worse = {"eval": {"paired": {"overall_accuracy": [-0.01, -0.05, 0.02], "image_f1": [0.0, 0.0, 0.0]}}}
-    assert _promote(config, settings, worse)["promoted"] is False
+    with reviewed.sessions() as session, session.begin():
+        row = ModelVersion(name="foveal-vl", version="7+rt.0", stage="retrain", checkpoint_uri="file:///job")
+        session.add(row)
+        session.flush()
+        done_before = {"calibrate": {"version": "7+rt.0"}, "register": {"model_version_id": row.id}}
+    worse = {**done_before, "eval": {"paired": {"overall_accuracy": [-0.01, -0.05, 0.02],
+                                                "image_f1": [0.0, 0.0, 0.0]}}}
+    assert _promote(config, settings, reviewed.sessions, worse)["promoted"] is False
     assert sorted(p.name for p in (repository / "foveal_vl").iterdir()) == ["1"]
-    good = {"eval": {"paired": {"overall_accuracy": [0.05, 0.01, 0.09], "image_f1": [0.01, -0.02, 0.04]}}}
-    done = _promote(config, settings, good)
+    good = {**done_before, "eval": {"paired": {"overall_accuracy": [0.05, 0.01, 0.09],
+                                               "image_f1": [0.01, -0.02, 0.04]}}}
+    done = _promote(config, settings, reviewed.sessions, good)
     assert done["promoted"] is True and "not loaded now" in done["triton"]
     new = repository / "foveal_vl" / "2"
     assert (new / "model.py").read_text() == "# the python backend\n"
     assert json.loads((new / "weights" / "foveal.json").read_text())["version"] == "7+rt.0"
     assert sorted(p.name for p in (repository / "foveal_vl").iterdir()) == ["1", "2"]
+    # the row now answers for what Triton serves from that folder; a job stopped after the copy
+    # and run again finds its folder instead of making a third
+    assert _promote(config, settings, reviewed.sessions, good)["version_folder"] == str(new)
+    assert sorted(p.name for p in (repository / "foveal_vl").iterdir()) == ["1", "2"]
+    with reviewed.sessions() as session:
+        promoted = session.get(ModelVersion, done_before["register"]["model_version_id"])
+        assert promoted is not None and (promoted.served_model, promoted.served_version) == ("foveal_vl", "2")
     with pytest.raises(Exception, match="needs --bench"):
         run(_config(tmp_path, tmp_path / "parent", promote=True), reviewed.settings, reviewed.sessions)
 
