@@ -1,7 +1,8 @@
 """What stage 0 buys: the same SFT run with and without vision pre-training, dev curves in one figure.
 
 Both runs use the same data, trajectories, tokenizer size, SFT steps and seed; "without" skips
-stage 0, so SFT trains on a randomly initialised (frozen) backbone's maps. Writes
+stage 0 and trains the randomly initialised backbone in SFT along with the rest
+(`--train-backbone`), so SFT has to learn to see from the trajectories alone. Writes
 `<out>/stage0_ablation.png` and prints a table; the last line is one JSON object with the
 figures, the commit and the machine.
 
@@ -34,6 +35,7 @@ def main() -> None:
     for name, pretrain_steps in (("with stage 0", args.pretrain_steps), ("without stage 0", 0)):
         config = SFTConfig(data=args.data, dev=args.dev, out=args.out / name.replace(" ", "-"),
                            max_items=args.items, steps=args.steps, pretrain_steps=pretrain_steps,
+                           train_backbone=pretrain_steps == 0,
                            eval_every=max(1, args.steps // 5), dev_items=80, dev_loop_items=40)
         reports[name] = run(config)
     plot_curves(reports["with stage 0"], args.out / "stage0_ablation.png",

@@ -98,6 +98,9 @@ def train_sft(
                                        help="First SFT steps on caption examples alone."),
     freeze_merger: bool = typer.Option(False, "--freeze-merger/--train-merger",
                                        help="Keep the vision merger at its initialisation."),
+    train_backbone: bool = typer.Option(False, "--train-backbone/--freeze-backbone",
+                                        help="Train the vision backbone in SFT too (frozen after stage 0 "
+                                             "otherwise); for SFT without stage 0."),
     self_correction: bool = typer.Option(True, "--self-correction/--no-self-correction",
                                          help="Trajectories with wrong or over-large operations first "
                                               "(off: every zoom is single pass; the RL ablation)."),
@@ -127,7 +130,8 @@ def train_sft(
     config = SFTConfig(data=data, out=out, dev=dev, preset=preset, steps=steps, batch_size=batch_size, lr=lr,
                        pretrain_steps=pretrain_steps, pretrain_batch=pretrain_batch,
                        pretrain_side=pretrain_side, pretrain_lr=pretrain_lr, init=init,
-                       freeze_merger=freeze_merger, caption_warmup=caption_warmup,
+                       freeze_merger=freeze_merger, train_backbone=train_backbone,
+                       caption_warmup=caption_warmup,
                        max_items=max_items, trajectories_per_item=per_item,
                        vocab_size=vocab_size, seed=seed, version=version, decision_weight=decision_weight,
                        eval_every=eval_every, dev_loop_items=dev_loop_items, look_hints=look_hints,

@@ -82,6 +82,9 @@ class SFTConfig:
     # tokens to one constant vector (between-image spread ~2 % of their norm) before the decoder
     # had learned to read them
     freeze_merger: bool = False
+    # train the vision backbone in SFT too (it is otherwise frozen after stage 0): what SFT without
+    # stage 0 has to do, learn to see from the trajectories alone (`bench/stage0_ablation.py`)
+    train_backbone: bool = False
     # the first steps train on caption examples alone: their few words are learned at once, so
     # what is left of the loss is the image (LLaVA's alignment stage before instruction tuning)
     caption_warmup: int = 0
@@ -237,11 +240,14 @@ def dev_loss(vlm: VLM, examples: Sequence[Example], batch_size: int) -> float:
     return sum(losses) / max(1, len(losses))
 
 
-def trainable(vlm: VLM, freeze_merger: bool = False) -> list[torch.nn.Parameter]:
-    """Merger and decoder; the stage-0 backbone (and its cell head) stays frozen, and with
-    `freeze_merger` the merger too (its random projection keeps images apart)."""
+def trainable(vlm: VLM, freeze_merger: bool = False,
+              train_backbone: bool = False) -> list[torch.nn.Parameter]:
+    """Merger and decoder; the stage-0 backbone (and its cell head) stays frozen unless
+    `train_backbone`, and with `freeze_merger` the merger too (its random projection keeps images
+    apart)."""
     tower = vlm.model.model.visual
-    frozen = {id(p) for p in tower.backbone_parameters()} if isinstance(tower, ConvVisionTower) else set()
+    frozen = {id(p) for p in tower.backbone_parameters()} \
+        if isinstance(tower, ConvVisionTower) and not train_backbone else set()
     if freeze_merger and isinstance(tower, ConvVisionTower):
         frozen |= {id(p) for m in (tower.merger_in, tower.merger) for p in m.parameters()}
     return [p for p in vlm.model.parameters() if id(p) not in frozen]
@@ -277,7 +283,7 @@ def train_steps(vlm: VLM, train: Sequence[Example], dev: Sequence[Example], conf
                 report: SFTReport, progress: Progress, state_file: Path | None = None,
                 start: int = 0, optimizer: torch.optim.Optimizer | None = None,
                 dev_loop: DevLoop | None = None) -> None:
-    params = trainable(vlm, config.freeze_merger)
+    params = trainable(vlm, config.freeze_merger, config.train_backbone)
     optimizer = optimizer or torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.95))
     rng = random.Random(config.seed + start)
     by_length = sorted(range(len(train)), key=lambda i: len(train[i].chunk))
@@ -416,7 +422,8 @@ def run(config: SFTConfig, progress: Progress = _noop, resume: bool = True) -> S
     if resume and state_file.is_file():
         state = torch.load(state_file, weights_only=False)
         vlm.model.load_state_dict(state["model"])
-        optimizer = torch.optim.AdamW(trainable(vlm, config.freeze_merger), lr=config.lr, weight_decay=0.01,
+        params = trainable(vlm, config.freeze_merger, config.train_backbone)
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01,
                                       betas=(0.9, 0.95))
         optimizer.load_state_dict(state["optimizer"])
         report, start = SFTReport(**state["report"]), int(state["step"])

@@ -138,7 +138,8 @@ def test_a_run_from_an_older_layout_gains_type_and_coordinate_embeddings_and_its
         assert not torch.equal(head, embedding)  # trained apart
 
 
-def test_freeze_merger_leaves_only_the_decoder_trainable(micro_vlm) -> None:  # type: ignore[no-untyped-def]
+def test_the_backbone_is_frozen_unless_asked_and_freeze_merger_leaves_the_decoder(  # type: ignore[no-untyped-def]
+        micro_vlm) -> None:
     from foveal.training.sft import trainable
 
     tower = micro_vlm.model.model.visual
@@ -148,6 +149,9 @@ def test_freeze_merger_leaves_only_the_decoder_trainable(micro_vlm) -> None:  # 
     frozen_merger = {id(p) for p in trainable(micro_vlm, freeze_merger=True)}
     assert merger <= trained and not backbone & trained
     assert not merger & frozen_merger and frozen_merger == trained - merger
+    # SFT without stage 0 trains the backbone too: it has to learn to see
+    everything = {id(p) for p in trainable(micro_vlm, train_backbone=True)}
+    assert everything == trained | backbone
 
 
 def test_caption_warmup_steps_train_on_captions_alone(micro_model: Path, tiny_data: Path,
