@@ -19,6 +19,7 @@ from pathlib import Path
 
 from render_throughput import git_commit  # type: ignore[import-not-found]
 
+from foveal.cli.model import Phases, progress_bar
 from foveal.training.sft import SFTConfig, plot_curves, run
 
 
@@ -37,7 +38,8 @@ def main() -> None:
                            max_items=args.items, steps=args.steps, pretrain_steps=pretrain_steps,
                            train_backbone=pretrain_steps == 0,
                            eval_every=max(1, args.steps // 5), dev_items=80, dev_loop_items=40)
-        reports[name] = run(config)
+        with progress_bar() as bar:
+            reports[name] = run(config, Phases(bar))
     plot_curves(reports["with stage 0"], args.out / "stage0_ablation.png",
                 others={"without stage 0": reports["without stage 0"]})
     print(f"{'run':<18} {'dev loss':>9} {'dev type acc':>13} {'dev RaPR':>9}")

@@ -35,7 +35,8 @@ train_app = typer.Typer(help="Train the reasoning model.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
-def _bar() -> Progress:
+def progress_bar() -> Progress:
+    """The bar training and evaluation commands (and `bench/` scripts) show their phases on."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console)
 
@@ -51,7 +52,7 @@ class RLTarget(StrEnum):
     both = "both"
 
 
-class _Phases:
+class Phases:
     """Maps the trainer's (phase, done, total) callbacks onto rich tasks; when stderr is not a
     terminal (CI, nohup), it logs a line every tenth of each phase instead."""
 
@@ -141,8 +142,8 @@ def train_sft(
                                      seq_look=seq_look)
     if not self_correction:
         config.mix = config.mix.without_correction()
-    with _bar() as bar:
-        report = run(config, _Phases(bar))
+    with progress_bar() as bar:
+        report = run(config, Phases(bar))
     last = report.dev_loss[-1][1] if report.dev_loss else float("nan")
     console.print(f"trained {report.steps} steps on {report.examples} examples; dev loss {last:.4f}; "
                   f"time {report.seconds.get('total', 0):.0f} s; model in {out}")
@@ -213,8 +214,8 @@ def train_rl(
                       kind=kind.value if kind else None, dev_items=dev_items, eval_every=eval_every,
                       seed=seed, look_first=look_first, train=train.value, reader_lr=reader_lr,
                       reader_weight_decay=reader_weight_decay, greedy_decoder=greedy_decoder)
-    with _bar() as bar:
-        rows = run(config, _Phases(bar))
+    with progress_bar() as bar:
+        rows = run(config, Phases(bar))
     last = rows[-1] if rows else {}
     console.print(f"{len(rows)} episodes; last: accuracy {last.get('accuracy', float('nan')):.3f}, "
                   f"RaPR {last.get('rapr', float('nan')):.3f}, uniform groups "
@@ -254,8 +255,8 @@ def readout_command(
                            steps=steps, lr=lr, weight_decay=weight_decay, holdout=holdout, seed=seed,
                            crop_steps=crop_steps, crops_per_item=crops_per_item, crop_batch=crop_batch,
                            crop_lr=crop_lr, loop_fit=loop_fit)
-    with _bar() as bar:
-        report = run(config, _Phases(bar))
+    with progress_bar() as bar:
+        report = run(config, Phases(bar))
     if "tight_looks" in report:
         tight = report["tight_looks"]
         console.print(f"tight looks: {tight['crops']} crops of {tight['items']} items; held-out accuracy "
@@ -311,8 +312,8 @@ def retrain_command(
                            crops_per_item=crops_per_item, loop_items=loop_items, promote=promote, seed=seed)
     engine = make_engine(settings.postgres_url, pool_size=1, max_overflow=0)
     try:
-        with _bar() as bar:
-            state = run(config, settings, session_factory(engine), _Phases(bar))
+        with progress_bar() as bar:
+            state = run(config, settings, session_factory(engine), Phases(bar))
     finally:
         engine.dispose()
     stages = state["stages"]
@@ -377,7 +378,7 @@ def eval_command(
     results = {}
     out.mkdir(parents=True, exist_ok=True)
     for ops_off in runs:
-        with _bar() as bar:
+        with progress_bar() as bar:
             task = bar.add_task("eval --no-ops" if ops_off else "eval", total=None)
 
             def advance(done: int, total: int, bar: Progress = bar, task: TaskID = task) -> None:
@@ -437,7 +438,7 @@ def predict_command(
                                  look_first=look_first))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    with tmp.open("w") as sink, _bar() as bar:
+    with tmp.open("w") as sink, progress_bar() as bar:
         task = bar.add_task("predict", total=len(items))
 
         def write(trace: Trace) -> None:
