@@ -58,9 +58,10 @@ def reviews_command(
 
     state: AppState = ctx.obj
     engine = make_engine(state.settings.postgres_url, pool_size=1, max_overflow=0)
+    sessions = session_factory(engine)
     try:
-        ensure_reachable(session_factory(engine))
-        with session_factory(engine)() as session, session.begin():
+        ensure_reachable(sessions)
+        with sessions() as session, session.begin():
             done = export_reviews(session, state.settings, fmt, out, ExportFilters(line, product))
     finally:
         engine.dispose()
