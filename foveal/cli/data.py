@@ -26,7 +26,8 @@ def generate(
     n: int = typer.Option(200, "--n", min=0, help="Number of single frames."),
     sequences: int = typer.Option(0, "--sequences", min=0, help="Number of multi-frame sequences."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same data, byte for byte."),
-    products: list[str] = typer.Option([], "--product", help="Limit to these products (repeatable)."),
+    products: list[str] = typer.Option([], "--product", help="Limit to these products (repeatable); also "
+                                       "the held-out surfaces wood, ceramic_tile, rendered only when named."),
     defect_share: float = typer.Option(0.7, "--defect-share", min=0.0, max=1.0,
                                        help="Share of frames with a defect."),
     size: int | None = typer.Option(None, "--size", help="Long side in px (default: 1024–2048 drawn)."),

@@ -32,7 +32,7 @@ from foveal.plant.dataset import BoxN, DatasetError, DatasetWriter, Difficulty
 from foveal.plant.imaging import U8Image, u8
 from foveal.plant.render import DIFFICULTIES, FrameSpec, render_frame
 from foveal.plant.sequence import SequenceSpec, render_sequence
-from foveal.plant.surfaces import PRODUCTS
+from foveal.plant.surfaces import PRODUCTS, RENDERERS
 
 log = logging.getLogger(__name__)
 GRAYSCALE_SHARE = 0.2  # share of items from a monochrome camera
@@ -340,9 +340,9 @@ def generate(
 
 
 def _check(products: list[str], defect_share: float, image_ext: str) -> list[str]:
-    unknown = [p for p in products if p not in PRODUCTS]
+    unknown = [p for p in products if p not in RENDERERS]
     if unknown or not products:
-        raise DatasetError(f"unknown products {unknown}; known: {', '.join(PRODUCTS)}")
+        raise DatasetError(f"unknown products {unknown}; known: {', '.join(RENDERERS)}")
     if not 0.0 <= defect_share <= 1.0:
         raise DatasetError(f"defect_share {defect_share} must be within [0, 1]")
     if image_ext not in (".png", ".jpg"):

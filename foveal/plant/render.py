@@ -42,7 +42,7 @@ from foveal.plant.imaging import (
     prepare,
     sensor_noise,
 )
-from foveal.plant.surfaces import PRODUCTS, BoolArray, FloatArray, Rng, Surface, f32, shade
+from foveal.plant.surfaces import RENDERERS, BoolArray, FloatArray, Rng, Surface, f32, shade
 
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "hard", "tiny")
 ASPECTS = (1.0, 1.25, 4 / 3, 1.5, 1.6, 16 / 9)
@@ -68,8 +68,8 @@ class FrameSpec:
 
 def check_spec(product: str, defect_type: str, difficulty: str, size: int | None) -> None:
     """The checks a frame or sequence spec shares; a ValueError names what is wrong."""
-    if product not in PRODUCTS:
-        raise ValueError(f"unknown product {product!r}; known: {', '.join(PRODUCTS)}")
+    if product not in RENDERERS:
+        raise ValueError(f"unknown product {product!r}; known: {', '.join(RENDERERS)}")
     if defect_type not in DEFECT_TYPES:
         raise ValueError(f"unknown defect type {defect_type!r}; known: {', '.join(DEFECT_TYPES)}")
     if difficulty not in DIFFICULTIES:
@@ -186,7 +186,7 @@ def render_clean(spec: FrameSpec) -> RenderedFrame:
 def _render(spec: FrameSpec, *, with_defect: bool, with_clean: bool) -> RenderedFrame:
     layout, surface_rng, defect_rng, camera_rng = streams(spec.seed)
     h, w = frame_shape(layout, spec.size)
-    surface = PRODUCTS[spec.product](surface_rng, h, w)
+    surface = RENDERERS[spec.product](surface_rng, h, w)
     drawn_options = CameraOptions.random(camera_rng)  # always drawn, so the stream stays aligned
     options = spec.options if spec.options is not None else matte_glare(drawn_options, surface)
     radiance = surface.image

@@ -37,7 +37,7 @@ from foveal.plant.render import (
     redraw_seed,
     streams,
 )
-from foveal.plant.surfaces import PRODUCTS, BoolArray, FloatArray, Light, Rng, Surface, shade
+from foveal.plant.surfaces import RENDERERS, BoolArray, FloatArray, Light, Rng, Surface, shade
 
 SequenceKind = Literal["conveyor", "rotation", "lighting"]
 VIEW_HALF_DEG = 70.0  # a rotating part is seen from -70° to +70° around the line of sight
@@ -50,6 +50,8 @@ PRODUCT_KINDS: dict[str, tuple[SequenceKind, ...]] = {
     "pcb": ("conveyor", "lighting"),
     "textile": ("conveyor", "rotation"),
     "painted_panel": ("conveyor", "rotation", "lighting"),
+    "wood": ("conveyor", "lighting"),  # boards ride a conveyor, they do not turn
+    "ceramic_tile": ("conveyor", "lighting"),
 }
 
 
@@ -208,7 +210,7 @@ def _conveyor(job: Job) -> tuple[list[U8Image], list[BoolArray]]:
     wholly outside the others (a jitter of up to 8 px per frame is kept clear of it)."""
     m = int(job.layout.integers(3, 5))
     step = job.w // m
-    canvas = PRODUCTS[job.spec.product](job.surface_rng, job.h, job.w + (job.n - 1) * step + 8)
+    canvas = RENDERERS[job.spec.product](job.surface_rng, job.h, job.w + (job.n - 1) * step + 8)
     radiance = canvas.image
     mask = np.zeros(canvas.material.shape, bool)
     shifts = [k * step + int(job.layout.integers(0, 9)) for k in range(job.n)]
@@ -252,7 +254,7 @@ def _rotation(job: Job) -> tuple[list[U8Image], list[BoolArray]]:
     j = min(j, job.n - 1)
     step = 2 * VIEW_HALF_DEG / j
     arc = (job.n - 1) * step + 2 * VIEW_HALF_DEG
-    canvas = PRODUCTS[job.spec.product](job.surface_rng, job.h, int(radius * math.radians(arc)) + 2)
+    canvas = RENDERERS[job.spec.product](job.surface_rng, job.h, int(radius * math.radians(arc)) + 2)
     radiance = canvas.image
     mask = np.zeros(canvas.material.shape, bool)
     if job.defective:
@@ -306,7 +308,7 @@ def _lighting(job: Job) -> tuple[list[U8Image], list[BoolArray]]:
     """A static part under a dome light (relief vanishes) and grazing lights from turning
     directions (relief shows, a scratch least when lit along its length). Which frames show
     the defect is measured: a zoom contrast of at least VISIBLE_ZOOM."""
-    surface = PRODUCTS[job.spec.product](job.surface_rng, job.h, job.w)
+    surface = RENDERERS[job.spec.product](job.surface_rng, job.h, job.w)
     domes = set(
         job.layout.choice(job.n, size=int(job.layout.integers(2, job.n // 2 + 1)), replace=False).tolist()
     )

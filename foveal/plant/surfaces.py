@@ -5,7 +5,8 @@ field in pixels whose slopes shade that albedo under the scene's key light, a fi
 metallic, how glossy) and a material mask of where a defect may sit (not in holes, not on
 components). Defects edit albedo and height; `shade()` turns both into the radiance the camera
 sees, so a dent bends the shading and a scratch's ridge catches the light. `PRODUCTS` maps each
-product name to its `render_<name>(rng, height, width)`; every call draws its own colour,
+training product's name to its `render_<name>(rng, height, width)`, `HELD_OUT_PRODUCTS` the
+surfaces rendered only when asked for, `RENDERERS` both; every call draws its own colour,
 texture scale, geometry and pose from `rng`.
 """
 
@@ -483,6 +484,90 @@ def render_pcb(rng: Rng, h: int, w: int) -> Surface:
     return draw_board(rng, h, w)
 
 
+# --- held-out surfaces: never in the training mix or FovealBench -------------------------
+
+WOODS = {
+    "oak": (0.62, 0.45, 0.28),
+    "maple": (0.8, 0.66, 0.48),
+    "walnut": (0.38, 0.25, 0.16),
+    "pine": (0.78, 0.6, 0.38),
+}
+VARNISH = Finish(ambient=0.5, specular=0.1, shininess=30.0, metal=False)
+
+
+def render_wood(rng: Rng, h: int, w: int) -> Surface:
+    """Varnished wood boards: growth rings bent round knots, fine grain and pores along the
+    fibre, dark seams between planks. A scratch through the varnish shows pale wood."""
+    along_x = bool(rng.random() < 0.5)
+    tilt = math.radians(rng.normal(0, 3))
+    yy, xx = np.ogrid[:h, :w]
+    u, v = (xx, yy) if along_x else (yy, xx)  # u along the fibre, v across it
+    across = (v * math.cos(tilt) - u * math.sin(tilt)).astype(np.float32)
+    pitch = float(rng.uniform(0.02, 0.06) * span(h, w))  # ring spacing
+    phase = across / pitch + 1.5 * noise(rng, h, w, pitch * 8, stretch=1.0)
+    for _ in range(int(rng.integers(0, 3) * repeats(h, w))):  # knots pull the rings round them
+        kx, ky = rng.uniform(0, w), rng.uniform(0, h)
+        r = float(rng.uniform(0.015, 0.04) * span(h, w))
+        rx, ry = (r * 2.5, r) if along_x else (r, r * 2.5)  # knots stretch along the fibre
+        phase += f32(3.0 * np.exp(-(((xx - kx) / rx) ** 2 + ((yy - ky) / ry) ** 2)))
+    frac = phase - np.floor(phase)
+    latewood = smoothstep(0.55, 0.85, f32(frac)) * smoothstep(1.0, 0.9, f32(frac))
+    layers = [(0.8, float(rng.uniform(40, 120))), (2.0, 30.0)]
+    fibre = streaks(rng, h, w, layers, math.degrees(tilt), not along_x)
+    pores = smoothstep(2.2, 3.0, -fibre[..., 0])
+    base = colour(rng, WOODS[list(WOODS)[int(rng.integers(len(WOODS)))]], 0.08)
+    tone = (1 - 0.22 * latewood) * (1 + 0.04 * fibre[..., 1]) * (1 - 0.25 * pores)
+    albedo = (base * tone[..., None]).astype(np.float32)
+    height = f32(0.05 * fibre[..., 1] - 0.3 * pores + 0.08 * latewood)
+    material = np.ones((h, w), bool)
+    plank = float(rng.uniform(0.25, 0.5) * span(h, w))
+    offset = float(rng.uniform(0, plank))
+    seam_at = np.abs(((across + offset) % plank) - plank / 2)  # 0 in the middle of a plank
+    seam = f32(seam_at > plank / 2 - 1.5)
+    albedo *= (1 - 0.75 * seam)[..., None]
+    height -= 1.2 * seam
+    material &= seam_at < plank / 2 - 6
+    bare = np.clip(base * 1.35 + 0.05, 0, 1).astype(np.float32)
+    return Surface(albedo, height, material, Light.random(rng), VARNISH, bare)
+
+
+GLAZES = [
+    (0.9, 0.89, 0.86),  # white
+    (0.82, 0.75, 0.62),  # beige
+    (0.7, 0.38, 0.24),  # terracotta
+    (0.22, 0.38, 0.6),  # blue
+    (0.3, 0.32, 0.3),  # anthracite
+]
+
+
+def render_ceramic_tile(rng: Rng, h: int, w: int) -> Surface:
+    """Glazed tiles in a grout grid: a mottled glaze with a few faint speckles, rounded tile
+    edges, recessed grout. A chip or scratch through the glaze shows the pale body."""
+    size = float(rng.uniform(0.18, 0.4) * span(h, w))
+    grout = float(rng.uniform(2.5, 6.0))
+    angle = math.radians(rng.normal(0, 2))
+    yy, xx = np.ogrid[:h, :w]
+    u = (xx * math.cos(angle) + yy * math.sin(angle)).astype(np.float32) + float(rng.uniform(0, size))
+    v = (yy * math.cos(angle) - xx * math.sin(angle)).astype(np.float32) + float(rng.uniform(0, size))
+    edge = np.maximum(np.abs((u % size) - size / 2), np.abs((v % size) - size / 2))
+    inner = size / 2 - edge  # distance from the nearest joint's centre line
+    in_grout = f32(inner < grout / 2)
+    bevel = smoothstep(grout / 2, grout / 2 + 4.0, f32(inner))
+    base = colour(rng, GLAZES[int(rng.integers(len(GLAZES)))], 0.05)
+    tile_id = (np.floor(u / size) * 7 + np.floor(v / size) * 13).astype(np.int64) % 17
+    per_tile = f32(1 + 0.03 * (tile_id / 8.0 - 1.0))  # tiles of one batch differ a little
+    mottle = fbm(rng, h, w, float(rng.uniform(30, 90)), octaves=3)
+    speckle = smoothstep(3.1, 3.6, noise(rng, h, w, 1.2))
+    tone = per_tile * (1 + 0.03 * mottle) * (1 - 0.12 * speckle)
+    albedo = (base * tone[..., None]).astype(np.float32)
+    joint = colour(rng, (0.55, 0.54, 0.5), 0.1) * f32(1 + 0.08 * noise(rng, h, w, 2.0))[..., None]
+    albedo = albedo * (1 - in_grout[..., None]) + joint * in_grout[..., None]
+    height = f32(2.0 * bevel + 0.04 * mottle)
+    material = inner > grout / 2 + 6
+    body = np.array([0.86, 0.82, 0.74], np.float32)
+    return Surface(f32(albedo), height, material, Light.random(rng), GLOSS, body)
+
+
 Renderer = Callable[[Rng, int, int], Surface]
 PRODUCTS: dict[str, Renderer] = {
     "brushed_metal": render_brushed_metal,
@@ -491,3 +576,10 @@ PRODUCTS: dict[str, Renderer] = {
     "textile": render_textile,
     "painted_panel": render_painted_panel,
 }
+# Rendered only when named (`foveal data generate --product wood`): surfaces no model was
+# trained on, for measuring the generic prompt and retraining on a new product.
+HELD_OUT_PRODUCTS: dict[str, Renderer] = {
+    "wood": render_wood,
+    "ceramic_tile": render_ceramic_tile,
+}
+RENDERERS: dict[str, Renderer] = {**PRODUCTS, **HELD_OUT_PRODUCTS}

@@ -23,7 +23,7 @@ from foveal.plant.generate import generate
 from foveal.plant.imaging import CameraOptions, expose, expose_region, prepare, sensor_noise
 from foveal.plant.render import FrameSpec, render_frame
 from foveal.plant.sequence import SequenceSpec, render_sequence
-from foveal.plant.surfaces import PRODUCTS
+from foveal.plant.surfaces import HELD_OUT_PRODUCTS, PRODUCTS, RENDERERS
 
 DEFECTS = [t for t in DEFECT_TYPES if t != NO_DEFECT]
 Image = npt.NDArray[np.uint8]
@@ -38,7 +38,7 @@ def test_same_seed_renders_the_same_frame_and_another_seed_a_different_one() -> 
     assert other.image.shape != a.image.shape or not np.array_equal(other.image, a.image)
 
 
-@pytest.mark.parametrize("product", list(PRODUCTS))
+@pytest.mark.parametrize("product", list(RENDERERS))
 def test_every_defect_type_renders_on_every_product_with_a_box_inside_the_frame(product: str) -> None:
     for k, defect_type in enumerate(DEFECT_TYPES):
         spec = FrameSpec(
@@ -158,6 +158,36 @@ def test_a_defect_is_as_visible_in_each_view_as_its_difficulty_says(difficulty: 
         assert statistics.median(zoom) >= 3.0, summary
     else:
         assert max(frame) <= 0.8 and min(zoom) >= 2.0 and statistics.median(zoom) >= 2.8, summary
+
+
+@pytest.mark.parametrize("difficulty", ["easy", "hard", "tiny"])
+def test_on_the_held_out_surfaces_a_defect_is_as_visible_as_its_difficulty_says(difficulty: str) -> None:
+    """The same calibration holds on surfaces no model was trained on (wood, ceramic tile), so
+    measurements there compare with FovealBench's difficulties."""
+    products, frame, zoom = list(HELD_OUT_PRODUCTS), [], []
+    for k in range(6):
+        spec = FrameSpec(products[k % 2], DEFECTS[(k + len(difficulty)) % 6], difficulty,  # type: ignore[arg-type]
+                         size=SIZES[k % 5], seed=300 + k)
+        rendered = render_frame(spec, with_clean=True)
+        assert rendered.clean is not None
+        frame.append(contrast(rendered.image, rendered.clean, rendered.mask, zoom=False))
+        zoom.append(contrast(rendered.image, rendered.clean, rendered.mask, zoom=True))
+    summary = f"{difficulty}: whole frame {[round(v, 2) for v in frame]}, zoom {[round(v, 2) for v in zoom]}"
+    if difficulty == "easy":
+        assert min(frame) >= 3.0, summary
+    elif difficulty == "hard":
+        assert 0.8 <= min(frame) and max(frame) <= 3.0 and min(zoom) >= 2.0, summary
+    else:
+        assert max(frame) <= 0.8 and min(zoom) >= 2.0, summary
+
+
+def test_held_out_surfaces_are_rendered_only_when_named(tmp_path: Path) -> None:
+    assert not set(HELD_OUT_PRODUCTS) & set(PRODUCTS)
+    default = generate(tmp_path / "default", 12, seed=4, workers=1, size=320, progress=False)
+    assert {label.product for label in read_labels(default.out)} <= set(PRODUCTS)
+    named = generate(tmp_path / "wood", 4, seed=4, products=["wood"], sequences=1, workers=1, size=320,
+                     progress=False)
+    assert {label.product for label in read_labels(named.out)} == {"wood"}
 
 
 # --- sequences --------------------------------------------------------------------------------
