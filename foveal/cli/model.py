@@ -295,6 +295,8 @@ def retrain_command(
                                    help="Defective items per folder whose reads calibrate the confidence."),
     promote: bool = typer.Option(False, "--promote", help="Copy the model into the Triton model "
                                  "repository as its next version when it measures better on --bench."),
+    gate: str = typer.Option("point", "--gate", help="How sure --bench must be before --promote: point "
+                             "(overall accuracy up) or interval (its paired 95 % interval above zero)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Retrain on reviewed data: export the reviews, fine-tune the type reader, calibrate it,
@@ -309,7 +311,8 @@ def retrain_command(
                            filters=ExportFilters(line, product, since.date() if since else None,
                                                  until.date() if until else None),
                            bench=bench, bench_limit=bench_limit, crop_steps=crop_steps,
-                           crops_per_item=crops_per_item, loop_items=loop_items, promote=promote, seed=seed)
+                           crops_per_item=crops_per_item, loop_items=loop_items, promote=promote, seed=seed,
+                           gate=gate)
     engine = make_engine(settings.postgres_url, pool_size=1, max_overflow=0)
     try:
         with progress_bar() as bar:
@@ -330,7 +333,7 @@ def retrain_command(
     console.print(f"model {registered['name']} {registered['version']} in {out / 'model'}; "
                   f"model_versions id {registered['model_version_id']} (parent {registered['parent_id']})")
     if "eval" in stages:
-        console.print(f"on {stages['eval']['items']} bench items, paired: {better(stages['eval'])[1]}")
+        console.print(f"on {stages['eval']['items']} bench items, paired: {better(stages['eval'], gate)[1]}")
     if "promote" in stages:
         promoted = stages["promote"]
         console.print(f"promoted to {promoted['version_folder']} (Triton: {promoted['triton']})"

@@ -20,7 +20,9 @@ skips what is done, so an interrupted job resumes and a finished one repeats not
    there yet; the new one with the parent, the dataset snapshot, the recipe and the metrics),
    upserted on (name, version), so a rerun writes the same rows;
 6. **promote** (with `--promote`, which needs `--bench`): only when the new model's overall
-   accuracy on the bench is higher and its image F1 not lower beyond the paired interval, the
+   accuracy on the bench is higher (`--gate point`, the default: the paired difference's point
+   estimate above zero; `--gate interval`: its 95 % interval's lower bound above zero) and its
+   image F1 not lower beyond the paired interval, the
    model is copied into the Triton model repository as the next version folder, and Triton, when
    it is up, is asked to load it (its `latest` policy then serves the new version). The new
    model's row records the folder (`served_model`, `served_version`), so the inspections it makes
@@ -87,6 +89,10 @@ class RetrainConfig:
     promote: bool = False
     model_repository: Path | None = None  # where a promoted version goes (default: the settings')
     triton_model: str | None = None
+    # how sure the bench must be (`better`); not part of the recipe: it decides, it does not train,
+    # and a job that was not promoted decides again on a rerun, so a stricter or looser gate can
+    # be tried on the same job without retraining
+    gate: str = "point"
 
     def recipe(self) -> dict[str, Any]:
         """What decides the result, JSON-ready (a rerun into the same `out` must match it)."""
@@ -137,6 +143,8 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
     """Run the stages not yet done (module docstring); returns `retrain.json`'s content."""
     if config.promote and config.bench is None:
         raise ConfigError("--promote needs --bench: a model is promoted only when it measures better")
+    if config.gate not in GATES:
+        raise ConfigError(f"--gate must be one of {', '.join(GATES)}, not {config.gate!r}")
     for folder in (*config.data, *([config.bench] if config.bench else [])):
         if not (folder / "labels.jsonl").is_file():
             raise ConfigError(f"{folder} is not a labelled dataset folder (no labels.jsonl)")
@@ -165,7 +173,7 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
         state.finish("eval", _evaluate(config, progress))
     if not state.done("register"):
         state.finish("register", _register(config, settings, sessions, state.data["stages"]))
-    if config.promote and not state.done("promote"):
+    if config.promote and not (state.done("promote") or {}).get("promoted"):
         state.finish("promote", _promote(config, settings, sessions, state.data["stages"]))
     result: dict[str, Any] = state.data
     return result
@@ -333,12 +341,20 @@ def _register(config: RetrainConfig, settings: Settings, sessions: sessionmaker[
     return {"parent_id": parent, "model_version_id": model, "name": name, "version": meta["version"]}
 
 
-def better(evaluation: dict[str, Any]) -> tuple[bool, str]:
+GATES = ("point", "interval")
+
+
+def better(evaluation: dict[str, Any], gate: str = "point") -> tuple[bool, str]:
     """Whether a retrained model may replace its parent: overall accuracy (verdict and type) higher
-    on the bench, and image F1 not lower beyond the paired interval; and the reason, in words.
+    on the bench (`point`: the paired difference above zero; `interval`: its interval's lower
+    bound above zero, so the bench is sure of the gain), and image F1 not lower beyond the paired
+    interval; and the reason, in words.
 
     >>> better({"paired": {"overall_accuracy": [0.02, 0.0, 0.04], "image_f1": [-0.01, -0.03, 0.01]}})
     (True, 'overall accuracy +0.020 (+0.000 … +0.040), image F1 -0.010 (-0.030 … +0.010)')
+    >>> sure = {"paired": {"overall_accuracy": [0.02, 0.0, 0.04], "image_f1": [0.0, 0.0, 0.0]}}
+    >>> better(sure, "interval")[0]
+    False
     >>> better({"paired": {"overall_accuracy": [0.0, -0.01, 0.01], "image_f1": [0.0, 0.0, 0.0]}})[0]
     False
     """
@@ -349,14 +365,15 @@ def better(evaluation: dict[str, Any]) -> tuple[bool, str]:
     words = "overall accuracy {:+.3f} ({:+.3f} … {:+.3f})".format(*accuracy)
     if f1 is not None:
         words += ", image F1 {:+.3f} ({:+.3f} … {:+.3f})".format(*f1)
-    return accuracy[0] > 0 and (f1 is None or f1[2] >= 0), words
+    gain = accuracy[1] if gate == "interval" else accuracy[0]
+    return gain > 0 and (f1 is None or f1[2] >= 0), f"{words} [gate: {gate}]" if gate != "point" else words
 
 
 def _promote(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Session],
              stages: dict[str, Any]) -> dict[str, Any]:
-    ok, why = better(stages["eval"])
+    ok, why = better(stages["eval"], config.gate)
     if not ok:
-        return {"promoted": False, "why": why}
+        return {"promoted": False, "why": why, "gate": config.gate}
     name, repository = _repository(config, settings)
     versions = sorted(int(p.name) for p in repository.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
@@ -380,8 +397,8 @@ def _promote(config: RetrainConfig, settings: Settings, sessions: sessionmaker[S
                         .values(served_model=None, served_version=None))
         session.execute(update(ModelVersion).where(ModelVersion.id == row_id)
                         .values(served_model=name, served_version=target.name))
-    return {"promoted": True, "why": why, "version_folder": str(target), "served_as": [name, target.name],
-            "triton": _load_on_triton(settings, name)}
+    return {"promoted": True, "why": why, "gate": config.gate, "version_folder": str(target),
+            "served_as": [name, target.name], "triton": _load_on_triton(settings, name)}
 
 
 def _load_on_triton(settings: Settings, model: str) -> str:

@@ -165,6 +165,41 @@ def test_promotion_copies_the_next_version_folder_only_when_the_new_model_measur
         run(_config(tmp_path, tmp_path / "parent", promote=True), reviewed.settings, reviewed.sessions)
 
 
+def test_the_interval_gate_promotes_only_a_gain_the_bench_is_sure_of_and_a_refused_job_decides_again(
+        reviewed: Env, tmp_path: Path) -> None:
+    from foveal.training.retrain import _promote
+
+    repository = tmp_path / "repo"
+    (repository / "foveal_vl" / "1" / "weights").mkdir(parents=True)
+    (tmp_path / "job" / "model").mkdir(parents=True)
+    (tmp_path / "job" / "model" / "foveal.json").write_text(json.dumps({"version": "7+rt.1"}))
+    settings = reviewed.settings.model_copy(update={"triton_url": f"127.0.0.1:{free_ports(1)[0]}"})
+    with reviewed.sessions() as session, session.begin():
+        row = ModelVersion(name="foveal-vl", version="7+rt.1", stage="retrain", checkpoint_uri="file:///job")
+        session.add(row)
+        session.flush()
+        stages = {"calibrate": {"version": "7+rt.1"}, "register": {"model_version_id": row.id},
+                  "eval": {"paired": {"overall_accuracy": [0.02, -0.008, 0.05], "image_f1": [0.0, 0.0, 0.0]}}}
+    strict = _config(tmp_path, tmp_path / "parent", promote=True, model_repository=repository,
+                     gate="interval")
+    refused = _promote(strict, settings, reviewed.sessions, stages)
+    assert refused == {"promoted": False, "gate": "interval", "why": refused["why"]}
+    assert "[gate: interval]" in refused["why"]
+    assert sorted(p.name for p in (repository / "foveal_vl").iterdir()) == ["1"]
+    # the same finished job run again under the default gate decides again (nothing retrains):
+    # the point estimate is up, so it is promoted
+    loose = _config(tmp_path, tmp_path / "parent", promote=True, model_repository=repository,
+                    bench=tmp_path / "bench")
+    _coloured_defects(tmp_path / "bench", 1)
+    done = {"export": {"items": 1}, "tight": {"crop_steps": 3}, **stages, "promote": refused}
+    (loose.out / "retrain.json").write_text(json.dumps({"recipe": loose.recipe(), "stages": done}))
+    state = run(loose, settings, reviewed.sessions)
+    assert state["stages"]["promote"]["promoted"] is True and state["stages"]["tight"] == {"crop_steps": 3}
+    assert sorted(p.name for p in (repository / "foveal_vl").iterdir()) == ["1", "2"]
+    with pytest.raises(Exception, match="--gate must be one of point, interval"):
+        run(_config(tmp_path, tmp_path / "parent", gate="sure"), reviewed.settings, reviewed.sessions)
+
+
 def test_the_docstring_examples_hold() -> None:
     import doctest
 
