@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,10 +22,31 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from foveal.domain import check_defect_name
 from foveal.errors import ConfigError
 
 CONFIG_ENV = "FOVEAL_CONFIG"
 DEFAULT_CONFIG_FILE = Path("foveal.toml")
+
+
+class ProductSettings(BaseModel):
+    """One product code a line sends (`[products.<code>]` in foveal.toml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    defect_types: list[str] | None = Field(
+        None, description="The types this product is inspected for (a subset of the default ones, and "
+                          "the line's own); none given: the default taxonomy.")
+    surface: str | None = Field(
+        None, description="What the inspection prompt calls the part, e.g. cast_part: a surface the model "
+                          "was trained on. None: the generic prompt.")
+
+    @field_validator("defect_types")
+    @classmethod
+    def _names(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or ():
+            check_defect_name(name)
+        return value
 
 
 class Settings(BaseSettings):
@@ -83,6 +104,15 @@ class Settings(BaseSettings):
                              "before health says NOT_SERVING; a 'not ready' answer counts at once.")
     reasoner_timeout_s: float = Field(60.0, gt=0, description="Longest an inspection may run when its "
                                                               "client sets no deadline.")
+    products: dict[str, ProductSettings] = Field(
+        default_factory=dict,
+        description="The product codes lines send, each with its defect types and the surface the prompt "
+                    "names (TOML tables [products.<code>], or JSON in FOVEAL_PRODUCTS). The renderer's five "
+                    "products are known without it, each named as itself.")
+    unknown_products: Literal["generic", "refuse"] = Field(
+        "generic", description="A product code in no catalog entry: inspected with the generic prompt and "
+                               "the default taxonomy (generic), or refused with INVALID_ARGUMENT (refuse), "
+                               "which sends its frames to the dead-letter topic.")
     reasoner_ship_frame: bool = Field(
         False, description="Send each single frame to the model once, raw, so that it cuts the grounded "
                           "pointer's probes itself (2 Triton calls per zoom instead of 4, the frame's bytes "
@@ -242,7 +272,8 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"])
-            got = "***" if "secret" in field else repr(err.get("input"))  # never echo a secret
-            problems.append(f"FOVEAL_{field.upper()}: {err['msg']} (got {got})")
+            head, *rest = [str(p) for p in err["loc"]] or ["settings"]
+            got = "***" if "secret" in head else repr(err.get("input"))  # never echo a secret
+            where = "".join(f".{p}" for p in rest)  # keys inside a table keep their case (product codes)
+            problems.append(f"FOVEAL_{head.upper()}{where}: {err['msg']} (got {got})")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

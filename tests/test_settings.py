@@ -85,6 +85,25 @@ def test_unknown_key_in_toml_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_pa
         load_settings()
 
 
+def test_a_lines_product_codes_come_from_toml_or_json_and_bad_type_names_are_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "foveal.toml").write_text(
+        '[products.bracket-a12]\ndefect_types = ["scratch", "porosity"]\nsurface = "cast_part"\n'
+        '[products.P-9]\n')
+    products = load_settings().products
+    assert products["bracket-a12"].defect_types == ["scratch", "porosity"]
+    assert products["bracket-a12"].surface == "cast_part"
+    assert products["P-9"].defect_types is None and products["P-9"].surface is None
+    assert load_settings().unknown_products == "generic"
+    monkeypatch.setenv("FOVEAL_PRODUCTS", '{"lid": {"defect_types": ["Big Dent"]}}')
+    with pytest.raises(ConfigError, match=r"FOVEAL_PRODUCTS\.lid\.defect_types"):
+        load_settings()
+    monkeypatch.setenv("FOVEAL_PRODUCTS", "{}")
+    monkeypatch.setenv("FOVEAL_UNKNOWN_PRODUCTS", "drop")
+    with pytest.raises(ConfigError, match="FOVEAL_UNKNOWN_PRODUCTS"):
+        load_settings()
+
+
 def test_the_ingest_topic_defaults_are_the_contract_topics() -> None:
     from foveal import messaging
 

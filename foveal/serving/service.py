@@ -29,14 +29,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from foveal.blobs import Reader
-from foveal.domain import Taxonomy
 from foveal.errors import FovealError
 from foveal.reasoning.engine import Engine, EngineError, EngineUnavailable
 from foveal.reasoning.loop import DeadlineExceeded, Loop, LoopOptions
 from foveal.rpc.convert import FrameGeometry, Timing, inspect_result
 from foveal.serving.images import ImageLimits, InvalidInput, StoreUnavailable, read_frames
 from foveal.serving.metrics import MetricsHttp, ServiceMetrics
-from foveal.serving.request import default_catalog, inspection_for, loop_options
+from foveal.serving.request import Product, catalog_from, default_catalog, inspection_for, loop_options
 from foveal.settings import Settings
 from foveal.v1 import inspection_pb2, reasoner_pb2, reasoner_pb2_grpc, verdict_pb2
 
@@ -83,7 +82,8 @@ class ServiceConfig:
     grace_s: float = 5.0  # how long calls in flight may finish at shutdown
     stop_margin_s: float = 10.0  # how much longer than the grace gRPC may take to stop before it is left
     loop: LoopOptions = LoopOptions(ship_frame=False, ship_max_pixels=5_000_000)  # as the settings' defaults
-    catalog: Mapping[str, Taxonomy] = field(default_factory=default_catalog)
+    catalog: Mapping[str, Product] = field(default_factory=default_catalog)
+    refuse_unknown_products: bool = False  # else a code the catalog lacks gets the generic prompt
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ServiceConfig:
@@ -96,7 +96,8 @@ class ServiceConfig:
             health_poll_s=settings.reasoner_health_poll_s, health_failures=settings.reasoner_health_failures,
             timeout_s=settings.reasoner_timeout_s, blob_root=settings.blob_root,
             blob_url=settings.blob_url, s3_endpoint_url=settings.s3_endpoint_url,
-            loop=service_loop_options(settings),
+            loop=service_loop_options(settings), catalog=catalog_from(settings),
+            refuse_unknown_products=settings.unknown_products == "refuse",
         )
         values.update(overrides)
         return cls(**values)
@@ -179,7 +180,7 @@ class ReasonerService(reasoner_pb2_grpc.ReasonerServicer):
         """In a worker thread: decode and check, run the loop, convert the trace."""
         frames = read_frames(request.image if request.HasField("image") else None, request.sequence,
                              self.config.limits, self.blobs)
-        inspection = inspection_for(request, frames, self.config.catalog)
+        inspection = inspection_for(request, frames, self.config.catalog, self.config.refuse_unknown_products)
         options = loop_options(request.options, self.config.loop)
         started = time.perf_counter()
         [trace] = Loop(self.engine, options).run([inspection], deadline=deadline)

@@ -295,14 +295,21 @@ def test_poison_goes_to_the_dlq_with_its_reason_while_good_frames_flow(
     values: list[tuple[bytes, list[tuple[str, bytes]]]] = []
     for g, bad in zip(good, [*poison.values()], strict=True):
         values += [(messaging.encode_frame(g), []), (bad, trace)]
-    values.append((unknown_product, trace))
+    values.append((unknown_product, trace))  # not poison: a line's own product code, generic prompt
     produce(settings, names.frames, values)
 
     with running(settings, config_for(settings, names, limits=Limits(max_frame_bytes=200_000,
                                                                       retry_initial_s=0.1, retry_max_s=0.5))):
         wait_for(lambda: all_committed(settings, names.group, names.frames), 120, "all offsets committed")
     url = str(settings.database_url)
-    assert counts(url)["inspections"] == 4
+    assert counts(url)["inspections"] == 5
+    engine = create_engine(url)
+    try:
+        with Session(engine) as s:
+            assert s.scalar(select(func.count()).select_from(Inspection).join(Frame)
+                            .where(Frame.product == "no-such-product")) == 1
+    finally:
+        engine.dispose()
     dead = read_all(settings, names.dlq)
     by_stage: dict[str, list[Any]] = {}
     for record in dead:
@@ -311,10 +318,10 @@ def test_poison_goes_to_the_dlq_with_its_reason_while_good_frames_flow(
         assert info.error and info.attempts == 1
         assert ("trace-id", b"t-1") in record.headers  # the original headers ride along
     assert sorted(by_stage) == ["decode", "fetch", "inspect", "size"]
-    assert len(by_stage["inspect"]) == 2  # the undecodable image and the unknown product
-    assert {r.value for r in dead} == {*poison.values(), unknown_product}
+    assert len(by_stage["inspect"]) == 1  # the undecodable image
+    assert {r.value for r in dead} == {*poison.values()}
     assert "INVALID_ARGUMENT" in messaging.parse_dlq_headers(by_stage["inspect"][0].headers).error
-    assert len(read_all(settings, names.verdicts)) == 4
+    assert len(read_all(settings, names.verdicts)) == 5
 
 
 def test_a_reasoner_outage_blocks_commits_then_recovers_without_loss_or_duplicates(

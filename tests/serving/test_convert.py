@@ -19,8 +19,16 @@ from foveal.reasoning.loop import DeadlineExceeded, LoopOptions, Step, Trace
 from foveal.rpc.convert import FrameGeometry, Timing, inspect_result, operation_name, region_box
 from foveal.serving.images import InvalidInput
 from foveal.serving.logs import JsonFormatter
-from foveal.serving.request import default_catalog, inspection_for, loop_options, taxonomy_for
+from foveal.serving.request import (
+    Product,
+    catalog_from,
+    default_catalog,
+    inspection_for,
+    loop_options,
+    product_for,
+)
 from foveal.serving.service import failure_of
+from foveal.settings import load_settings
 from foveal.v1 import inspection_pb2, verdict_pb2
 from tests.serving.helpers import frame, request
 
@@ -82,14 +90,37 @@ def test_region_box_and_operation_names() -> None:
 
 def test_the_request_picks_the_products_taxonomy_and_narrows_it() -> None:
     catalog = default_catalog()
-    assert taxonomy_for("pcb", ["pit"], catalog).names == ("none", "pit")
-    assert taxonomy_for("", [], catalog) == Taxonomy()
-    with pytest.raises(InvalidInput, match="known: brushed_metal"):
-        taxonomy_for("teapot", [], catalog)
+    assert product_for("pcb", ["pit"], catalog).taxonomy.names == ("none", "pit")
+    assert product_for("", [], catalog) == Product(Taxonomy(), None)
     with pytest.raises(InvalidInput, match="wobble"):
-        taxonomy_for("pcb", ["wobble"], {"pcb": Taxonomy().restrict(["pit"])})
+        product_for("pcb", ["wobble"], {"pcb": Product(Taxonomy().restrict(["pit"]), "pcb")})
     inspection = inspection_for(request(product="pcb", defect_types=["pit"]), [frame()], catalog)
-    assert inspection.taxonomy == ("none", "pit") and "pcb" in inspection.prompt
+    assert inspection.taxonomy == ("none", "pit")
+    assert inspection.prompt == ("Inspect this pcb part. Which defect does it show: pit? "
+                                 "Answer none if it has none.")
+
+
+def test_a_product_code_the_catalog_lacks_gets_the_generic_prompt_unless_the_service_refuses_it() -> None:
+    catalog = default_catalog()
+    inspection = inspection_for(request(product="teapot"), [frame()], catalog)
+    assert inspection.prompt == "Inspect this part. Which defect does it show: scratch, crack, pit, stain, " \
+                                "burn, dent? Answer none if it has none."
+    assert inspection.taxonomy == Taxonomy().names
+    with pytest.raises(InvalidInput, match="unknown product 'teapot'; known: brushed_metal"):
+        inspection_for(request(product="teapot"), [frame()], catalog, refuse_unknown=True)
+
+
+def test_a_configured_product_code_names_its_surface_and_its_own_types() -> None:
+    bracket = {"defect_types": ["dent", "porosity"], "surface": "cast_part"}
+    settings = load_settings(products={"bracket-a12": bracket, "P-9": {}})
+    catalog = catalog_from(settings)
+    assert set(default_catalog()) < set(catalog)
+    inspection = inspection_for(request(product="bracket-a12"), [frame()], catalog)
+    assert inspection.taxonomy == ("none", "dent", "porosity")
+    assert inspection.prompt.startswith("Inspect this cast part. Which defect does it show: dent, porosity?")
+    assert inspection_for(request(product="P-9"), [frame()], catalog).prompt.startswith("Inspect this part.")
+    with pytest.raises(InvalidInput, match=r"\['scratch'\] are not in the taxonomy of bracket-a12"):
+        inspection_for(request(product="bracket-a12", defect_types=["scratch"]), [frame()], catalog, True)
 
 
 def test_request_options_only_narrow_the_servers() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -168,7 +169,6 @@ def _bad_requests(tmp: Path) -> dict[str, tuple[inspection_pb2.InspectRequest, s
         "no image": (inspection_pb2.InspectRequest(frame_id=FRAME_ID), "no image"),
         "17 frames": (request(sequence=[good] * 17), "more than 16"),
         "sizes differ": (request(sequence=[good, inline(png(frame(1, 200, 320)))]), "one size"),
-        "unknown product": (request(product="teapot"), "unknown product"),
         "unknown type": (request(product="pcb", defect_types=["scratch", "wobble"]), "wobble"),
         "s3 blob": (request(frame_pb2.Image(blob=frame_pb2.BlobRef(uri="s3://b/k.png"))), "not supported"),
         "missing file": (request(missing), "not found"),
@@ -178,7 +178,7 @@ def _bad_requests(tmp: Path) -> dict[str, tuple[inspection_pb2.InspectRequest, s
 
 
 CASES = ["empty", "garbage", "bomb", "zero size", "tiny", "truncated", "no image", "17 frames",
-         "sizes differ", "unknown product", "unknown type", "s3 blob", "missing file", "sha256 mismatch",
+         "sizes differ", "unknown type", "s3 blob", "missing file", "sha256 mismatch",
          "outside the store"]
 
 
@@ -188,6 +188,18 @@ def test_bad_input_is_invalid_argument(case: str, inspect: Inspect) -> None:
     error = status_of(lambda: inspect(req))
     assert error.code() == INVALID, error.details()
     assert words in error.details()
+
+
+def test_a_product_the_catalog_lacks_is_inspected_or_refused_as_the_service_is_set(
+        inspect: Inspect, engine: ControlledEngine) -> None:
+    result = inspect(request(product="bracket-a12"))
+    assert result.frame_id == FRAME_ID and result.verdict != verdict_pb2.DECISION_UNSPECIFIED
+    strict = dataclasses.replace(CONFIG, refuse_unknown_products=True)
+    with ServerThread(engine, strict) as server, grpc.insecure_channel(server.address) as channel:
+        stub = reasoner_pb2_grpc.ReasonerStub(channel)
+        error = status_of(lambda: stub.Inspect(request(product="bracket-a12"), timeout=30))
+        assert error.code() == INVALID and "unknown product 'bracket-a12'" in error.details()
+        assert stub.Inspect(request(product="pcb"), timeout=30).frame_id == FRAME_ID
 
 
 # -- the model server's state -------------------------------------------------------------------
