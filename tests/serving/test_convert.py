@@ -16,6 +16,7 @@ from foveal.domain import Box, Taxonomy, Verdict
 from foveal.operations import View
 from foveal.reasoning.engine import EngineError, EngineUnavailable, ModelRef
 from foveal.reasoning.loop import DeadlineExceeded, LoopOptions, Step, Trace
+from foveal.reasoning.prompts import inspection_prompt
 from foveal.rpc.convert import FrameGeometry, Timing, inspect_result, operation_name, region_box
 from foveal.serving.images import InvalidInput
 from foveal.serving.logs import JsonFormatter
@@ -103,8 +104,7 @@ def test_the_request_picks_the_products_taxonomy_and_narrows_it() -> None:
 def test_a_product_code_the_catalog_lacks_gets_the_generic_prompt_unless_the_service_refuses_it() -> None:
     catalog = default_catalog()
     inspection = inspection_for(request(product="teapot"), [frame()], catalog)
-    assert inspection.prompt == "Inspect this part. Which defect does it show: scratch, crack, pit, stain, " \
-                                "burn, dent? Answer none if it has none."
+    assert inspection.prompt == "Inspect this part. Which defect does it show? Answer none if it has none."
     assert inspection.taxonomy == Taxonomy().names
     with pytest.raises(InvalidInput, match="unknown product 'teapot'; known: brushed_metal"):
         inspection_for(request(product="teapot"), [frame()], catalog, refuse_unknown=True)
@@ -118,7 +118,9 @@ def test_a_configured_product_code_names_its_surface_and_its_own_types() -> None
     inspection = inspection_for(request(product="bracket-a12"), [frame()], catalog)
     assert inspection.taxonomy == ("none", "dent", "porosity")
     assert inspection.prompt.startswith("Inspect this cast part. Which defect does it show: dent, porosity?")
-    assert inspection_for(request(product="P-9"), [frame()], catalog).prompt.startswith("Inspect this part.")
+    assert inspection_for(request(product="P-9"), [frame()], catalog).prompt == inspection_prompt()
+    narrowed = inspection_for(request(product="P-9", defect_types=["dent"]), [frame()], catalog)
+    assert narrowed.prompt.startswith("Inspect this part. Which defect does it show: dent?")
     with pytest.raises(InvalidInput, match=r"\['scratch'\] are not in the taxonomy of bracket-a12"):
         inspection_for(request(product="bracket-a12", defect_types=["scratch"]), [frame()], catalog, True)
 
