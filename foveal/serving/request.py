@@ -65,11 +65,19 @@ def product_for(product: str, defect_types: list[str], catalog: Mapping[str, Pro
 def inspection_for(request: inspection_pb2.InspectRequest, frames: list[RGBImage],
                    catalog: Mapping[str, Product], refuse_unknown: bool = False) -> Inspection:
     entry = product_for(request.product, list(request.defect_types), catalog, refuse_unknown)
-    # the generic prompt as the model was trained on it names no types; they are listed when the
-    # prompt names the surface or the line narrows or extends the default ones
+    return Inspection(frames, prompt_for(entry, len(frames)), entry.taxonomy.names, item_id=request.frame_id)
+
+
+def prompt_for(entry: Product, frames: int = 1) -> str:
+    """The inspection prompt of a catalog entry. The generic prompt, as the model was trained on
+    it, names no types; they are listed when the prompt names the surface or the line narrows
+    or extends the default ones.
+
+    >>> prompt_for(GENERIC)
+    'Inspect this part. Which defect does it show? Answer none if it has none.'
+    """
     listed = entry.surface is not None or entry.taxonomy != Taxonomy()
-    prompt = inspection_prompt(entry.surface, entry.taxonomy.names if listed else None, len(frames))
-    return Inspection(frames, prompt, entry.taxonomy.names, item_id=request.frame_id)
+    return inspection_prompt(entry.surface, entry.taxonomy.names if listed else None, frames)
 
 
 def loop_options(options: inspection_pb2.InspectOptions, base: LoopOptions) -> LoopOptions:

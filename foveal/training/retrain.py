@@ -14,8 +14,10 @@ skips what is done, so an interrupted job resumes and a finished one repeats not
    (`--loop-fit temperature`: every type it reads stays; skipped, and said so in the record, when
    the loop reads no type on them), written to `<out>/model` with the version
    `<parent version>+rt.<8 hex digits of the reviews' labels and the recipe>` (`model_digest`);
-4. **eval** (with `--bench`): the parent and the new model on the same items, the differences
-   paired item by item with bootstrap intervals (`metrics.paired_differences`);
+4. **eval** (with `--bench`): the parent and the new model on the same items, each asked with
+   the prompt the service would use for the item's product (`foveal.serving.request.prompt_for`:
+   named for the products the catalog knows, generic for the others), the differences paired
+   item by item with bootstrap intervals (`metrics.paired_differences`);
 5. **register**: both models in `model_versions` (the parent as `imported` when it is not
    there yet; the new one with the parent, the dataset snapshot, the recipe and the metrics),
    upserted on (name, version), so a rerun writes the same rows;
@@ -54,7 +56,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from foveal.dashboard.export import ExportFilters, export_reviews
 from foveal.errors import ConfigError, FovealError
 from foveal.model.loader import META_FILE
-from foveal.plant.dataset import MANIFEST_FILE, read_labels
+from foveal.plant.dataset import MANIFEST_FILE, Label, read_labels
 from foveal.settings import Settings
 from foveal.storage.database import ensure_reachable
 from foveal.storage.models import ModelVersion
@@ -170,7 +172,7 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
         _set_meta(config.out / "model", version=version)
         state.finish("calibrate", {**report, "version": version})
     if config.bench is not None and not state.done("eval"):
-        state.finish("eval", _evaluate(config, progress))
+        state.finish("eval", _evaluate(config, settings, progress))
     if not state.done("register"):
         state.finish("register", _register(config, settings, sessions, state.data["stages"]))
     if config.promote and not (state.done("promote") or {}).get("promoted"):
@@ -250,13 +252,19 @@ def _set_meta(model: Path, **values: Any) -> None:
     (model / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def _evaluate(config: RetrainConfig, progress: Progress | None) -> dict[str, Any]:
+def _evaluate(config: RetrainConfig, settings: Settings, progress: Progress | None) -> dict[str, Any]:
     from foveal.evaluation.bench import predict_labelled
     from foveal.evaluation.metrics import evaluate, paired_differences
     from foveal.evaluation.report import write_predictions
     from foveal.model import loader
+    from foveal.serving.request import catalog_from, product_for, prompt_for
 
     assert config.bench is not None
+    catalog = catalog_from(settings)
+
+    def prompt_of(label: Label, frames: int) -> str:  # as the service would ask for this product
+        return prompt_for(product_for(label.product, [], catalog), frames)
+
     runs = {}
     for name, folder in (("parent", config.model), ("model", config.out / "model")):
         vlm = loader.load(folder)
@@ -265,7 +273,8 @@ def _evaluate(config: RetrainConfig, progress: Progress | None) -> dict[str, Any
             if progress is not None:
                 progress(phase, done, total)
         labels, predictions, records = predict_labelled(vlm, config.bench, limit=config.bench_limit,
-                                                        batch_size=config.batch_size, on_item=advance)
+                                                        batch_size=config.batch_size, on_item=advance,
+                                                        prompt_of=prompt_of)
         (config.out / "eval" / name).mkdir(parents=True, exist_ok=True)
         write_predictions(config.out / "eval" / name / "predictions.jsonl", records)
         runs[name] = (labels, predictions)
