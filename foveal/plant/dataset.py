@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from foveal.domain import NO_DEFECT
 from foveal.errors import FovealError
 
 LABELS_FILE = "labels.jsonl"
@@ -211,6 +213,26 @@ def load_image(folder: Path, rel: str) -> ImageArray:
     if bgr is None:
         raise DatasetError(f"cannot read image {folder / rel}")
     return cast(ImageArray, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def defect_mask(folder: Path, label: Label, shape: tuple[int, ...]) -> npt.NDArray[np.bool_] | None:
+    """Where the defect of a single-image `label` is, (H, W) of the frame's `shape`: its mask file,
+    else its box filled (a reviewed defect carries a box drawn on the dashboard, not a mask);
+    None for a good part or a defect with neither."""
+    if label.mask:
+        return load_image(folder, label.mask)[:, :, 0] > 0
+    if label.defect_type == NO_DEFECT or (label.bbox_px is None and label.bbox is None):
+        return None
+    height, width = shape[0], shape[1]
+    if label.bbox_px is not None:
+        x1, y1, x2, y2 = label.bbox_px
+    else:
+        assert label.bbox is not None
+        x1, y1 = int(label.bbox[0] * width), int(label.bbox[1] * height)
+        x2, y2 = math.ceil(label.bbox[2] * width), math.ceil(label.bbox[3] * height)
+    mask = np.zeros((height, width), bool)
+    mask[max(y1, 0):max(y2, y1 + 1), max(x1, 0):max(x2, x1 + 1)] = True
+    return mask
 
 
 def file_sha256(path: Path) -> str:

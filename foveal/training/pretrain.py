@@ -29,7 +29,7 @@ from foveal.model.loader import VLM
 from foveal.model.pixels import CLIP_MEAN, CLIP_STD
 from foveal.model.vision import CellHead, ConvVisionTower
 from foveal.operations import CROP, ImageBudget, View, Workspace, execute, look_box
-from foveal.plant.dataset import Label, load_image
+from foveal.plant.dataset import Label, defect_mask, load_image
 from foveal.training.trajectories import crop_box, tool_call
 
 FACTOR = 28  # Qwen2.5-VL's cell; a model's own is `tower.cell_px` / `budget.factor`
@@ -103,7 +103,7 @@ def samples_for(label: Label, folder: Path, rng: random.Random, budget: ImageBud
         return []
     cell = budget.factor
     frame = load_image(folder, label.image)
-    mask = load_image(folder, label.mask)[:, :, 0] > 0 if label.mask else None
+    mask = defect_mask(folder, label, frame.shape[:2])
     type_index = DEFECT_TYPES.index(label.defect_type) if label.defect_type in DEFECT_TYPES else 0
     difficulty = label.difficulty or "none"
     ws = Workspace([frame], budget)

@@ -30,7 +30,7 @@ from foveal.model.loader import VLM
 from foveal.model.tokenizer import train_tokenizer
 from foveal.model.vision import ConvVisionTower
 from foveal.operations import ImageBudget, budget_size
-from foveal.plant.dataset import Label, load_image, read_labels
+from foveal.plant.dataset import Label, defect_mask, read_labels
 from foveal.training.captions import caption_chunks
 from foveal.training.examples import Example, corpus_lines, frames_of, materialize, with_maps
 from foveal.training.forward import collate, decision_weights, sft_loss, token_logits
@@ -188,7 +188,7 @@ def build_examples(vlm: VLM, labels: Sequence[Label], trajectories: Sequence[Tra
         frames = frames_of(label, folder)
         chunks = [(materialize(t, frames, vlm.chat, vlm.budget), t.kind) for t in by_item.get(label.id, [])]
         if captions and label.image is not None:
-            mask = load_image(folder, label.mask)[:, :, 0] > 0 if label.mask else None
+            mask = defect_mask(folder, label, frames[0].shape[:2])
             chunks += [(c, "caption") for c in caption_chunks(label, frames, mask, vlm.chat, vlm.budget, rng)]
         for chunk, kind in chunks:
             example = with_maps(chunk, tower, label.id, kind)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from foveal.domain import DEFECT_TYPES
 from foveal.model.loader import VLM
 from foveal.operations import Workspace, execute
 from foveal.training import trajectories
@@ -37,6 +38,27 @@ def test_cell_targets_mark_the_cells_over_the_mask_in_whole_and_zoomed_views() -
     zoom = cell_targets(mask, result.views[0], 3)
     assert zoom.max() == 3 and (zoom > 0).sum() > 1  # magnified: the mark spans several cells
     assert cell_targets(None, ws.views[0], 0).sum() == 0
+
+
+def test_a_reviewed_defect_with_a_box_and_no_mask_is_a_defect_in_stage_0(tmp_path: Path) -> None:
+    """Reviews exported from the dashboard carry a drawn box, not a mask: its box stands in, so
+    stage 0 on reviews does not learn that their defects are `none`."""
+    import cv2
+
+    from foveal.plant.dataset import Label, defect_mask
+    from foveal.training.pretrain import samples_for
+
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "r.png"), np.zeros((560, 840, 3), np.uint8))
+    reviewed = Label(id="r", image="images/r.png", product="wood", defect_type="dent", width=840,
+                     height=560, bbox=(0.5, 0.5, 0.55, 0.6), bbox_px=(420, 280, 462, 336), source="reviews")
+    mask = defect_mask(tmp_path, reviewed, (560, 840))
+    assert mask is not None and mask.sum() == 42 * 56 and mask[280:336, 420:462].all()
+    good = reviewed.model_copy(update={"defect_type": "none", "bbox": None, "bbox_px": None})
+    assert defect_mask(tmp_path, good, (560, 840)) is None
+    samples = samples_for(reviewed, tmp_path, random.Random(0), zooms=2, others=0)
+    assert [s.kind for s in samples] == ["whole", "zoom", "zoom"]
+    assert all((s.target == DEFECT_TYPES.index("dent")).any() for s in samples)
 
 
 def test_jittered_zooms_always_hold_the_defect_box() -> None:
