@@ -291,6 +291,13 @@ def retrain_command(
     crop_steps: int | None = typer.Option(None, "--crop-steps", min=1, help="Fine-tune steps on tight looks "
                                           "(default: about two passes over them, 100 to 1,500)."),
     crops_per_item: int = typer.Option(6, "--crops-per-item", min=1),
+    sft_steps: int = typer.Option(0, "--sft-steps", min=0, help="Fine-tune the tower and decoder too, this "
+                                  "many SFT steps from the parent, before the reader (for a product or "
+                                  "surface the model was not trained on; 0: the reader alone)."),
+    pretrain_steps: int = typer.Option(0, "--pretrain-steps", min=0,
+                                       help="Stage-0 steps on the tower's backbone before those SFT steps."),
+    sft_lr: float = typer.Option(5e-4, "--sft-lr", min=0.0),
+    pretrain_lr: float = typer.Option(1e-3, "--pretrain-lr", min=0.0),
     loop_items: int = typer.Option(500, "--loop-items", min=1,
                                    help="Defective items per folder whose reads calibrate the confidence."),
     promote: bool = typer.Option(False, "--promote", help="Copy the model into the Triton model "
@@ -299,8 +306,9 @@ def retrain_command(
                              "(overall accuracy up) or interval (its paired 95 % interval above zero)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Retrain on reviewed data: export the reviews, fine-tune the type reader, calibrate it,
-    evaluate against the parent, register both in model_versions, promote if better.
+    """Retrain on reviewed data: export the reviews, fine-tune the type reader (and, with
+    --sft-steps, the tower and decoder before it), calibrate it, evaluate against the parent,
+    register both in model_versions, promote if better.
     docs/model.md, "Retraining on reviewed data"."""
     from foveal.dashboard.export import ExportFilters
     from foveal.storage.database import make_engine, session_factory
@@ -312,7 +320,8 @@ def retrain_command(
                                                  until.date() if until else None),
                            bench=bench, bench_limit=bench_limit, crop_steps=crop_steps,
                            crops_per_item=crops_per_item, loop_items=loop_items, promote=promote, seed=seed,
-                           gate=gate)
+                           gate=gate, sft_steps=sft_steps, pretrain_steps=pretrain_steps, sft_lr=sft_lr,
+                           pretrain_lr=pretrain_lr)
     engine = make_engine(settings.postgres_url, pool_size=1, max_overflow=0)
     try:
         with progress_bar() as bar:
@@ -323,6 +332,10 @@ def retrain_command(
     exported = stages["export"]
     console.print(f"reviews: {exported['items']} items ({exported['defects_with_box']} defects with a box), "
                   f"snapshot {exported['snapshot_id']}")
+    if "vision" in stages:
+        vision = stages["vision"]
+        console.print(f"tower and decoder: {vision['pretrain_steps']} stage-0 and {vision['sft_steps']} "
+                      f"SFT steps on {vision['examples']} examples")
     tight = stages["tight"].get("tight_looks")
     if tight:
         console.print(f"tight looks: {tight['crops']} crops of {tight['items']} items; held-out accuracy: "

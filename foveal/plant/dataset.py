@@ -235,6 +235,28 @@ def defect_mask(folder: Path, label: Label, shape: tuple[int, ...]) -> npt.NDArr
     return mask
 
 
+def merged_folder(out: Path, folders: Sequence[Path]) -> Path:
+    """One dataset folder that reads as all of `folders` (for a trainer that takes one): each is
+    linked in as `<k>/`, its labels' paths get that prefix and their ids `<k>-`. Made anew on every
+    call; no image is copied."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    lines = []
+    for k, folder in enumerate(folders):
+        (out / str(k)).symlink_to(folder.resolve(), target_is_directory=True)
+        for label in iter_labels(folder):
+            def moved(rel: str | None, k: int = k) -> str | None:
+                return f"{k}/{rel}" if rel else rel
+
+            lines.append(label_line(label.model_copy(update={
+                "id": f"{k}-{label.id}", "image": moved(label.image), "mask": moved(label.mask),
+                "frames": [f"{k}/{f}" for f in label.frames] if label.frames is not None else None,
+            })))
+    (out / LABELS_FILE).write_text("".join(lines))
+    return out
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as data:

@@ -7,21 +7,26 @@ skips what is done, so an interrupted job resumes and a finished one repeats not
 1. **export**: the reviewed inspections (optionally one line, product or time window) as a
    dataset in foveal's format under `<out>/reviews`, recorded as a `dataset_snapshots` row
    (`foveal.dashboard.export`, the dashboard's Export page does the same);
-2. **tight**: the type reader's backbone fine-tuned on tight looks at the reviewed defects (and
+2. **vision** (only with `--sft-steps`, for a product or surface the model was not trained on):
+   the tower and the decoder fine-tuned on the reviews and any `--data` folders, as `foveal
+   train sft --init <parent>` does: `--pretrain-steps` stage-0 steps continue on the tower's
+   backbone (a reviewed defect's drawn box stands in for its mask), then `--sft-steps` SFT steps
+   from the parent's weights with the parent's recipe; the next stages start from this model;
+3. **tight**: the type reader's backbone fine-tuned on tight looks at the reviewed defects (and
    at those of any `--data` folders), as `foveal train readout --crop-steps` does
    (`foveal.training.readout`; the tower that makes the image tokens is left as it was);
-3. **calibrate**: the reader's confidence calibrated on the loop's own reads of those items
+4. **calibrate**: the reader's confidence calibrated on the loop's own reads of those items
    (`--loop-fit temperature`: every type it reads stays; skipped, and said so in the record, when
    the loop reads no type on them), written to `<out>/model` with the version
    `<parent version>+rt.<8 hex digits of the reviews' labels and the recipe>` (`model_digest`);
-4. **eval** (with `--bench`): the parent and the new model on the same items, each asked with
+5. **eval** (with `--bench`): the parent and the new model on the same items, each asked with
    the prompt the service would use for the item's product (`foveal.serving.request.prompt_for`:
    named for the products the catalog knows, generic for the others), the differences paired
    item by item with bootstrap intervals (`metrics.paired_differences`);
-5. **register**: both models in `model_versions` (the parent as `imported` when it is not
+6. **register**: both models in `model_versions` (the parent as `imported` when it is not
    there yet; the new one with the parent, the dataset snapshot, the recipe and the metrics),
    upserted on (name, version), so a rerun writes the same rows;
-6. **promote** (with `--promote`, which needs `--bench`): only when the new model's overall
+7. **promote** (with `--promote`, which needs `--bench`): only when the new model's overall
    accuracy on the bench is higher (`--gate point`, the default: the paired difference's point
    estimate above zero; `--gate interval`: its 95 % interval's lower bound above zero) and its
    image F1 not lower beyond the paired interval, the
@@ -30,11 +35,12 @@ skips what is done, so an interrupted job resumes and a finished one repeats not
    model's row records the folder (`served_model`, `served_version`), so the inspections it makes
    link to it, as those of a parent served from the repository link to the parent's row.
 
-Why the reader and not SFT or RL: with the compact checkpoints every none/defect decision and
-box comes from the tower and the decoder, and the answer's type from the reader, and the reader
-is what a few hundred reviewed defects can move (session 26: a tight-look fine-tune on 3,150
-defects lifted FovealBench type accuracy +0.052, paired). `foveal train sft` and `train rl` take
-the exported folder as `--data` too, by hand. Which stages run and why is in `docs/model.md`,
+Why the reader alone by default: with the compact checkpoints every none/defect decision and box
+comes from the tower and the decoder, and the answer's type from the reader, and the reader is
+what a few hundred reviewed defects of a known product can move (session 31: a new camera, type
++0.046 on its test split). A surface the tower never saw needs the vision stage (session 32: on
+two held-out surfaces the parent rejected 94 % of good parts). `foveal train rl` takes the
+exported folder as `--data` too, by hand. Which stages run and why is in `docs/model.md`,
 "Retraining on reviewed data".
 """
 
@@ -56,7 +62,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from foveal.dashboard.export import ExportFilters, export_reviews
 from foveal.errors import ConfigError, FovealError
 from foveal.model.loader import META_FILE
-from foveal.plant.dataset import MANIFEST_FILE, Label, read_labels
+from foveal.plant.dataset import MANIFEST_FILE, Label, merged_folder, read_labels
 from foveal.settings import Settings
 from foveal.storage.database import ensure_reachable
 from foveal.storage.models import ModelVersion
@@ -64,7 +70,7 @@ from foveal.training.readout import ReadoutConfig, defect_boxes
 from foveal.training.readout import run as readout
 
 STATE_FILE = "retrain.json"
-STAGES = ("export", "tight", "calibrate", "eval", "register", "promote")
+STAGES = ("export", "vision", "tight", "calibrate", "eval", "register", "promote")
 Progress = Callable[[str, int, int], None]
 
 
@@ -83,6 +89,12 @@ class RetrainConfig:
     # fine-tune steps on tight looks; None: about two passes over them (`auto_crop_steps`), as the
     # default checkpoint's fine-tune made (session 26: 1,500 steps of 24 over 18,900 looks)
     crop_steps: int | None = None
+    # the vision stage (module docstring): 0 SFT steps skips it; stage-0 steps need SFT steps after
+    # them (a moved backbone changes every image token the decoder reads)
+    pretrain_steps: int = 0
+    sft_steps: int = 0
+    pretrain_lr: float = 1e-3
+    sft_lr: float = 5e-4
     crops_per_item: int = 6
     crop_batch: int = 24
     loop_items: int = 500  # defective items per folder whose reads calibrate the confidence
@@ -99,7 +111,7 @@ class RetrainConfig:
     def recipe(self) -> dict[str, Any]:
         """What decides the result, JSON-ready (a rerun into the same `out` must match it)."""
         keep = ("model", "data", "filters", "bench", "bench_limit", "crop_steps", "crops_per_item",
-                "crop_batch", "loop_items", "seed")
+                "crop_batch", "loop_items", "seed", "pretrain_steps", "sft_steps", "pretrain_lr", "sft_lr")
         chosen = {k: getattr(self, k) for k in keep}
         recipe: dict[str, Any] = json.loads(json.dumps(chosen, default=_jsonable))
         return recipe
@@ -147,6 +159,9 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
         raise ConfigError("--promote needs --bench: a model is promoted only when it measures better")
     if config.gate not in GATES:
         raise ConfigError(f"--gate must be one of {', '.join(GATES)}, not {config.gate!r}")
+    if config.pretrain_steps and not config.sft_steps:
+        raise ConfigError("--pretrain-steps needs --sft-steps: the decoder must learn the moved tower's "
+                          "tokens")
     for folder in (*config.data, *([config.bench] if config.bench else [])):
         if not (folder / "labels.jsonl").is_file():
             raise ConfigError(f"{folder} is not a labelled dataset folder (no labels.jsonl)")
@@ -155,9 +170,14 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
     reviews = config.out / "reviews"
     exported = state.done("export") or state.finish("export", _export(config, settings, sessions, reviews))
     folders = [reviews, *config.data]
+    base = config.model
+    if config.sft_steps:
+        if not state.done("vision"):
+            state.finish("vision", _vision(config, folders, progress))
+        base = config.out / "vision"
     if not state.done("tight"):
         steps = config.crop_steps or auto_crop_steps(folders, config.crops_per_item, config.crop_batch)
-        state.finish("tight", {**_readout(config, folders, config.model, config.out / "tight", progress,
+        state.finish("tight", {**_readout(config, folders, base, config.out / "tight", progress,
                                           crop_steps=steps, steps=0), "crop_steps": steps})
     if not state.done("calibrate"):
         try:
@@ -226,6 +246,34 @@ def _export(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Se
     sha = json.loads((reviews / MANIFEST_FILE).read_text())["labels_sha256"]
     return {"snapshot_id": done.snapshot_id, "items": done.items, "defects_with_box": defects,
             "skipped": done.skipped, "labels_sha256": sha}
+
+
+def _vision(config: RetrainConfig, folders: list[Path], progress: Progress | None) -> dict[str, Any]:
+    """Stage-0 and SFT steps from the parent on the reviews and `--data` (one merged folder), with
+    the parent's own SFT recipe (what its zooms, heads and trajectories were trained as)."""
+    from foveal.training.sft import SFTConfig
+    from foveal.training.sft import run as sft
+
+    recipe = {k: str(v) for k, v in _meta(config.model).get("sft", {}).items()}
+
+    def flag(name: str, default: bool) -> bool:
+        return recipe.get(name, str(default)) == "True"
+
+    out = config.out / "vision"
+    sft_config = SFTConfig(
+        data=merged_folder(config.out / "vision-data", folders), out=out, init=config.model,
+        pretrain_steps=config.pretrain_steps, pretrain_lr=config.pretrain_lr, steps=config.sft_steps,
+        lr=config.sft_lr, warmup=min(100, max(config.sft_steps // 10, 1)), batch_size=config.batch_size,
+        decision_weight=float(recipe.get("decision_weight", 3.0)), captions=flag("captions", True),
+        look_hints=flag("look_hints", True), type_embedding=flag("type_embedding", False),
+        untie_head=flag("untie_head", False), cell_looks=flag("cell_looks", False), seed=config.seed,
+        version=str(_meta(config.model).get("version", "1")), checkpoint_every=max(config.sft_steps, 1))
+    report = sft(sft_config, progress or (lambda *_: None))
+    shutil.rmtree(out / "work", ignore_errors=True)  # the examples' cache: hundreds of MB, done with
+    return {"pretrain_steps": config.pretrain_steps, "sft_steps": config.sft_steps,
+            "examples": report.examples, "seconds": report.seconds,
+            "last_train_loss": report.train_loss[-1][1] if report.train_loss else None,
+            "pretrain": report.pretrain}
 
 
 def _readout(config: RetrainConfig, folders: list[Path], model: Path, out: Path, progress: Progress | None,

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from foveal.dashboard import create_app
 from foveal.dashboard.export import ExportFilters
 from foveal.model import loader
+from foveal.plant.dataset import read_labels
 from foveal.storage.models import DatasetSnapshot, Inspection, ModelVersion
 from foveal.training.retrain import RetrainConfig, RetrainError, model_digest, run
 from tests.conftest import free_ports
@@ -95,6 +96,36 @@ def test_reviews_become_a_snapshot_a_retrained_model_and_its_lineage_and_a_rerun
     with reviewed.sessions() as session:
         first = session.get(ModelVersion, stages["register"]["model_version_id"])
         assert first is not None and first.checkpoint_uri == (config.out / "model").resolve().as_uri()
+
+
+def test_the_vision_stage_fine_tunes_tower_and_decoder_on_the_reviews_before_the_reader(
+        reviewed: Env, micro_tokenizer: object, tmp_path: Path) -> None:
+    import torch
+
+    parent = tmp_path / "parent"
+    loader.save(loader.create(micro_tokenizer, "micro", seed=0, version="7"), parent)  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="--pretrain-steps needs --sft-steps"):
+        run(_config(tmp_path, parent, pretrain_steps=2), reviewed.settings, reviewed.sessions)
+    _coloured_defects(tmp_path / "more", 3)
+    config = _config(tmp_path, parent, data=(tmp_path / "more",), pretrain_steps=2, sft_steps=2)
+    phases: set[str] = set()
+    stages = run(config, reviewed.settings, reviewed.sessions,
+                 lambda phase, done, total: phases.add(phase))["stages"]
+    assert stages["vision"]["sft_steps"] == 2 and stages["vision"]["pretrain_steps"] == 2
+    assert {"stage-0 training", "sft", "fine-tuning the reader on tight looks"} <= phases
+    assert len(read_labels(config.out / "vision-data")) == 4 + 3  # the reviews and the --data folder
+    assert not (config.out / "vision" / "work").exists()
+    before, vision, after = (loader.load(p) for p in (parent, config.out / "vision", config.out / "model"))
+
+    def weights(vlm: object, part: str) -> torch.Tensor:
+        tower = vlm.model.model.visual  # type: ignore[attr-defined]
+        module = tower.stem if part == "backbone" else vlm.model.lm_head  # type: ignore[attr-defined]
+        return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+    for part in ("backbone", "decoder"):
+        assert not torch.equal(weights(before, part), weights(vision, part)), part
+        assert torch.equal(weights(vision, part), weights(after, part)), part  # the reader stage left it
+    assert after.version == f"7+rt.{model_digest(config, stages['export']['labels_sha256'])}"
 
 
 def test_a_parent_served_from_the_model_repository_is_the_row_its_inspections_already_link_to(
