@@ -288,6 +288,9 @@ def retrain_command(
     bench: Path | None = typer.Option(None, "--bench", help="Labelled folder both models are evaluated on "
                                       "(FovealBench dev)."),
     bench_limit: int | None = typer.Option(None, "--bench-limit", min=1, help="First N items of --bench."),
+    guards: list[Path] = typer.Option([], "--guard-bench", help="Another line's labelled folder "
+                                      "(repeatable): no promotion when the new model is worse on it beyond "
+                                      "the paired interval."),
     crop_steps: int | None = typer.Option(None, "--crop-steps", min=1, help="Fine-tune steps on tight looks "
                                           "(default: about two passes over them, 100 to 1,500)."),
     crops_per_item: int = typer.Option(6, "--crops-per-item", min=1),
@@ -318,7 +321,7 @@ def retrain_command(
     config = RetrainConfig(out=out, model=model or settings.model_dir, data=tuple(data),
                            filters=ExportFilters(line, product, since.date() if since else None,
                                                  until.date() if until else None),
-                           bench=bench, bench_limit=bench_limit, crop_steps=crop_steps,
+                           bench=bench, bench_limit=bench_limit, guards=tuple(guards), crop_steps=crop_steps,
                            crops_per_item=crops_per_item, loop_items=loop_items, promote=promote, seed=seed,
                            gate=gate, sft_steps=sft_steps, pretrain_steps=pretrain_steps, sft_lr=sft_lr,
                            pretrain_lr=pretrain_lr)
@@ -347,6 +350,9 @@ def retrain_command(
                   f"model_versions id {registered['model_version_id']} (parent {registered['parent_id']})")
     if "eval" in stages:
         console.print(f"on {stages['eval']['items']} bench items, paired: {better(stages['eval'], gate)[1]}")
+        for guard in stages["eval"].get("guards", []):
+            console.print(f"guard {Path(guard['bench']).name} ({guard['items']} items), paired: "
+                          f"{better({'paired': guard['paired']})[1]}")
     if "promote" in stages:
         promoted = stages["promote"]
         console.print(f"promoted to {promoted['version_folder']} (Triton: {promoted['triton']})"

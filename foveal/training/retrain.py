@@ -22,14 +22,16 @@ skips what is done, so an interrupted job resumes and a finished one repeats not
 5. **eval** (with `--bench`): the parent and the new model on the same items, each asked with
    the prompt the service would use for the item's product (`foveal.serving.request.prompt_for`:
    named for the products the catalog knows, generic for the others), the differences paired
-   item by item with bootstrap intervals (`metrics.paired_differences`);
+   item by item with bootstrap intervals (`metrics.paired_differences`); the same on each
+   `--guard-bench` (the benches of the products already served);
 6. **register**: both models in `model_versions` (the parent as `imported` when it is not
    there yet; the new one with the parent, the dataset snapshot, the recipe and the metrics),
    upserted on (name, version), so a rerun writes the same rows;
 7. **promote** (with `--promote`, which needs `--bench`): only when the new model's overall
    accuracy on the bench is higher (`--gate point`, the default: the paired difference's point
    estimate above zero; `--gate interval`: its 95 % interval's lower bound above zero) and its
-   image F1 not lower beyond the paired interval, the
+   image F1 not lower beyond the paired interval, and on no `--guard-bench` is either lower
+   beyond its paired interval (a model fitted to a new product must not cost the old ones), the
    model is copied into the Triton model repository as the next version folder, and Triton, when
    it is up, is asked to load it (its `latest` policy then serves the new version). The new
    model's row records the folder (`served_model`, `served_version`), so the inspections it makes
@@ -86,6 +88,9 @@ class RetrainConfig:
     filters: ExportFilters = field(default_factory=ExportFilters)
     bench: Path | None = None  # a labelled folder both models are evaluated on (FovealBench dev)
     bench_limit: int | None = None
+    # other lines' labelled folders (FovealBench dev for the products already served): the new
+    # model must not be worse on any of them beyond the paired interval to be promoted
+    guards: tuple[Path, ...] = ()
     # fine-tune steps on tight looks; None: about two passes over them (`auto_crop_steps`), as the
     # default checkpoint's fine-tune made (session 26: 1,500 steps of 24 over 18,900 looks)
     crop_steps: int | None = None
@@ -110,7 +115,7 @@ class RetrainConfig:
 
     def recipe(self) -> dict[str, Any]:
         """What decides the result, JSON-ready (a rerun into the same `out` must match it)."""
-        keep = ("model", "data", "filters", "bench", "bench_limit", "crop_steps", "crops_per_item",
+        keep = ("model", "data", "filters", "bench", "bench_limit", "guards", "crop_steps", "crops_per_item",
                 "crop_batch", "loop_items", "seed", "pretrain_steps", "sft_steps", "pretrain_lr", "sft_lr")
         chosen = {k: getattr(self, k) for k in keep}
         recipe: dict[str, Any] = json.loads(json.dumps(chosen, default=_jsonable))
@@ -157,12 +162,15 @@ def run(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Sessio
     """Run the stages not yet done (module docstring); returns `retrain.json`'s content."""
     if config.promote and config.bench is None:
         raise ConfigError("--promote needs --bench: a model is promoted only when it measures better")
+    if config.guards and config.bench is None:
+        raise ConfigError("--guard-bench needs --bench: the guards only keep a gain on it from costing "
+                          "other lines")
     if config.gate not in GATES:
         raise ConfigError(f"--gate must be one of {', '.join(GATES)}, not {config.gate!r}")
     if config.pretrain_steps and not config.sft_steps:
         raise ConfigError("--pretrain-steps needs --sft-steps: the decoder must learn the moved tower's "
                           "tokens")
-    for folder in (*config.data, *([config.bench] if config.bench else [])):
+    for folder in (*config.data, *([config.bench] if config.bench else []), *config.guards):
         if not (folder / "labels.jsonl").is_file():
             raise ConfigError(f"{folder} is not a labelled dataset folder (no labels.jsonl)")
     ensure_reachable(sessions)  # before any work: the job ends by writing to it
@@ -205,7 +213,7 @@ def model_digest(config: RetrainConfig, labels_sha256: str) -> str:
     """8 hex digits that name what made the model: the reviews' labels and every option that
     shapes the weights (not the bench, which only measures them). Two jobs on the same reviews
     with other data or steps get two versions, so neither's record replaces the other's."""
-    recipe = {k: v for k, v in config.recipe().items() if k not in ("bench", "bench_limit")}
+    recipe = {k: v for k, v in config.recipe().items() if k not in ("bench", "bench_limit", "guards")}
     text = json.dumps({"reviews": labels_sha256, "recipe": recipe}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
@@ -301,13 +309,23 @@ def _set_meta(model: Path, **values: Any) -> None:
 
 
 def _evaluate(config: RetrainConfig, settings: Settings, progress: Progress | None) -> dict[str, Any]:
+    """Both models on `--bench` (into `eval/`) and on each `--guard-bench` (`eval/guard-<k>/`)."""
+    assert config.bench is not None
+    result = _paired_eval(config, settings, config.bench, config.out / "eval", progress)
+    if config.guards:
+        result["guards"] = [_paired_eval(config, settings, folder, config.out / "eval" / f"guard-{k}",
+                                         progress) for k, folder in enumerate(config.guards)]
+    return result
+
+
+def _paired_eval(config: RetrainConfig, settings: Settings, bench: Path, out: Path,
+                 progress: Progress | None) -> dict[str, Any]:
     from foveal.evaluation.bench import predict_labelled
     from foveal.evaluation.metrics import evaluate, paired_differences
     from foveal.evaluation.report import write_predictions
     from foveal.model import loader
     from foveal.serving.request import catalog_from, product_for, prompt_for
 
-    assert config.bench is not None
     catalog = catalog_from(settings)
 
     def prompt_of(label: Label, frames: int) -> str:  # as the service would ask for this product
@@ -316,22 +334,22 @@ def _evaluate(config: RetrainConfig, settings: Settings, progress: Progress | No
     runs = {}
     for name, folder in (("parent", config.model), ("model", config.out / "model")):
         vlm = loader.load(folder)
-        phase = f"evaluating the {'new model' if name == 'model' else 'parent'} on {config.bench.name}"
+        phase = f"evaluating the {'new model' if name == 'model' else 'parent'} on {bench.name}"
         def advance(done: int, total: int, phase: str = phase) -> None:
             if progress is not None:
                 progress(phase, done, total)
-        labels, predictions, records = predict_labelled(vlm, config.bench, limit=config.bench_limit,
+        labels, predictions, records = predict_labelled(vlm, bench, limit=config.bench_limit,
                                                         batch_size=config.batch_size, on_item=advance,
                                                         prompt_of=prompt_of)
-        (config.out / "eval" / name).mkdir(parents=True, exist_ok=True)
-        write_predictions(config.out / "eval" / name / "predictions.jsonl", records)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        write_predictions(out / name / "predictions.jsonl", records)
         runs[name] = (labels, predictions)
     labels, before = runs["parent"]
     after = runs["model"][1]
     metrics = {name: evaluate(labels, predictions).overall.model_dump(mode="json")
                for name, (_, predictions) in runs.items()}
     keys = ("image_f1", "type_accuracy", "overall_accuracy", "false_reject_at_escape", "rapr")
-    return {"bench": str(config.bench.resolve()), "items": len(labels),
+    return {"bench": str(bench.resolve()), "items": len(labels),
             "parent": {k: metrics["parent"].get(k) for k in keys},
             "model": {k: metrics["model"].get(k) for k in keys},
             "paired": {k: list(v) for k, v in paired_differences(labels, before, after,
@@ -405,7 +423,7 @@ def better(evaluation: dict[str, Any], gate: str = "point") -> tuple[bool, str]:
     """Whether a retrained model may replace its parent: overall accuracy (verdict and type) higher
     on the bench (`point`: the paired difference above zero; `interval`: its interval's lower
     bound above zero, so the bench is sure of the gain), and image F1 not lower beyond the paired
-    interval; and the reason, in words.
+    interval; on every guard bench neither lower beyond its interval; and the reason, in words.
 
     >>> better({"paired": {"overall_accuracy": [0.02, 0.0, 0.04], "image_f1": [-0.01, -0.03, 0.01]}})
     (True, 'overall accuracy +0.020 (+0.000 … +0.040), image F1 -0.010 (-0.030 … +0.010)')
@@ -414,6 +432,11 @@ def better(evaluation: dict[str, Any], gate: str = "point") -> tuple[bool, str]:
     False
     >>> better({"paired": {"overall_accuracy": [0.0, -0.01, 0.01], "image_f1": [0.0, 0.0, 0.0]}})[0]
     False
+    >>> worse = {"bench": "/b/fbench-dev", "paired": {"overall_accuracy": [-0.04, -0.06, -0.02],
+    ...                                                "image_f1": [-0.05, -0.07, -0.02]}}
+    >>> ok, why = better({**sure, "guards": [worse]})
+    >>> ok, why.split("; ")[1]  # doctest: +ELLIPSIS
+    (False, 'worse on fbench-dev: overall accuracy -0.040 (-0.060 … -0.020), image F1 -0.050 (...)')
     """
     paired = evaluation["paired"]
     accuracy, f1 = paired.get("overall_accuracy"), paired.get("image_f1")
@@ -423,7 +446,16 @@ def better(evaluation: dict[str, Any], gate: str = "point") -> tuple[bool, str]:
     if f1 is not None:
         words += ", image F1 {:+.3f} ({:+.3f} … {:+.3f})".format(*f1)
     gain = accuracy[1] if gate == "interval" else accuracy[0]
-    return gain > 0 and (f1 is None or f1[2] >= 0), f"{words} [gate: {gate}]" if gate != "point" else words
+    ok = gain > 0 and (f1 is None or f1[2] >= 0)
+    for guard in evaluation.get("guards", []):
+        g_accuracy, g_f1 = guard["paired"].get("overall_accuracy"), guard["paired"].get("image_f1")
+        lower = [(name, v) for name, v in (("overall accuracy", g_accuracy), ("image F1", g_f1))
+                 if v is not None and v[2] < 0]
+        if lower:
+            ok = False
+            words += f"; worse on {Path(guard['bench']).name}: " + ", ".join(
+                "{} {:+.3f} ({:+.3f} … {:+.3f})".format(name, *v) for name, v in lower)
+    return ok, f"{words} [gate: {gate}]" if gate != "point" else words
 
 
 def _promote(config: RetrainConfig, settings: Settings, sessions: sessionmaker[Session],

@@ -59,7 +59,8 @@ def test_reviews_become_a_snapshot_a_retrained_model_and_its_lineage_and_a_rerun
     parent = tmp_path / "parent"
     loader.save(loader.create(micro_tokenizer, "micro", seed=0, version="7"), parent)  # type: ignore[arg-type]
     _coloured_defects(tmp_path / "bench", 4)
-    config = _config(tmp_path, parent, bench=tmp_path / "bench")
+    _coloured_defects(tmp_path / "other-line", 2)
+    config = _config(tmp_path, parent, bench=tmp_path / "bench", guards=(tmp_path / "other-line",))
     phases: set[str] = set()
     state = run(config, reviewed.settings, reviewed.sessions, lambda phase, done, total: phases.add(phase))
     stages = state["stages"]
@@ -75,6 +76,9 @@ def test_reviews_become_a_snapshot_a_retrained_model_and_its_lineage_and_a_rerun
     assert model.model.model.visual.reader_backbone is not None
     assert stages["eval"]["items"] == 4 and set(stages["eval"]["paired"]) >= {"overall_accuracy", "image_f1"}
     assert (config.out / "eval" / "model" / "predictions.jsonl").read_text().count("\n") == 4
+    [guard] = stages["eval"]["guards"]  # the other line's bench, measured the same way
+    assert guard["items"] == 2 and guard["bench"] == str((tmp_path / "other-line").resolve())
+    assert (config.out / "eval" / "guard-0" / "parent" / "predictions.jsonl").read_text().count("\n") == 2
     with reviewed.sessions() as session:
         row = session.get(ModelVersion, stages["register"]["model_version_id"])
         assert row is not None and row.parent is not None and row.dataset_snapshot is not None
@@ -227,6 +231,15 @@ def test_the_interval_gate_promotes_only_a_gain_the_bench_is_sure_of_and_a_refus
     state = run(loose, settings, reviewed.sessions)
     assert state["stages"]["promote"]["promoted"] is True and state["stages"]["tight"] == {"crop_steps": 3}
     assert sorted(p.name for p in (repository / "foveal_vl").iterdir()) == ["1", "2"]
+    # a gain on this line that costs another line is not promoted, whatever the gate
+    costly = {**stages, "eval": {**stages["eval"], "guards": [
+        {"bench": "/b/fbench-dev", "items": 360,
+         "paired": {"overall_accuracy": [-0.03, -0.05, -0.01], "image_f1": [0.0, -0.01, 0.01]}}]}}
+    assert _promote(loose, settings, reviewed.sessions, costly)["why"].endswith(
+        "worse on fbench-dev: overall accuracy -0.030 (-0.050 … -0.010)")
+    with pytest.raises(Exception, match="--guard-bench needs --bench"):
+        run(_config(tmp_path, tmp_path / "parent", guards=(tmp_path / "bench",)), reviewed.settings,
+            reviewed.sessions)
     with pytest.raises(Exception, match="--gate must be one of point, interval"):
         run(_config(tmp_path, tmp_path / "parent", gate="sure"), reviewed.settings, reviewed.sessions)
 
