@@ -10,9 +10,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from foveal.domain import DEFECT_TYPES
 from foveal.model.loader import VLM, create
-from foveal.reasoning.prompts import inspection_prompt
+from foveal.serving.request import GENERIC, prompt_for
 from foveal.training.examples import materialize, with_maps
 from foveal.training.sft import example_loss, trainable
 from foveal.training.trajectories import AssistantTurn, Trajectory, tool_call
@@ -22,8 +21,8 @@ BAD = tool_call("crop_image_normalized", {"bbox_2d": [0.6, 0.2, 0.4, 0.4], "targ
 SELECT = tool_call("select_frames", {"target_frames": [1, 3]})
 SCRIPTS = {
     # the prompts the reasoning service writes for a frame or a 3-frame sequence of no named product
-    "zoom": (inspection_prompt(None, DEFECT_TYPES, 1), 1, [f"A mark. {CROP}", "\\boxed{scratch}"]),
-    "select": (inspection_prompt(None, DEFECT_TYPES, 3), 3, [f"Look closer. {SELECT}", "\\boxed{pit}"]),
+    "zoom": (prompt_for(GENERIC, 1), 1, [f"A mark. {CROP}", "\\boxed{scratch}"]),
+    "select": (prompt_for(GENERIC, 3), 3, [f"Look closer. {SELECT}", "\\boxed{pit}"]),
     "recover": ("Check this part.", 1, [f"A mark. {BAD}", f"Fix the box. {CROP}", "\\boxed{dent}"]),
 }
 
