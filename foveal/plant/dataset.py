@@ -246,12 +246,10 @@ def merged_folder(out: Path, folders: Sequence[Path]) -> Path:
     for k, folder in enumerate(folders):
         (out / str(k)).symlink_to(folder.resolve(), target_is_directory=True)
         for label in iter_labels(folder):
-            def moved(rel: str | None, k: int = k) -> str | None:
-                return f"{k}/{rel}" if rel else rel
-
             lines.append(label_line(label.model_copy(update={
-                "id": f"{k}-{label.id}", "image": moved(label.image), "mask": moved(label.mask),
-                "frames": [f"{k}/{f}" for f in label.frames] if label.frames is not None else None,
+                "id": f"{k}-{label.id}",
+                "image": label.image and f"{k}/{label.image}", "mask": label.mask and f"{k}/{label.mask}",
+                "frames": label.frames and [f"{k}/{f}" for f in label.frames],
             })))
     (out / LABELS_FILE).write_text("".join(lines))
     return out
